@@ -1,0 +1,108 @@
+"""Exact answers to test against: a mixture of isotropic Gaussians and its ideal denoiser.
+
+For data x_0 ~ Σ_k w_k N(μ_k, s_k² I) in D dimensions and x_t = α x_0 + σ ε,
+
+    x_t | k ~ N(α μ_k, (α² s_k² + σ²) I),
+    E[x_0 | x_t, k] = μ_k + α s_k² / (α² s_k² + σ²) · (x_t − α μ_k),
+    E[x_0 | x_t]   = Σ_k r_k(x_t) E[x_0 | x_t, k],  r_k ∝ w_k N(x_t; α μ_k, (α² s_k² + σ²) I).
+
+So the mixture's ideal x_0-predictor, and its log-density at every t, are closed form: they
+drive every sampler and the likelihood code in the tests without any training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .schedule import Schedule, broadcast_to
+
+
+class GaussianMixture:
+    """Σ_k w_k N(μ_k, s_k² I) over tensors of shape ``event_shape`` (float64 throughout)."""
+
+    def __init__(self, weights: Sequence[float] | Tensor, means: Tensor,
+                 stds: Sequence[float] | Tensor | float, event_shape: Sequence[int] | None = None):
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        if mu.ndim < 2 or mu.shape[0] != w.numel():
+            raise ValueError(f"means must have shape (K, ...) with K = {w.numel()} components, "
+                             f"got {tuple(mu.shape)}")
+        if (w <= 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):
+            raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
+        s = torch.as_tensor(stds, dtype=torch.float64).expand(w.numel()).clone()
+        if (s <= 0).any():
+            raise ValueError(f"component standard deviations must be > 0, got {s.tolist()}")
+        self.event_shape = tuple(event_shape) if event_shape is not None else tuple(mu.shape[1:])
+        self.weights = w
+        self.means = mu.reshape(w.numel(), -1)
+        self.stds = s
+        self.dim = self.means.shape[1]
+        if math.prod(self.event_shape) != self.dim:
+            raise ValueError(f"event_shape {self.event_shape} does not hold {self.dim} values")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws of x_0, shape (n, *event_shape), float64."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self.means[k] + self.stds[k, None] * z
+        return x.reshape(n, *self.event_shape)
+
+    def component_of(self, x0: Tensor) -> Tensor:
+        """The most probable component of each x_0 (for mode-weight checks)."""
+        return self._log_resp(x0.reshape(x0.shape[0], -1).double(), 1.0, 0.0).argmax(1)
+
+    def _log_resp(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+        """log w_k + log N(x; α μ_k, (α² s_k² + σ²) I) for each component, shape (n, K)."""
+        alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        var = alpha**2 * self.stds[None] ** 2 + sigma**2                     # (n|1, K)
+        diff = x[:, None, :] - alpha[:, :, None] * self.means[None]         # (n, K, D)
+        sq = (diff**2).sum(-1)
+        return (torch.log(self.weights)[None] - 0.5 * sq / var
+                - 0.5 * self.dim * torch.log(2 * math.pi * var))
+
+    def log_prob(self, x: Tensor, alpha: Tensor | float = 1.0,
+                 sigma: Tensor | float = 0.0) -> Tensor:
+        """log p(x) in nats for the law of α x_0 + σ ε (default: the data itself), shape (n,)."""
+        x = x.reshape(x.shape[0], -1).double()
+        return torch.logsumexp(self._log_resp(x, alpha, sigma), dim=1)
+
+    def posterior_mean(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+        """E[x_0 | x_t] in closed form, shape of x_t, float64."""
+        shape = x_t.shape
+        x = x_t.reshape(shape[0], -1).double()
+        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
+        sg = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        r = torch.softmax(self._log_resp(x, a, sg), dim=1)                   # (n, K)
+        var = a**2 * self.stds[None] ** 2 + sg**2                          # (n|1, K)
+        gain = a * self.stds[None] ** 2 / var                               # (n|1, K)
+        cond_mean = (self.means[None] + gain[:, :, None]
+                     * (x[:, None, :] - a[:, :, None] * self.means[None]))  # (n, K, D)
+        return (r[:, :, None] * cond_mean).sum(1).reshape(shape)
+
+    def net(self, schedule: Schedule, prediction: str = "x0") -> nn.Module:
+        """The ideal network for ``schedule``: ``net(x_t, t)`` returns E[x_0|x_t] as ε, x_0 or v."""
+        return _IdealNet(self, schedule, prediction)
+
+
+class _IdealNet(nn.Module):
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule, prediction: str):
+        super().__init__()
+        self.mixture, self.schedule, self.prediction = mixture, schedule, prediction
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma = self.schedule.marginal(t.double())
+        x0 = self.mixture.posterior_mean(x_t, alpha, sigma)
+        x = x_t.double()
+        a, s = broadcast_to(alpha, x), broadcast_to(sigma, x)
+        if self.prediction == "x0":
+            out = x0
+        elif self.prediction == "eps":
+            out = (x - a * x0) / s
+        else:
+            out = a * (x - a * x0) / s - s * x0
+        return out.to(x_t.dtype)

@@ -1,0 +1,144 @@
+"""The one place where a network's output is read.
+
+A backbone knows nothing of diffusion: ``net(x_t, t, **cond)`` returns a tensor. ``Denoiser``
+reads that tensor as ε, x_0 or v and derives the other two once, using x_t = α x_0 + σ ε with
+(α, σ) = ``schedule.marginal(t)``:
+
+    prediction="eps":  x̂_0 = (x_t − σ ε̂) / α
+    prediction="x0":   ε̂ = (x_t − α x̂_0) / σ
+    prediction="v":    v = α ε − σ x_0,  so  x̂_0 = α x_t − σ v̂  and  ε̂ = σ x_t + α v̂.
+
+Samplers, losses and likelihoods take a ``Denoiser``; none of them looks at a prediction string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .schedule import Schedule, broadcast_to
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """What a network said about x_t, in every parametrisation.
+
+    ``output`` is the raw prediction (the channels that are ε̂, x̂_0 or v̂), the tensor that the
+    regression losses compare with :meth:`Denoiser.target`. ``variance_fraction`` is set for
+    networks with learned variances (Improved DDPM): f ∈ [0, 1] with
+    log σ² = f log β_t + (1 − f) log β̃_t for the reverse step.
+    """
+
+    x0: Tensor
+    eps: Tensor
+    v: Tensor
+    output: Tensor
+    variance_fraction: Tensor | None = None
+
+
+class Denoiser:
+    """Wraps ``net`` so that ``denoiser(x_t, t, **cond)`` returns a :class:`Denoised`.
+
+    Args:
+        net: any callable ``net(x_t, t, **cond) -> Tensor`` with the shape of x_t (twice the
+            channels, along dim 1, when ``learned_variance``).
+        schedule: the :class:`Schedule` whose ``marginal(t)`` defines x_t.
+        prediction: what the network's output is: ``"eps"``, ``"x0"`` or ``"v"``.
+        clip: ``(lo, hi)`` clamps x̂_0 (then ε̂ and v̂ are recomputed from the clamped x̂_0).
+            Off by default; ``(-1, 1)`` suits pixel data scaled to [−1, 1].
+        learned_variance: the network also outputs the Improved-DDPM variance interpolation.
+
+    Arithmetic is done in float32 or the input's dtype when wider; the network itself runs in
+    whatever dtype (or autocast) the caller chose. ``t`` is a float tensor of shape (batch,) or a
+    scalar; the network receives it as float32 of shape (batch,).
+    """
+
+    def __init__(self, net: Callable[..., Tensor], schedule: Schedule, prediction: str = "eps",
+                 clip: tuple[float, float] | None = None, learned_variance: bool = False):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of "
+                             f"{', '.join(PREDICTIONS)}")
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule must be a noisecraft.Schedule, got {type(schedule).__name__}")
+        if clip is not None:
+            lo, hi = clip
+            if not lo < hi:
+                raise ValueError(f"clip must be (lo, hi) with lo < hi, got {clip!r}")
+        self.net = net
+        self.schedule = schedule
+        self.prediction = prediction
+        self.clip = clip
+        self.learned_variance = learned_variance
+
+    def __repr__(self) -> str:
+        return (f"Denoiser({type(self.net).__name__}, {self.schedule!r}, "
+                f"prediction={self.prediction!r}, clip={self.clip!r})")
+
+    def expand_time(self, t: Tensor | float, x_t: Tensor) -> Tensor:
+        """``t`` as a float64 tensor of shape (batch,) on x_t's device."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        if t.shape != (x_t.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape (batch,) = ({x_t.shape[0]},), "
+                             f"got {tuple(t.shape)}")
+        return t
+
+    def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Denoised:
+        if x_t.ndim < 2:
+            raise ValueError(f"x_t must have a batch dimension, got shape {tuple(x_t.shape)}")
+        t = self.expand_time(t, x_t)
+        out = self.net(x_t, t.to(torch.float32), **cond)
+        return self.read(out, x_t, t)
+
+    def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
+        """Interpret a raw network output ``out`` computed at (x_t, t)."""
+        t = self.expand_time(t, x_t)
+        expected = list(x_t.shape)
+        if self.learned_variance:
+            expected[1] *= 2
+        if list(out.shape) != expected:
+            raise ValueError(f"the network returned shape {tuple(out.shape)}, expected "
+                             f"{tuple(expected)} for input {tuple(x_t.shape)}"
+                             + (" (twice the channels: learned variance)"
+                                if self.learned_variance else ""))
+        dtype = torch.promote_types(x_t.dtype, torch.float32)
+        out = out.to(dtype)
+        x = x_t.to(dtype)
+        frac = None
+        if self.learned_variance:
+            out, raw_var = out.chunk(2, dim=1)
+            frac = (raw_var + 1) / 2
+        alpha, sigma = self.schedule.marginal(t)
+        a, s = broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
+        if self.prediction == "eps":
+            eps = out
+            x0 = (x - s * eps) / a
+        elif self.prediction == "x0":
+            x0 = out
+            eps = (x - a * x0) / s
+        else:  # v
+            x0 = a * x - s * out
+            eps = s * x + a * out
+        if self.clip is not None:
+            x0 = x0.clamp(*self.clip)
+            eps = (x - a * x0) / s
+        v = a * eps - s * x0
+        return Denoised(x0=x0, eps=eps, v=v, output=out, variance_fraction=frac)
+
+    def target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
+        """The regression target for this prediction type: ε, x_0 or v = α ε − σ x_0."""
+        if self.prediction == "eps":
+            return eps
+        if self.prediction == "x0":
+            return x0
+        t = self.expand_time(t, x0)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        alpha, sigma = self.schedule.marginal(t)
+        return broadcast_to(alpha, x0, dtype) * eps - broadcast_to(sigma, x0, dtype) * x0

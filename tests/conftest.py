@@ -1,0 +1,18 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: keep each test process to one intra-op thread so pytest-xdist workers don't fight.
+torch.set_num_threads(1)
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture
+def shared_data() -> str:
+    """../shared/data beside the checkout; tests that need it skip cleanly when it is absent."""
+    path = os.path.abspath(SHARED_DATA)
+    if not os.path.isdir(path):
+        pytest.skip(f"{path} not found")
+    return path
