@@ -1,5 +1,6 @@
 """noisecraft: denoising diffusion models in pure PyTorch, exact where others approximate."""
 
+from . import metrics
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .errors import DataError, NoisecraftError, RunError
@@ -15,5 +16,6 @@ __all__ = [
     "NoisecraftError",
     "RunError",
     "Schedule",
+    "metrics",
     "__version__",
 ]

@@ -1,0 +1,54 @@
+"""Validation and resizing of image batches handed to the metrics.
+
+Every metric takes uint8 images of shape (N, H, W, C), C ∈ {1, 3} — what ``noisecraft sample``
+writes and what ``noisecraft.data.to_uint8`` returns — so that two feature extractors never see
+the same picture scaled two different ways.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def as_uint8_images(images, name: str = "images") -> np.ndarray:
+    """Check and return ``images`` as a uint8 array (N, H, W, C) with C in {1, 3}.
+
+    A (N, H, W) array is read as grey. Torch tensors are accepted and copied to numpy.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name}: expected uint8 pixels, got dtype {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"{name}: expected shape (N, H, W, C) with C in (1, 3), got {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: the image set is empty")
+    return images
+
+
+def resize_nchw(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize float NCHW images to ``size``×``size``.
+
+    Bilinear without antialiasing, as torch-fidelity and clean-fid's "legacy_pytorch" mode do for
+    the Inception input (upsampling is the common case: 8–64 px images to 299). Shrinking (an
+    image larger than the classifier's input) uses area averaging, which is the antialiased choice.
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    if h >= size and w >= size:
+        return F.interpolate(x, size=(size, size), mode="area")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def grey_float(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, C) → float32 (N, 1, size, size) grey in [0, 1] (RGB averaged)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[1] == 3:
+        x = x.mean(dim=1, keepdim=True)
+    return resize_nchw(x, size)

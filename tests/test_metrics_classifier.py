@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from noisecraft.metrics import classifier
+from noisecraft.metrics.classifier import class_report, classifier_features, classify, load_classifier
+
+
+def _digits_uint8():
+    digits = load_digits()
+    return np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None], digits.target
+
+
+def _held_out_indices(n: int) -> np.ndarray:
+    # the split _train_digits uses (seed 0): the first 360 of a fixed permutation are never trained on
+    return np.random.default_rng(0).permutation(n)[:360]
+
+
+def test_held_out_accuracy_is_high():
+    images, labels = _digits_uint8()
+    held_out = _held_out_indices(len(images))
+    predicted, confidence = classify(images[held_out], dataset="digits")
+    # a 64-unit MLP on raw pixels reaches ~97-98% on held-out digits; 0.95 leaves room for seeds
+    assert (predicted == labels[held_out]).mean() > 0.95
+    assert confidence.shape == (360,) and np.all((confidence > 0) & (confidence <= 1))
+
+
+def test_real_digits_cover_all_classes_and_noise_covers_none():
+    images, _ = _digits_uint8()
+    real = class_report(images, dataset="digits")
+    assert real["num_classes_covered"] == 10
+    assert sum(real["class_histogram"]) == len(images)
+    assert real["mean_confidence"] > 0.9
+    noise = np.random.default_rng(1).integers(0, 256, size=(200, 8, 8, 1), dtype=np.uint8)
+    report = class_report(noise, dataset="digits")
+    # outlier exposure trains noise towards the uniform 1/10; a plain MLP would say ~0.95 here
+    assert report["mean_confidence"] < 0.4
+    assert report["num_classes_covered"] <= 1
+    assert report["fraction_confident"] < 0.05
+
+
+def test_resized_and_rgb_inputs_classify_the_same_digit():
+    images, labels = _digits_uint8()
+    subset = images[:300]
+    upscaled = np.repeat(np.repeat(subset, 4, axis=1), 4, axis=2)  # 32x32, area-averaged back exactly
+    rgb = np.repeat(subset, 3, axis=3)
+    base, _ = classify(subset)
+    assert np.array_equal(classify(upscaled)[0], base)
+    assert np.array_equal(classify(rgb)[0], base)
+    assert (base == labels[:300]).mean() > 0.95
+
+
+def test_features_are_float64_hidden_activations():
+    images, _ = _digits_uint8()
+    feats = classifier_features(images[:50])
+    assert feats.dtype == np.float64 and feats.shape == (50, 64)
+    assert np.all(feats >= 0)  # ReLU outputs
+
+
+def test_cache_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOISECRAFT_CACHE", str(tmp_path))
+    load_classifier.cache_clear()
+    try:
+        trained = load_classifier("digits")
+        files = list((tmp_path / "classifiers").glob("digits-*.safetensors"))
+        assert len(files) == 1
+        load_classifier.cache_clear()
+        reloaded = load_classifier("digits")
+        images, _ = _digits_uint8()
+        assert np.array_equal(trained.predict(images[:100])[0], reloaded.predict(images[:100])[0])
+        assert reloaded.meta["held_out_accuracy"] == trained.meta["held_out_accuracy"]
+    finally:
+        load_classifier.cache_clear()
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="uint8"):
+        classify(np.zeros((4, 8, 8, 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        classify(np.zeros((4, 8, 8, 2), dtype=np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        classify(np.zeros((0, 8, 8, 1), dtype=np.uint8))
+    with pytest.raises(ValueError, match="cifar"):
+        classifier.load_classifier("cifar")
+    with pytest.raises(ValueError, match="threshold"):
+        class_report(np.zeros((4, 8, 8, 1), dtype=np.uint8), threshold=1.5)
