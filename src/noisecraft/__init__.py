@@ -1,6 +1,6 @@
 """noisecraft: denoising diffusion models in pure PyTorch, exact where others approximate."""
 
-from . import metrics
+from . import metrics, nets
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .errors import DataError, NoisecraftError, RunError
@@ -17,5 +17,6 @@ __all__ = [
     "RunError",
     "Schedule",
     "metrics",
+    "nets",
     "__version__",
 ]

@@ -1,0 +1,22 @@
+"""Backbones: plain ``nn.Module`` s called as ``net(x_t, t, **cond) -> Tensor``.
+
+They know no diffusion maths; :class:`noisecraft.Denoiser` reads their output. Build one by
+name with :func:`build` and rebuild it from JSON with :func:`from_config` (``net.config``).
+"""
+
+from .layers import AttentionBlock, LabelEmbedding, ResBlock, TimeEmbedding, sinusoidal_embedding
+from .presets import ARCHITECTURES, PRESETS, build, from_config
+from .unet import UNet
+
+__all__ = [
+    "ARCHITECTURES",
+    "PRESETS",
+    "AttentionBlock",
+    "LabelEmbedding",
+    "ResBlock",
+    "TimeEmbedding",
+    "UNet",
+    "build",
+    "from_config",
+    "sinusoidal_embedding",
+]

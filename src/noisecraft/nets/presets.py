@@ -1,0 +1,74 @@
+"""Named architectures and the JSON round trip: ``build(name, **overrides)`` and ``from_config``.
+
+A net's ``.config`` is ``{"arch": <name>, <constructor arguments>}``; ``from_config`` calls that
+architecture's constructor with exactly those arguments, so ``from_config(net.config)`` rebuilds
+the same parameter layout. Unknown names and keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from .unet import UNet
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {UNet.arch: UNet}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU demo on scikit-learn's 8×8 digits: ~0.43M parameters.
+    "tiny": dict(arch="unet", in_channels=1, image_size=8, base_channels=24, channel_mult=(1, 2),
+                 num_res_blocks=1, attention_resolutions=(4,), norm_groups=8),
+    # MNIST-sized greyscale images (28×28; 32×32 works too): ~3.9M parameters.
+    "mnist": dict(arch="unet", in_channels=1, image_size=28, base_channels=48, channel_mult=(1, 2, 2),
+                  num_res_blocks=2, attention_resolutions=(7,), dropout=0.1),
+    # Ho et al. 2020, the CIFAR-10 model: 35.7M parameters (35,746,307, as diffusers' ddpm-cifar10-32).
+    "ddpm-cifar10": dict(arch="unet", in_channels=3, image_size=32, base_channels=128,
+                         channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
+                         dropout=0.1, num_heads=1, time_conditioning="add"),
+}
+
+
+def config_keys(arch: str) -> list[str]:
+    """The arguments an architecture's config accepts (besides ``arch``)."""
+    return list(inspect.signature(ARCHITECTURES[arch].__init__).parameters)[1:]
+
+
+def from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a network from its ``.config``: ``{"arch": "unet" | "mlp" | "linear", ...}``."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a network config must be a dict, got {type(config).__name__}")
+    if "arch" not in config:
+        raise ValueError(f"a network config needs an 'arch' key, one of {', '.join(ARCHITECTURES)}")
+    arch = config["arch"]
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    valid = config_keys(arch)
+    args = {k: v for k, v in config.items() if k != "arch"}
+    unknown = [k for k in args if k not in valid]
+    if unknown:
+        raise ValueError(f"unknown {arch} config key(s) {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(valid)}")
+    return ARCHITECTURES[arch](**args)
+
+
+def build(name: str, **overrides: Any) -> nn.Module:
+    """The preset ``name`` with ``overrides`` (e.g. in_channels, image_size, num_classes, T).
+
+    Presets: ``tiny``, ``mnist``, ``ddpm-cifar10``, ``mlp``, ``linear`` (see ``PRESETS``).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown network preset {name!r}; valid: {', '.join(PRESETS)}")
+    config = dict(PRESETS[name])
+    if "arch" in overrides and overrides["arch"] != config["arch"]:
+        raise ValueError(f"preset {name!r} is a {config['arch']}; it cannot be overridden to "
+                         f"arch {overrides['arch']!r}")
+    valid = config_keys(config["arch"])
+    unknown = [k for k in overrides if k != "arch" and k not in valid]
+    if unknown:
+        raise ValueError(f"unknown override(s) {', '.join(map(repr, unknown))} for preset {name!r} "
+                         f"({config['arch']}); valid: {', '.join(valid)}")
+    config.update(overrides)
+    return from_config(config)
