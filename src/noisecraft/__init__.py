@@ -1,6 +1,6 @@
 """noisecraft: denoising diffusion models in pure PyTorch, exact where others approximate."""
 
-from . import metrics, nets
+from . import data, metrics, nets
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .errors import DataError, NoisecraftError, RunError
@@ -16,6 +16,7 @@ __all__ = [
     "NoisecraftError",
     "RunError",
     "Schedule",
+    "data",
     "metrics",
     "nets",
     "__version__",
