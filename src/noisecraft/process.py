@@ -1,0 +1,164 @@
+"""The forward process q and the reverse step p_θ, written as the equations read.
+
+Forward (Ho et al. 2020, eqs. 2 and 4):
+
+    q(x_t | x_{t-1}) = N(√α_t x_{t-1}, β_t I),
+    q(x_t | x_0)     = N(√ᾱ_t x_0, (1 − ᾱ_t) I).
+
+Reverse: p_θ(x_s | x_t) = N(μ_θ, σ² I) for s < t (s = t − 1 unless the grid is respaced), with
+μ_θ the posterior mean of q(x_s | x_t, x_0) with the network's x̂_0 plugged in,
+
+    μ_θ(x_t, t) = c_0 x̂_0 + c_t x_t        (``Schedule.posterior_coefficients(t, s)``),
+
+and σ² one of
+    ``"beta"``:       σ²_{t|s} = 1 − ᾱ_t/ᾱ_s                 (β_t when s = t − 1),
+    ``"beta_tilde"``: β̃_{t|s} = σ²_{t|s} (1 − ᾱ_s)/(1 − ᾱ_t)   (β̃_t when s = t − 1),
+    ``"learned"``:    log σ² = f log σ²_{t|s} + (1 − f) log β̃_{t|s}, f = ``Denoised.variance_fraction``
+                      (Nichol & Dhariwal 2021, eq. 15).
+
+The last step (s = 0) has β̃_{t|0} = 0: given x_0 there is nothing left to sample, and log β̃ is −∞.
+Like the Improved-DDPM and DDPM code, we replace β̃ there by the posterior variance of the next
+step of the same width, q(x_t | x_{t+(t−s)}, x_0) — β̃_2 for the step 1 → 0 — or by σ²_{t|s} when
+t + (t − s) lies beyond T. This keeps the learned log-variance and the decoder likelihood finite;
+samplers conventionally return the mean at s = 0 and add no noise there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .denoiser import Denoised
+from .schedule import Schedule, TimeLike, broadcast_to
+
+VARIANCES = ("beta", "beta_tilde", "learned")
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise with x's shape, dtype and device, drawn from ``generator`` if given."""
+    if generator is None:
+        return torch.randn_like(x)
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device)
+    return z.to(x.device)
+
+
+def _check_noise(noise: Tensor | None, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    if noise is None:
+        return noise_like(x, generator)
+    if generator is not None:
+        raise ValueError("pass either noise or generator, not both")
+    if noise.shape != x.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)} but x has {tuple(x.shape)}")
+    return noise
+
+
+def _time(t: TimeLike, x: Tensor) -> Tensor:
+    t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
+        raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},), "
+                         f"got {tuple(t.shape)}")
+    return t
+
+
+def q_step(schedule: Schedule, x_prev: Tensor, t: TimeLike, noise: Tensor | None = None,
+           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One forward step x_{t-1} → x_t = √α_t x_{t-1} + √β_t ε; returns ``(x_t, ε)``.
+
+    ``t`` is an integer in {1, …, T}, as a number or a per-example tensor of shape (batch,).
+    """
+    t = _time(t, x_prev)
+    bad_t = torch.isnan(t) | (t != t.round()) | (t < 1) | (t > schedule.T)
+    if bad_t.any():
+        bad = t[bad_t].flatten()[0].item()
+        raise ValueError(f"q_step needs an integer step t in {{1, …, {schedule.T}}}, got t = {bad!r}")
+    noise = _check_noise(noise, x_prev, generator)
+    dtype = torch.promote_types(x_prev.dtype, torch.float32)
+    # α_t = ᾱ_t/ᾱ_{t-1}: the schedule's log ᾱ keeps the off-by-one inside Schedule.
+    log_alpha = schedule.log_alpha_bar(t) - schedule.log_alpha_bar(t - 1)
+    a = broadcast_to(torch.exp(0.5 * log_alpha), x_prev, dtype)
+    b = broadcast_to(torch.sqrt(-torch.expm1(log_alpha)), x_prev, dtype)
+    return a * x_prev.to(dtype) + b * noise.to(dtype), noise
+
+
+def q_sample(schedule: Schedule, x0: Tensor, t: TimeLike, noise: Tensor | None = None,
+             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Draw x_t ~ q(x_t | x_0) in closed form: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε; returns ``(x_t, ε)``.
+
+    ``t`` ∈ [0, T] (fractional t allowed), a number or a per-example tensor of shape (batch,).
+    """
+    t = _time(t, x0)
+    noise = _check_noise(noise, x0, generator)
+    dtype = torch.promote_types(x0.dtype, torch.float32)
+    alpha, sigma = schedule.marginal(t)
+    x_t = (broadcast_to(alpha, x0, dtype) * x0.to(dtype)
+           + broadcast_to(sigma, x0, dtype) * noise.to(dtype))
+    return x_t, noise
+
+
+def _step_log_variances(schedule: Schedule, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """(log σ²_{t|s}, log β̃_{t|s}) with β̃ at s = 0 replaced as the module docstring says."""
+    log_var_beta = torch.log(-torch.expm1(schedule.log_alpha_bar(t) - schedule.log_alpha_bar(s)))
+    s_safe = torch.where(s > 0, s, t - 1).clamp(min=0)
+    _, _, beta_tilde = schedule.posterior_coefficients(t, s_safe)
+    # The last step: the posterior variance of the next step of the same width (IDDPM's clip).
+    t_next = (2 * t - s).clamp(max=schedule.T)
+    has_next = t_next > t
+    T = schedule.T
+    pair_t = torch.where(has_next, t_next, torch.full_like(t, T))
+    pair_s = torch.where(has_next, t, torch.full_like(t, max(T - 1, 0)))
+    _, _, next_beta_tilde = schedule.posterior_coefficients(pair_t, pair_s)
+    log_next = torch.where(has_next, torch.log(next_beta_tilde), log_var_beta)
+    log_beta_tilde = torch.where(s > 0, torch.log(beta_tilde), log_next)
+    return log_var_beta, log_beta_tilde
+
+
+def reverse_mean_log_variance(schedule: Schedule, denoised: Denoised, x_t: Tensor, t: TimeLike,
+                              s: TimeLike | None = None, variance: str | None = None
+                              ) -> tuple[Tensor, Tensor]:
+    """Like :func:`reverse_mean_variance`, but returns log σ² (exact where σ² would underflow)."""
+    if variance is None:
+        variance = "learned" if denoised.variance_fraction is not None else "beta_tilde"
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    if denoised.x0.shape != x_t.shape:
+        raise ValueError(f"denoised.x0 has shape {tuple(denoised.x0.shape)} but x_t has "
+                         f"{tuple(x_t.shape)}")
+    t = _time(t, x_t)
+    s = t - 1 if s is None else _time(s, x_t)
+    dtype = torch.promote_types(x_t.dtype, torch.float32)
+    c0, ct, _ = schedule.posterior_coefficients(t, s)
+    mean = (broadcast_to(c0, x_t, dtype) * denoised.x0.to(dtype)
+            + broadcast_to(ct, x_t, dtype) * x_t.to(dtype))
+    t, s = torch.broadcast_tensors(t, s)
+    log_var_beta, log_beta_tilde = _step_log_variances(schedule, t, s)
+    if variance == "beta":
+        return mean, broadcast_to(log_var_beta, x_t, dtype)
+    if variance == "beta_tilde":
+        return mean, broadcast_to(log_beta_tilde, x_t, dtype)
+    f = denoised.variance_fraction
+    if f is None:
+        raise ValueError("variance='learned' needs a Denoiser built with learned_variance=True")
+    hi, lo = broadcast_to(log_var_beta, x_t, dtype), broadcast_to(log_beta_tilde, x_t, dtype)
+    return mean, f.to(dtype) * hi + (1 - f.to(dtype)) * lo
+
+
+def reverse_mean_variance(schedule: Schedule, denoised: Denoised, x_t: Tensor, t: TimeLike,
+                          s: TimeLike | None = None, variance: str | None = None
+                          ) -> tuple[Tensor, Tensor]:
+    """Mean and variance of the reverse step p_θ(x_s | x_t) = N(μ_θ, σ² I), s < t (default t − 1).
+
+    Args:
+        schedule: the schedule that defines x_t.
+        denoised: the :class:`Denoised` record of the network at (x_t, t).
+        x_t: the current state, shape (batch, …).
+        t, s: numbers or per-example tensors of shape (batch,), 0 ≤ s < t ≤ T.
+        variance: ``"beta"``, ``"beta_tilde"`` or ``"learned"`` (see the module docstring);
+            by default ``"learned"`` when the record carries a variance fraction, else
+            ``"beta_tilde"``.
+
+    Returns:
+        ``(mean, variance)``: the mean has x_t's shape; the variance broadcasts against it —
+        shape (batch, 1, …) for the fixed choices, x_t's shape for ``"learned"``.
+    """
+    mean, log_var = reverse_mean_log_variance(schedule, denoised, x_t, t, s, variance)
+    return mean, torch.exp(log_var)
