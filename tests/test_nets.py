@@ -12,7 +12,18 @@ SMALL = {
     "tiny": {},
     "mnist": dict(base_channels=8, image_size=28),
     "ddpm-cifar10": dict(base_channels=8, norm_groups=4),
+    "mlp": {},
+    "linear": {},
+    "mlp-images": dict(image_size=4, in_channels=3),
+    "linear-low-rank": dict(rank=3, image_size=None, in_channels=5),
 }
+
+
+def build(name, **overrides):
+    """A preset by name; 'mlp-images' and 'linear-low-rank' are the mlp and linear presets with the
+    overrides in SMALL."""
+    return nets.build(name.split("-")[0] if name.split("-")[0] in ("mlp", "linear") else name,
+                      **{**SMALL[name], **overrides})
 
 
 def randomise_(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -36,7 +47,7 @@ def example_input(net, batch=3, seed=0):
 @pytest.mark.parametrize("name", sorted(SMALL))
 @pytest.mark.parametrize("learned_variance", [False, True])
 def test_output_shape_and_learned_variance_doubles_channels(name, learned_variance):
-    net = nets.build(name, learned_variance=learned_variance, **SMALL[name])
+    net = build(name, learned_variance=learned_variance)
     x, t = example_input(net)
     out = net(x, t)
     expected = list(x.shape)
@@ -68,11 +79,15 @@ def test_tiny_preset_is_small():
 
 @pytest.mark.parametrize("name,overrides", [
     ("tiny", dict(num_classes=10, learned_variance=True, T=250)),
-    ("mnist", SMALL["mnist"]),
-    ("ddpm-cifar10", dict(SMALL["ddpm-cifar10"], num_heads=2)),
+    ("mnist", {}),
+    ("ddpm-cifar10", dict(num_heads=2)),
+    ("mlp", dict(num_classes=4, dropout=0.1)),
+    ("mlp-images", dict(learned_variance=True)),
+    ("linear", dict(num_classes=3)),
+    ("linear-low-rank", dict(learned_variance=True)),
 ])
 def test_config_round_trip_rebuilds_the_same_network(name, overrides):
-    net = randomise_(nets.build(name, **overrides))
+    net = randomise_(build(name, **overrides))
     config = json.loads(json.dumps(net.config))
     assert config == net.config
     rebuilt = nets.from_config(config)
@@ -154,10 +169,16 @@ def test_bad_presets_and_overrides_name_the_problem():
         nets.build("tiny", num_classes=0)
 
 
-@pytest.mark.parametrize("name,overrides", [("tiny", dict(num_classes=2))])
+@pytest.mark.parametrize("name,overrides", [
+    ("tiny", dict(num_classes=2)),
+    ("mlp", dict(num_classes=2)),
+    ("mlp-images", {}),
+    ("linear", dict(num_classes=2)),
+    ("linear-low-rank", {}),
+])
 def test_a_few_gradient_steps_reduce_a_regression_loss(name, overrides):
     torch.manual_seed(0)
-    net = nets.build(name, **overrides)
+    net = build(name, **overrides)
     x, t = example_input(net, batch=8, seed=1)
     labels = torch.tensor([0, 1] * 4) if overrides.get("num_classes") else None
     target = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
@@ -171,3 +192,78 @@ def test_a_few_gradient_steps_reduce_a_regression_loss(name, overrides):
         losses.append(loss.item())
     # The zero output layer starts the loss at E[target²] ≈ 1; a net that learns halves it.
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("linear", dict(num_classes=3)),
+    ("linear-low-rank", dict(learned_variance=True)),
+])
+def test_linear_net_is_affine_in_x(name, overrides):
+    net = randomise_(build(name, **overrides))
+    g = torch.Generator().manual_seed(3)
+    x1, t = example_input(net, batch=4, seed=4)
+    x2 = torch.randn(x1.shape, generator=g)
+    labels = torch.tensor([0, 1, 2, -1]) if overrides.get("num_classes") else None
+    f = lambda x: net(x, t, labels=labels)  # noqa: E731
+    a, b = 1.7, -0.6
+    lhs = f(a * x1 + b * x2)
+    rhs = a * f(x1) + b * f(x2) - (a + b - 1) * f(torch.zeros_like(x1))
+    torch.testing.assert_close(lhs, rhs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_affinity_check_detects_a_nonlinear_net():
+    # The same identity fails for the MLP, so the test above is not vacuous.
+    net = randomise_(nets.build("mlp"))
+    x1, t = example_input(net, batch=4, seed=4)
+    x2 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(3))
+    a, b = 1.7, -0.6
+    lhs = net(a * x1 + b * x2, t)
+    rhs = a * net(x1, t) + b * net(x2, t) - (a + b - 1) * net(torch.zeros_like(x1), t)
+    assert (lhs - rhs).abs().max() > 1e-2
+
+
+def test_linear_net_fits_the_best_affine_denoiser_of_gaussian_data():
+    """For x_0 ~ N(μ, Σ) and x_t = α x_0 + σ ε the posterior mean is affine, found by Gaussian
+    conditioning: E[x_0 | x_t] = μ + α Σ (α² Σ + σ² I)⁻¹ (x_t − α μ). Least squares on samples must
+    recover it."""
+    g = torch.Generator().manual_seed(0)
+    n, alpha, sigma, t_value = 20_000, 0.8, 0.6, 300.0
+    mu = torch.tensor([1.0, -2.0])
+    L = torch.tensor([[1.0, 0.0], [0.9, 0.5]])
+    cov = L @ L.T
+    x0 = mu + torch.randn(n, 2, generator=g) @ L.T
+    x_t = alpha * x0 + sigma * torch.randn(n, 2, generator=g)
+    gain = alpha * cov @ torch.linalg.inv(alpha**2 * cov + sigma**2 * torch.eye(2))
+    net = nets.build("linear", in_channels=2, image_size=None, num_basis=4)
+    t = torch.full((n,), t_value)
+    opt = torch.optim.LBFGS(net.parameters(), lr=1, max_iter=200, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = (net(x_t, t) - x0).square().mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        t2 = torch.full((3,), t_value)
+        probes = torch.cat([torch.zeros(1, 2), torch.eye(2)])
+        out = net(probes, t2)
+    bias, weight = out[0], (out[1:] - out[0]).T
+    # Sampling error of least squares: coefficient i of output j has standard error
+    # √(Σ_post[j, j] · ((AᵀA)⁻¹)[i, i]), A = [x_t, 1], Σ_post = Σ − α gain Σ the residual covariance.
+    # Five standard errors: a false failure has probability < 1e-5 per coefficient.
+    design = torch.cat([x_t, torch.ones(n, 1)], dim=1).double()
+    post_var = torch.diagonal(cov - alpha * gain @ cov).double()
+    se = (post_var[:, None] * torch.diagonal(torch.linalg.inv(design.T @ design))[None, :]).sqrt()
+    error = torch.cat([weight - gain, (bias - (mu - gain @ (alpha * mu)))[:, None]], dim=1)
+    assert (error.abs() < 5 * se).all(), (error, se)
+
+
+def test_none_valued_conditions_are_the_null_condition_for_any_net():
+    net = nets.build("mlp")
+    x, t = example_input(net)
+    torch.testing.assert_close(net(x, t, labels=None, text=None), net(x, t))
+    with pytest.raises(ValueError, match=r"\(batch, 2\)"):
+        net(torch.randn(3, 3), t)

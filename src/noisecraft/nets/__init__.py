@@ -5,6 +5,8 @@ name with :func:`build` and rebuild it from JSON with :func:`from_config` (``net
 """
 
 from .layers import AttentionBlock, LabelEmbedding, ResBlock, TimeEmbedding, sinusoidal_embedding
+from .linear import LinearDenoiser
+from .mlp import MLP
 from .presets import ARCHITECTURES, PRESETS, build, from_config
 from .unet import UNet
 
@@ -13,6 +15,8 @@ __all__ = [
     "PRESETS",
     "AttentionBlock",
     "LabelEmbedding",
+    "LinearDenoiser",
+    "MLP",
     "ResBlock",
     "TimeEmbedding",
     "UNet",

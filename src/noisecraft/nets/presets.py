@@ -13,9 +13,11 @@ from typing import Any
 
 from torch import nn
 
+from .linear import LinearDenoiser
+from .mlp import MLP
 from .unet import UNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {UNet.arch: UNet}
+ARCHITECTURES: dict[str, type[nn.Module]] = {net.arch: net for net in (UNet, MLP, LinearDenoiser)}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo on scikit-learn's 8×8 digits: ~0.43M parameters.
@@ -28,6 +30,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ddpm-cifar10": dict(arch="unet", in_channels=3, image_size=32, base_channels=128,
                          channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
                          dropout=0.1, num_heads=1, time_conditioning="add"),
+    # 2-D toy data (moons, rings, Gaussian mixtures); in_channels=D for D-column tabular rows.
+    "mlp": dict(arch="mlp", in_channels=2, image_size=None, width=128, depth=3),
+    # The affine baseline, sized for 8×8 digits; image_size=None for vectors.
+    "linear": dict(arch="linear", in_channels=1, image_size=8, num_basis=16),
 }
 
 
