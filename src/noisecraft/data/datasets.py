@@ -49,7 +49,10 @@ class ArrayImageDataset(Dataset):
     """uint8 pictures (N, H, W, C) held in memory, preprocessed one item at a time.
 
     ``channels``/``image_size`` of None keep the pictures' own channel count and size.
+    ``skipped`` counts the files a reader passed over with ``skip_bad``.
     """
+
+    skipped = 0
 
     def __init__(self, images: np.ndarray, *, source: str, labels: np.ndarray | None = None,
                  captions: Sequence[str] | None = None, keys: Sequence[str] | None = None,

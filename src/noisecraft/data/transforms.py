@@ -164,7 +164,10 @@ def prepare_array(a: np.ndarray, pre: Preprocess) -> np.ndarray:
 def scale_to_unit(a: np.ndarray | Tensor, pre: Preprocess) -> Tensor:
     """Step 3 on (..., H, W, C) values: float32 (..., C, H, W) in [−1, 1]."""
     lo, hi = pre.value_range
-    t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
+    if isinstance(a, np.ndarray):
+        # torch cannot wrap read-only arrays (np.frombuffer, np.load(mmap_mode="r")) safely.
+        a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)
+    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
     t = t.movedim(-1, -3).to(torch.float32)
     return t.sub_(lo).mul_(2.0 / (hi - lo)).sub_(1.0)
 
