@@ -292,8 +292,9 @@ def _mel_magnitude(x: torch.Tensor, c: AudioConfig) -> torch.Tensor:
 
 def test_griffin_lim_reconstructs_a_chirp_and_tones():
     # Tones at 440 and 1250 Hz plus a 200→3000 Hz linear chirp, 1 s at 8 kHz (the default config).
-    # Spectral convergence of the mel magnitudes ||M − M̂|| / ||M||: measured 0.045 after 64 fast
-    # Griffin-Lim iterations, 0.087 for plain Griffin-Lim and 0.32 after one iteration (random phase).
+    # Spectral convergence of the mel magnitudes ||M − M̂|| / ||M||: measured 0.049 after 64 fast
+    # Griffin-Lim iterations, 0.093 for plain Griffin-Lim and 0.31 after one iteration (random phase).
+    # Deterministic (seeded phases), so the bounds only leave room for float rounding across builds.
     c = AudioConfig()
     t = np.arange(c.n_samples) / c.sample_rate
     chirp = 0.2 * np.sin(2 * np.pi * (200 * t + 0.5 * (2800 / t[-1]) * t**2))

