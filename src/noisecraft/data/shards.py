@@ -1,0 +1,257 @@
+"""WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``), streamed with the webdataset library.
+
+A sample is the members sharing one key: an image (``.png``, ``.jpg``, ``.jpeg`` or ``.webp``),
+an optional ``.cls`` label (decimal text), an optional ``.txt`` caption and optional ``.json``
+metadata (not read). A ``classes.txt`` beside the shards, one name per line, gives the class names.
+
+Spec → shards: a folder (its shards, sorted; with ``train-*``/``test-*`` names a split picks its
+own, ``all`` takes every one; without such names only ``train``/``all`` exist), one shard file, or
+a brace pattern ``path/train-{0000..0004}.tar`` (exactly those shards; no ``test``).
+
+Order and splitting, per epoch e (``dataset.set_epoch(e)``, like DistributedSampler; without it
+the epoch counts the passes made in this process):
+1. every rank and worker shuffles the full shard list with the same seed (seed, e) ...
+2. ... then takes its slice: shards rank, rank + world, ... (``wds.split_by_node``), and of those
+   its worker's slice (``wds.split_by_worker``), so no sample is read twice in one epoch;
+3. samples are shuffled in a buffer seeded (seed, e, rank, worker).
+Ranks get whole shards, so give at least world_size × num_workers shards of similar size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import random
+import tarfile
+import warnings
+import zlib
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from ..errors import DataError
+from .datasets import NO_LABEL, image_info
+from .transforms import Preprocess, pil_to_array, prepare_array, random_flip, scale_to_unit
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+SHUFFLE_BUFFER = 2000
+_SHARD_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, ValueError)
+
+
+def list_shards(folder: str) -> list[str]:
+    """The shard files directly in ``folder``, sorted."""
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                  if n.lower().endswith(SHARD_SUFFIXES) and not n.startswith("."))
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """``a/train-{0000..0003}.tar`` → the four paths; every one must exist."""
+    paths = [os.path.expanduser(p) for p in wds.shardlists.expand_urls(pattern)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"shard {missing[0]} not found ({len(missing)} of {len(paths)} shards of "
+                        f"{pattern!r} missing)")
+    return paths
+
+
+def _split_of(path: str) -> str | None:
+    name = os.path.basename(path).lower()
+    for split in ("train", "test"):
+        if name.startswith(split) and name[len(split):len(split) + 1] in ("-", "_", "."):
+            return split
+    return None
+
+
+def select_shards(spec: str, split: str) -> list[str]:
+    """The shards of one split named by a folder, a shard file or a brace pattern."""
+    if os.path.isdir(spec):
+        shards = list_shards(spec)
+        if not shards:
+            raise DataError(f"{spec}: no shard files ({', '.join(SHARD_SUFFIXES)})")
+        named = [s for s in shards if _split_of(s) is not None]
+        if split == "all" or (not named and split == "train"):
+            return shards
+        picked = [s for s in shards if _split_of(s) == split]
+        if not picked:
+            raise DataError(f"{spec}: no {split} shards (names starting '{split}-'); found "
+                            f"{', '.join(os.path.basename(s) for s in shards[:4])}")
+        return picked
+    shards = expand_pattern(spec) if "{" in spec else [spec]
+    if split == "test":
+        raise DataError(f"{spec}: names its shards explicitly, so it has no test split; "
+                        "pass the test shards' own pattern")
+    return shards
+
+
+def _checked_stream(f: BinaryIO, url: str) -> BinaryIO:
+    """The shard's tar byte stream, made to fail loudly when the shard is cut short.
+
+    Python's streaming tar reader takes a truncated archive for a complete one, so: gzip shards
+    are decompressed by GzipFile, which raises EOFError when the end-of-stream marker or CRC is
+    missing; plain tar shards must end with the two zero blocks that close every tar archive.
+    """
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f)
+    size = os.fstat(f.fileno()).st_size
+    f.seek(max(0, size - 1024))
+    if size % 512 or size < 1024 or f.read(1024) != bytes(1024):
+        raise tarfile.ReadError(f"truncated: {size} bytes and no end-of-archive marker")
+    f.seek(0)
+    return f
+
+
+def _first_members(path: str, n: int = 8) -> list[str]:
+    try:
+        with tarfile.open(path) as tar:
+            names = []
+            for member in tar:
+                names.append(member.name)
+                if len(names) == n:
+                    break
+            return names
+    except _SHARD_ERRORS as e:
+        raise DataError(f"{path}: corrupt shard: {e}") from None
+
+
+def shards_hold_audio(paths: list[str]) -> bool:
+    """Whether the first shard's first samples carry ``.wav`` members."""
+    return bool(paths) and any(m.lower().endswith(".wav") for m in _first_members(paths[0]))
+
+
+def _seed(*parts: int) -> int:
+    """One integer from several, so each (seed, epoch, rank, worker) has its own stream."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _read_classes(folder: str) -> list[str] | None:
+    path = os.path.join(folder, "classes.txt")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+class ShardDataset(IterableDataset):
+    """A stream of ``{"x", "label", "caption", "key"}`` from WebDataset shards (see module doc)."""
+
+    def __init__(self, shards: list[str], *, source: str, image_size: int | None = None,
+                 channels: int | None = None, flip: bool = False, skip_bad: bool = False,
+                 shuffle: bool = True, seed: int = 0, classes: list[str] | None = None) -> None:
+        self.shards, self.source = list(shards), source
+        self.skip_bad, self.shuffle, self.seed = skip_bad, shuffle, seed
+        self.epoch, self.skipped = 0, 0
+        self._strict_channels, self._strict_size = channels is None, image_size is None
+        # The output shape comes from the first sample of the first shard (a fixed, unshuffled
+        # choice); without channels/image_size every other sample must agree with it.
+        first = self._first_image()
+        h, w = first.shape[:2] if image_size is None else (image_size, image_size)
+        self.preprocess = Preprocess(kind="image", channels=channels or first.shape[-1], height=h,
+                                     width=w, image_size=image_size, flip=flip)
+        self._natural = first.shape
+        self.info = image_info(self.preprocess, num_classes=len(classes) if classes else None,
+                               count=None, classes=classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shard order and shuffle the next pass uses."""
+        self.epoch = int(epoch)
+
+    def _first_image(self) -> np.ndarray:
+        with contextlib.closing(self._samples(self.shards)) as samples:
+            for sample in samples:
+                try:
+                    return self._decode_image(sample)[0]
+                except DataError as e:
+                    self._bad(str(e))  # raises unless skip_bad; the pass itself reports it again
+                finally:
+                    self.skipped = 0
+        raise DataError(f"{self.source}: the shards hold no readable samples")
+
+    def _bad(self, message: str) -> None:
+        if not self.skip_bad:
+            raise DataError(message)
+        self.skipped += 1
+        warnings.warn(f"skipped {message} ({self.skipped} skipped so far in this process)",
+                      stacklevel=2)
+
+    def _samples(self, urls: list[str]) -> Iterator[dict[str, Any]]:
+        """Raw samples of each shard in turn; a corrupt shard is reported once, by name."""
+        for url in urls:
+            try:
+                with open(url, "rb") as f:
+                    source = {"url": url, "stream": _checked_stream(f, url)}
+                    yield from group_by_keys(tar_file_expander([source]))
+            except _SHARD_ERRORS as e:
+                reason = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
+                self._bad(f"{url}: corrupt shard: {reason}")
+
+    def _decode_image(self, sample: dict[str, Any]) -> tuple[np.ndarray, str]:
+        where = f"{sample.get('__url__', self.source)}: sample {sample.get('__key__')!r}"
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        if ext is None:
+            members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
+            raise DataError(f"{where} has no image ({'/'.join(IMAGE_EXTS)}); members: {members}")
+        try:
+            with Image.open(io.BytesIO(sample[ext])) as img:
+                img.load()
+                return pil_to_array(img), where
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{where}: .{ext} is not a readable image: {e}") from None
+
+    def _item(self, sample: dict[str, Any]) -> dict[str, Any]:
+        a, where = self._decode_image(sample)
+        if self._strict_channels and a.shape[-1] != self._natural[-1]:
+            raise DataError(f"{where} has {a.shape[-1]} channels but the first sample has "
+                            f"{self._natural[-1]}; pass channels=1, 3 or 4 to convert them all")
+        if self._strict_size and a.shape[:2] != self._natural[:2]:
+            raise DataError(f"{where} is {a.shape[1]}x{a.shape[0]} but the first sample is "
+                            f"{self._natural[1]}x{self._natural[0]}; pass image_size to resize")
+        label = NO_LABEL
+        if "cls" in sample:
+            try:
+                label = int(sample["cls"].decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError):
+                raise DataError(f"{where}: .cls is not a decimal integer: {sample['cls'][:20]!r}") \
+                    from None
+        try:
+            caption = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: .txt caption is not UTF-8: {e}") from None
+        x = scale_to_unit(prepare_array(a, self.preprocess), self.preprocess)
+        return {"x": random_flip(x, self.preprocess), "label": label, "caption": caption,
+                "key": sample["__key__"]}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, _world, worker, _workers = wds.utils.pytorch_worker_info()
+        urls = list(self.shards)
+        if self.shuffle:
+            random.Random(_seed(self.seed, self.epoch)).shuffle(urls)
+        stages: list[Any] = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
+                             lambda src: self._samples([s["url"] for s in src])]
+        if self.shuffle:
+            rng = random.Random(_seed(self.seed, self.epoch, rank, worker))
+            stages.append(wds.shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER // 4, rng=rng))
+        self.epoch += 1
+        for sample in wds.DataPipeline(*stages):
+            try:
+                yield self._item(sample)
+            except DataError as e:
+                self._bad(str(e))
+
+
+def load_shards(spec: str, *, split: str = "train", image_size: int | None = None,
+                channels: int | None = None, flip: bool = False, skip_bad: bool = False,
+                shuffle: bool = True, seed: int = 0) -> ShardDataset:
+    """The image shards of one split named by ``spec`` (folder, shard file or brace pattern)."""
+    shards = select_shards(spec, split)
+    folder = spec if os.path.isdir(spec) else os.path.dirname(shards[0])
+    return ShardDataset(shards, source=spec, image_size=image_size, channels=channels, flip=flip,
+                        skip_bad=skip_bad, shuffle=shuffle, seed=seed, classes=_read_classes(folder))
