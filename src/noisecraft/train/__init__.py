@@ -1,0 +1,27 @@
+"""Training and run directories: :class:`Trainer`, the run config, EMA, checkpoints, DDP.
+
+``load_run(run_dir)`` rebuilds a trained model from its run directory for sampling and
+evaluation (safetensors + JSON only).
+"""
+
+from .checkpoint import LoadedRun, atomic_write, load_run, read_config
+from .config import CONFIG_VERSION, DataConfig, RunConfig, SamplingConfig, TrainConfig
+from .ema import EMA
+from .trainer import Trainer, TrainResult, lr_at, new_run_config
+
+__all__ = [
+    "CONFIG_VERSION",
+    "EMA",
+    "DataConfig",
+    "LoadedRun",
+    "RunConfig",
+    "SamplingConfig",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "atomic_write",
+    "load_run",
+    "lr_at",
+    "new_run_config",
+    "read_config",
+]

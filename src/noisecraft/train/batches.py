@@ -1,0 +1,101 @@
+"""An endless stream of training batches in a reproducible, resumable order.
+
+Map-style data is dealt to the ranks by ``DistributedSampler`` (shuffled with the run's seed,
+reshuffled each epoch, the tail that does not fill a batch on every rank dropped), so the order
+is a function of (seed, epoch) alone. The stream counts the batches it has handed out in the
+current epoch; ``seek(epoch, position)`` puts it back there without loading the skipped
+examples, which is how ``--resume`` continues the data order exactly.
+
+Iterable data (WebDataset shards) splits itself over ranks and workers; its position is
+restored by drawing and discarding the batches already consumed in the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import default_collate as collate
+
+from ..errors import DataError
+
+
+class BatchStream:
+    """``next(stream)`` is the next batch: ``{"x": (B, …), "label": (B,), "caption": [...], …}``."""
+
+    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, num_workers: int = 0,
+                 pin_memory: bool = False):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.map_style = not isinstance(dataset, IterableDataset)
+        if self.map_style:
+            n = len(dataset)  # type: ignore[arg-type]
+            per_rank = n // world_size
+            if per_rank < batch_size:
+                name = getattr(dataset, "source", type(dataset).__name__)
+                raise DataError(f"{name}: {n} examples give {per_rank} per process, fewer than one "
+                                f"batch of {batch_size}; lower --batch-size")
+        self.epoch = 0
+        self.position = 0
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def state(self) -> dict[str, int]:
+        """Where the stream is: the epoch and the batches already handed out in it."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def seek(self, epoch: int, position: int) -> None:
+        self.epoch, self.position, self._it = int(epoch), int(position), None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        fresh = False
+        while True:
+            if self._it is None:
+                self._it, fresh = self._open_epoch(), True
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                if fresh and self.position == 0:
+                    raise DataError("the training data yielded no complete batch in an epoch") from None
+                self.epoch, self.position, self._it = self.epoch + 1, 0, None
+                continue
+            self.position += 1
+            return batch
+
+    def _loader(self, **kwargs: Any) -> DataLoader:
+        return DataLoader(self.dataset, num_workers=self.num_workers, collate_fn=collate,
+                          pin_memory=self.pin_memory, **kwargs)
+
+    def _open_epoch(self) -> Iterator[dict[str, Any]]:
+        if self.map_style:
+            sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank,
+                                         shuffle=True, seed=self.seed, drop_last=True)
+            sampler.set_epoch(self.epoch)
+            order = list(sampler)
+            bs = self.batch_size
+            batches = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)]
+            # Worker seeds (for random flips) follow (seed, epoch, position), not the global RNG.
+            gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.position)) & 2**62)
+            return iter(self._loader(batch_sampler=batches[self.position:], generator=gen))
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(self.epoch)
+        it = iter(self._loader(batch_size=self.batch_size, drop_last=True))
+        for skipped in range(self.position):
+            try:
+                next(it)
+            except StopIteration:
+                raise DataError(f"cannot resume the data order: epoch {self.epoch} now has "
+                                f"{skipped} batches, but {self.position} were consumed before "
+                                "(the data changed?)") from None
+        return it

@@ -1,0 +1,94 @@
+"""One process or many: the trainer runs unchanged under ``torchrun --nproc_per_node=N``.
+
+torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with ``WORLD_SIZE > 1`` we join the
+process group (NCCL when CUDA is present, gloo on CPU) and each rank drives one device. Only
+rank 0 writes to the run directory; collectives here are the few the trainer needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process sits: ``rank`` of ``world_size`` on ``device``."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str | torch.device | None = None) -> Context:
+    """Join the process group when launched by torchrun; pick the device.
+
+    ``device=None`` means CUDA (``cuda:LOCAL_RANK``) when available, else CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world <= 1:
+        return Context(rank=0, world_size=1, local_rank=0, device=dev)
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    return Context(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                   device=dev, owns_group=owns)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def mean_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The element-wise mean of ``values`` over all ranks (a copy; ``values`` is untouched)."""
+    out = values.detach().clone().to(ctx.device, torch.float64 if ctx.device.type == "cpu"
+                                      else torch.float32)
+    if ctx.distributed:
+        dist.all_reduce(out)
+        out /= ctx.world_size
+    return out.cpu()
+
+
+def gather_bytes(blob: bytes, ctx: Context) -> list[bytes]:
+    """Every rank's ``blob``, in rank order (all ranks call it; blobs may differ in length)."""
+    if not ctx.distributed:
+        return [blob]
+    n = torch.tensor([len(blob)], dtype=torch.int64, device=ctx.device)
+    sizes = [torch.zeros_like(n) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    buf = torch.zeros(longest, dtype=torch.uint8, device=ctx.device)
+    if blob:
+        buf[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(ctx.device)
+    bufs = [torch.zeros_like(buf) for _ in range(ctx.world_size)]
+    dist.all_gather(bufs, buf)
+    return [bytes(b[: int(s.item())].cpu().numpy().tobytes()) for b, s in zip(bufs, sizes, strict=True)]

@@ -1,0 +1,405 @@
+"""The training loop: AdamW, warm-up, clipping, EMA, accumulation, checkpoints, DDP.
+
+One optimizer step draws ``accum`` micro-batches x_0, for each a per-example loss
+(``losses.simple``: t uniform on {1, …, T}, ε ~ N(0, I), the Denoiser's regression target),
+averages it over the batch and the micro-batches, clips the gradient norm, steps AdamW and moves
+the EMA. Under ``torchrun`` the network is wrapped in DistributedDataParallel, which averages
+the gradients over ranks; everything else is the same code. Only rank 0 writes files.
+
+Reproducibility: on the CPU a run is a function of its config. All randomness comes from a
+per-rank training generator (t, ε, label dropout), torch's global RNG (dropout, flips) and the
+data order (seed, epoch, position); a checkpoint stores all three, so N steps and N/2 steps +
+``--resume`` to N give identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, IterableDataset
+
+from .. import losses, nets
+from ..errors import RunError
+from . import checkpoint as ckpt
+from . import distributed
+from .batches import BatchStream
+from .config import DataConfig, RunConfig, SamplingConfig, TrainConfig
+from .ema import EMA
+
+STATE_VERSION = 1
+
+
+def lr_at(step: int, train: TrainConfig) -> float:
+    """The learning rate for optimizer step ``step`` (0-based).
+
+    Linear warm-up lr·(step + 1)/warmup over the first ``warmup`` steps, then constant, or a
+    cosine decay lr·½(1 + cos(π p)) with p the fraction of the remaining steps done.
+    """
+    if train.warmup and step < train.warmup:
+        return train.lr * (step + 1) / train.warmup
+    if train.lr_schedule == "constant":
+        return train.lr
+    span = max(1, train.steps - train.warmup)
+    progress = min(1.0, (step - train.warmup) / span)
+    return train.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def rank_seed(seed: int, rank: int, stream: str) -> int:
+    """A 63-bit seed for one rank's ``stream``, unrelated for neighbouring seeds and ranks."""
+    digest = hashlib.blake2b(f"noisecraft-train/{seed}/{rank}/{stream}".encode(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = "tiny",
+                   net_overrides: dict[str, Any] | None = None, schedule: str = "linear",
+                   T: int = 1000, prediction: str = "eps", class_conditional: bool = False,
+                   train: TrainConfig | None = None, sampling: SamplingConfig | None = None
+                   ) -> RunConfig:
+    """The config of a new run: preset ``net`` sized to ``dataset`` (``dataset.info``) and the
+    schedule ``schedule`` with ``T`` steps. Images sample with x̂_0 clipped to [−1, 1] and
+    draw 64-picture grids; vectors sample unclipped and plot 2,000 points."""
+    from ..schedule import Schedule
+
+    info, pre = dataset.info, dataset.preprocess  # type: ignore[union-attr]
+    kind = info["kind"]
+    if kind not in ("image", "vector"):
+        raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images and vectors")
+    if net not in nets.PRESETS:
+        raise ValueError(f"unknown network preset {net!r}; valid: {', '.join(nets.PRESETS)}")
+    arch = nets.PRESETS[net]["arch"]
+    if kind == "vector" and arch == "unet":
+        raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a U-Net for images; "
+                         "use --net mlp")
+    num_classes = info.get("num_classes") if class_conditional else None
+    if class_conditional and not num_classes:
+        raise ValueError(f"{spec!r} has no labels, so it cannot train a class-conditional model")
+    sched = Schedule.from_name(schedule, T=T)
+    overrides: dict[str, Any] = {"in_channels": info["channels"] if kind == "image" else info["dim"],
+                                 "image_size": pre.height if kind == "image" else None,
+                                 "T": sched.T, "num_classes": num_classes}
+    overrides.update(net_overrides or {})
+    net_config = nets.build(net, **overrides).config
+    data = DataConfig(spec=spec, kind=kind, shape=list(pre.shape), num_classes=num_classes,
+                      image_size=pre.image_size if kind == "image" else None,
+                      channels=pre.channels if kind == "image" else None,
+                      preprocess=pre.to_dict())
+    if sampling is None:
+        sampling = (SamplingConfig(clip=(-1.0, 1.0), n=64) if kind == "image"
+                    else SamplingConfig(clip=None, n=2000))
+    return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
+                     train=train or TrainConfig(), sampling=sampling)
+
+
+@dataclass
+class TrainResult:
+    """How a :meth:`Trainer.fit` call ended."""
+
+    run_dir: Path
+    step: int
+    loss: float | None
+    wall_time_s: float
+    examples_per_s: float | None
+
+
+class Trainer:
+    """Trains ``config``'s network on ``dataset`` into ``run_dir``.
+
+    Args:
+        config: the run's configuration (written to ``config.json`` for a new run).
+        run_dir: the run directory (created if missing).
+        dataset: a map-style or iterable dataset yielding ``{"x", "label", ...}`` dicts
+            (``noisecraft.data.load``).
+        resume: continue from the checkpoint in ``run_dir`` up to ``config.train.steps``.
+        device: None picks CUDA when available (one device per rank under torchrun), else CPU.
+        progress: show a tqdm bar (loss, it/s, ETA) on rank 0.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, dataset: Dataset | IterableDataset,
+                 *, resume: bool = False, device: str | torch.device | None = None,
+                 progress: bool = True):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dataset = dataset
+        self.resume = resume
+        self.device = device
+        self.progress = progress
+        if resume and not ckpt.has_checkpoint(self.run_dir):
+            raise RunError(f"{self.run_dir / ckpt.STATE}: missing; nothing to resume in {self.run_dir}")
+        if not resume and ckpt.has_checkpoint(self.run_dir):
+            raise ValueError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
+                             "it or choose another --out")
+
+    # ------------------------------------------------------------------ public
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train until ``config.train.steps`` optimizer steps (or ``stop_at``, to simulate an
+        interrupted run) and save a checkpoint there."""
+        ctx = distributed.setup(self.device)
+        try:
+            return self._fit(ctx, stop_at)
+        finally:
+            distributed.teardown(ctx)
+
+    # ------------------------------------------------------------------ set-up
+    def _fit(self, ctx: distributed.Context, stop_at: int | None) -> TrainResult:
+        cfg, tc = self.config, self.config.train
+        dev = ctx.device
+        if ctx.is_main:
+            (self.run_dir / ckpt.SAMPLES).mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write(self.run_dir / ckpt.CONFIG, cfg.to_json())
+        distributed.barrier(ctx)
+
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        net = nets.from_config(cfg.net).to(dev)
+        ema = EMA(net, tc.ema_decay, tc.ema_warmup)
+        opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tc.adam_betas,
+                                weight_decay=tc.weight_decay)
+        gen = torch.Generator(device=dev).manual_seed(rank_seed(tc.seed, ctx.rank, "train"))
+        torch.manual_seed(rank_seed(tc.seed, ctx.rank, "global"))
+        if dev.type == "cuda":
+            torch.cuda.manual_seed(rank_seed(tc.seed, ctx.rank, "cuda"))
+        stream = BatchStream(self.dataset, tc.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                             seed=tc.seed, num_workers=tc.num_workers, pin_memory=dev.type == "cuda")
+        step, wall = 0, 0.0
+        if self.resume:
+            step, wall = self._restore(ctx, net, ema, opt, gen, stream)
+
+        model: nn.Module = net
+        if ctx.distributed:
+            model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        denoiser, schedule = ckpt.build_denoiser(model, cfg)
+        denoiser.clip = None  # clipping x̂_0 is for sampling; the loss reads the raw output
+
+        end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+        writer = _tensorboard(self.run_dir) if ctx.is_main else None
+        try:
+            return self._loop(ctx, model, net, ema, opt, gen, stream, denoiser, step, end, wall, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    # ------------------------------------------------------------------ the loop
+    def _loop(self, ctx: distributed.Context, model: nn.Module, net: nn.Module, ema: EMA,
+              opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream, denoiser: Any,
+              step: int, end: int, wall: float, writer: Any) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        tc = self.config.train
+        dev = ctx.device
+        global_batch = tc.batch_size * tc.accum * ctx.world_size
+        bar = tqdm(total=tc.steps, initial=step, unit="step", dynamic_ncols=True, desc="train",
+                   disable=not (ctx.is_main and self.progress))
+        sums = torch.zeros(2, dtype=torch.float64, device=dev)  # Σ loss, Σ grad norm since last log
+        count = 0
+        last_loss, last_rate = None, None
+        t_start = t_log = time.perf_counter()
+        wall_at_start, step_at_log = wall, step
+        clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        try:
+            while step < end:
+                lr = lr_at(step, tc)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                for micro in range(tc.accum):
+                    batch = next(stream)
+                    # DDP all-reduces gradients on backward; skip it until the last micro-batch.
+                    last = micro == tc.accum - 1
+                    sync = contextlib.nullcontext() if last or not ctx.distributed else model.no_sync()
+                    with sync:
+                        loss = self._loss(denoiser, batch, gen, dev)
+                        (loss / tc.accum).backward()
+                    sums[0] += loss.detach().double() / tc.accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+                sums[1] += grad_norm.detach().double()
+                count += 1
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                ema.update(net)
+                step += 1
+                bar.update(1)
+
+                if step % tc.log_every == 0 or step == end:
+                    now = time.perf_counter()
+                    mean = distributed.mean_over_ranks(sums / count, ctx)
+                    last_loss = float(mean[0])
+                    last_rate = global_batch * (step - step_at_log) / (now - t_log)
+                    if not math.isfinite(last_loss):  # a user-fixable divergence: one-line error
+                        raise ValueError(f"the training loss became {last_loss} by step {step}; "
+                                         "lower --lr or raise --warmup")
+                    record = {"step": step, "loss": last_loss, "grad_norm": float(mean[1]), "lr": lr,
+                              "examples_per_s": last_rate,
+                              "elapsed_s": wall_at_start + now - t_start}
+                    if ctx.is_main:
+                        self._log(record, writer)
+                        bar.set_postfix(loss=f"{last_loss:.4f}")
+                    sums.zero_()
+                    count, t_log, step_at_log = 0, now, step
+                if ctx.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == end):
+                    self._samples(ema.net, step)
+                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == end:
+                    wall_now = wall_at_start + time.perf_counter() - t_start
+                    self._save(ctx, step, net, ema, opt, gen, stream, wall_now)
+        finally:
+            bar.close()
+        return TrainResult(run_dir=self.run_dir, step=step, loss=last_loss,
+                           wall_time_s=wall_at_start + time.perf_counter() - t_start,
+                           examples_per_s=last_rate)
+
+    def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
+              dev: torch.device) -> Tensor:
+        """The batch mean of the per-example losses (bf16 autocast on CUDA only)."""
+        x0 = batch["x"].to(dev, non_blocking=True)
+        cond: dict[str, Tensor] = {}
+        if self.config.data.num_classes is not None:
+            labels = batch["label"].to(dev, non_blocking=True)
+            p_drop = self.config.train.label_dropout
+            if p_drop > 0:
+                # Classifier-free guidance: some examples train the null condition (label −1).
+                drop = torch.rand(labels.shape, generator=gen, device=dev) < p_drop
+                labels = torch.where(drop, torch.full_like(labels, -1), labels)
+            cond["labels"] = labels
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            per_example = losses.simple(denoiser, x0, generator=gen, **cond)
+        return per_example.float().mean()
+
+    # ------------------------------------------------------------------ outputs (rank 0)
+    def _log(self, record: dict[str, Any], writer: Any) -> None:
+        with open(self.run_dir / ckpt.LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key in ("loss", "grad_norm", "lr", "examples_per_s"):
+                writer.add_scalar(f"train/{key}", record[key], record["step"])
+
+    def _samples(self, ema_net: nn.Module, step: int) -> None:
+        """A sample grid (images) or scatter plot (vectors) from the EMA weights, fixed seed."""
+        from .. import viz
+        from ..data import Preprocess
+
+        cfg = self.config
+        denoiser, schedule = ckpt.build_denoiser(ema_net, cfg)
+        pre = Preprocess.from_dict(cfg.data.preprocess or {})
+        run = ckpt.LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step)
+        was_training = ema_net.training
+        ema_net.eval()
+        try:
+            out = run.generate(cfg.sampling.n, cfg.sampling.sampler, cfg.sampling.steps,
+                               seed=cfg.train.seed, labels=run.default_labels(cfg.sampling.n))
+        finally:
+            ema_net.train(was_training)
+        path = self.run_dir / ckpt.SAMPLES / f"step_{step:07d}.png"
+        if pre.kind == "image":
+            viz.save(viz.image_grid(out), path)
+        else:
+            viz.save(viz.scatter(out[:, :2], reference=self._reference_points()), path)
+
+    def _reference_points(self) -> Any:
+        from ..data import Preprocess, denormalize
+
+        data = getattr(self.dataset, "vectors", None)
+        if data is None:
+            return None
+        pre = Preprocess.from_dict(self.config.data.preprocess or {})
+        return denormalize(data[:2000, :2], pre).numpy()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, ctx: distributed.Context, step: int, net: nn.Module, ema: EMA,
+              opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream,
+              wall: float) -> None:
+        # Every rank's RNG streams, so a resume with the same world size continues each exactly.
+        rng = {"train": distributed.gather_bytes(_state_bytes(gen.get_state()), ctx),
+               "torch": distributed.gather_bytes(_state_bytes(torch.get_rng_state()), ctx)}
+        if ctx.device.type == "cuda":
+            cuda_state = torch.cuda.get_rng_state(ctx.device)
+            rng["cuda"] = distributed.gather_bytes(_state_bytes(cuda_state), ctx)
+        data = distributed.gather_bytes(json.dumps(stream.state()).encode(), ctx)
+        if ctx.is_main:
+            state = {"version": STATE_VERSION, "step": step, "world_size": ctx.world_size,
+                     "lr_step": step, "lr": lr_at(max(step - 1, 0), self.config.train),
+                     "ema_updates": ema.num_updates, "wall_time_s": wall,
+                     "data": [json.loads(d) for d in data],
+                     "rng": {k: [ckpt.encode_rng(_bytes_state(b)) for b in v] for k, v in rng.items()}}
+            meta = {"step": str(step)}
+            ckpt.atomic_write_many(self.run_dir, {
+                ckpt.MODEL: ckpt.tensors_to_bytes(net.state_dict(), meta),
+                ckpt.EMA_WEIGHTS: ckpt.tensors_to_bytes(ema.state_dict(), meta),
+                ckpt.OPTIMIZER: ckpt.optimizer_to_bytes(opt, step),
+                ckpt.STATE: (json.dumps(state, indent=1) + "\n").encode(),
+            })
+        distributed.barrier(ctx)
+
+    def _restore(self, ctx: distributed.Context, net: nn.Module, ema: EMA,
+                 opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream
+                 ) -> tuple[int, float]:
+        d = self.run_dir
+        state = ckpt.read_state(d)
+        step = state["step"]
+        ckpt.check_step(d / ckpt.MODEL, ckpt.load_weights(net, d / ckpt.MODEL), step)
+        ckpt.check_step(d / ckpt.EMA_WEIGHTS, ckpt.load_weights(ema.net, d / ckpt.EMA_WEIGHTS), step)
+        ema.num_updates = int(state.get("ema_updates", step))
+        opt_state, meta = ckpt.optimizer_state_from_file(d / ckpt.OPTIMIZER)
+        ckpt.check_step(d / ckpt.OPTIMIZER, meta, step)
+        try:
+            opt.load_state_dict(opt_state)
+        except (ValueError, KeyError) as e:
+            raise RunError(f"{d / ckpt.OPTIMIZER}: does not fit the network ({e})") from None
+        try:
+            if state.get("world_size") == ctx.world_size:
+                rng = state["rng"]
+                gen.set_state(ckpt.decode_rng(rng["train"][ctx.rank]))
+                torch.set_rng_state(ckpt.decode_rng(rng["torch"][ctx.rank]))
+                if ctx.device.type == "cuda" and "cuda" in rng:
+                    torch.cuda.set_rng_state(ckpt.decode_rng(rng["cuda"][ctx.rank]), ctx.device)
+                pos = state["data"][ctx.rank]
+                stream.seek(pos["epoch"], pos["position"])
+            else:
+                # A different world size deals the data differently; start fresh streams keyed by
+                # the step so the run stays reproducible, though not equal to an uninterrupted one.
+                gen.manual_seed(rank_seed(self.config.train.seed, ctx.rank, f"train@{step}"))
+                torch.manual_seed(rank_seed(self.config.train.seed, ctx.rank, f"global@{step}"))
+                stream.seek(state["data"][0]["epoch"] + 1, 0)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise RunError(f"{d / ckpt.STATE}: corrupt RNG or data-order record ({e})") from None
+        if ctx.is_main:
+            self._truncate_log(step)
+        return step, float(state.get("wall_time_s", 0.0))
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint (by the run that was interrupted)."""
+        path = self.run_dir / ckpt.LOG
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line cut short by the crash
+                continue
+        ckpt.atomic_write(path, "".join(f"{line}\n" for line in kept))
+
+
+def _state_bytes(state: Tensor) -> bytes:
+    return state.cpu().numpy().tobytes()
+
+
+def _bytes_state(blob: bytes) -> Tensor:
+    return torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard writer when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

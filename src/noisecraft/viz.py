@@ -1,0 +1,229 @@
+"""Pictures of diffusion with Pillow alone: image grids, the forward process, the reverse process
+and 2-D scatter plots.
+
+Images come in as uint8 arrays of shape (N, H, W, C) — what ``Preprocess.to_uint8`` and
+``LoadedRun.generate`` return. One channel is drawn grey, three RGB, four RGBA; any other count is
+drawn as its channels side by side in grey, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND = (255, 255, 255)
+CAPTION_COLOUR = (0, 0, 0)
+
+
+def _as_images(images: np.ndarray, name: str = "images") -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 (use Preprocess.to_uint8), got dtype {arr.dtype}")
+    if arr.ndim == 3:  # (N, H, W): one channel
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[0] == 0 or min(arr.shape[1:]) == 0:
+        raise ValueError(f"{name} must have shape (N, H, W, C) with N >= 1, got {arr.shape}")
+    return arr
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    """One (H, W, C) uint8 image as (H, W', 3) RGB, W' = W·C for channel counts not in {1, 3, 4}."""
+    c = img.shape[-1]
+    if c == 1:
+        return np.repeat(img, 3, axis=-1)
+    if c == 3:
+        return img
+    if c == 4:  # composite over white so transparent pixels show as background
+        a = img[..., 3:4].astype(np.float32) / 255.0
+        rgb = img[..., :3].astype(np.float32) * a + 255.0 * (1 - a)
+        return np.rint(rgb).astype(np.uint8)
+    side = np.concatenate([img[..., k] for k in range(c)], axis=1)
+    return np.repeat(side[..., None], 3, axis=-1)
+
+
+def _auto_scale(height: int, target: int = 48) -> int:
+    """Nearest-neighbour magnification so tiny images (8×8 digits) stay visible."""
+    return max(1, target // height)
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2,
+               scale: int | None = None) -> Image.Image:
+    """Tile (N, H, W, C) uint8 images into one RGB picture, ``nrow`` images per row
+    (default ⌈√N⌉), each magnified ``scale`` times (default: to about 48 pixels tall)."""
+    arr = _as_images(images)
+    n = arr.shape[0]
+    nrow = nrow or math.ceil(math.sqrt(n))
+    if nrow < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    scale = scale or _auto_scale(arr.shape[1])
+    tiles = [_to_rgb(im) for im in arr]
+    th, tw = tiles[0].shape[0] * scale, tiles[0].shape[1] * scale
+    rows = math.ceil(n / nrow)
+    canvas = np.full((rows * (th + padding) + padding, nrow * (tw + padding) + padding, 3),
+                     BACKGROUND, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, nrow)
+        big = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+        y, x = padding + r * (th + padding), padding + c * (tw + padding)
+        canvas[y:y + th, x:x + tw] = big
+    return Image.fromarray(canvas)
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _caption_height() -> int:
+    return 16
+
+
+def labelled_rows(rows: Sequence[np.ndarray], column_captions: Sequence[str] | None = None,
+                  row_captions: Sequence[str] | None = None, padding: int = 2,
+                  scale: int | None = None) -> Image.Image:
+    """A table of images: ``rows[r]`` is (K, H, W, C) uint8, every row with the same K, captions
+    above the columns and left of the rows."""
+    arrs = [_as_images(r, f"rows[{i}]") for i, r in enumerate(rows)]
+    if not arrs:
+        raise ValueError("labelled_rows needs at least one row")
+    k = arrs[0].shape[0]
+    if any(a.shape[0] != k for a in arrs):
+        raise ValueError(f"every row must hold the same number of images, got "
+                         f"{[a.shape[0] for a in arrs]}")
+    if column_captions is not None and len(column_captions) != k:
+        raise ValueError(f"{len(column_captions)} column captions for {k} columns")
+    if row_captions is not None and len(row_captions) != len(arrs):
+        raise ValueError(f"{len(row_captions)} row captions for {len(arrs)} rows")
+    grids = [image_grid(a, nrow=k, padding=padding, scale=scale) for a in arrs]
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = 0
+    if row_captions:
+        left = max(int(probe.textlength(s, font=font)) for s in row_captions) + 2 * padding
+    top = _caption_height() if column_captions else 0
+    width = left + max(g.width for g in grids)
+    height = top + sum(g.height for g in grids)
+    out = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    if column_captions:
+        cell = (grids[0].width - padding) / k
+        for j, s in enumerate(column_captions):
+            w = probe.textlength(s, font=font)
+            draw.text((left + padding + j * cell + (cell - padding - w) / 2, 1), s,
+                      fill=CAPTION_COLOUR, font=font)
+    y = top
+    for i, g in enumerate(grids):
+        out.paste(g, (left, y))
+        if row_captions:
+            draw.text((padding, y + g.height / 2 - 6), row_captions[i], fill=CAPTION_COLOUR, font=font)
+        y += g.height
+    return out
+
+
+def forward_process(frames: np.ndarray, ts: Sequence[float], scale: int | None = None
+                    ) -> Image.Image:
+    """The forward process of one example: ``frames`` (K, H, W, C) uint8 are x_t at the times
+    ``ts``, drawn left to right with "t = …" above each."""
+    frames = _as_images(frames, "frames")
+    if len(ts) != frames.shape[0]:
+        raise ValueError(f"{len(ts)} times for {frames.shape[0]} frames")
+    return labelled_rows([frames], [f"t={_fmt_t(t)}" for t in ts], scale=scale)
+
+
+def reverse_process(x_t: np.ndarray, x0_hat: np.ndarray, ts: Sequence[float],
+                    scale: int | None = None) -> Image.Image:
+    """The reverse process: for each of E examples two rows — x_t and the prediction x̂_0 made
+    from it — at the K times ``ts``. ``x_t`` and ``x0_hat`` are uint8 of shape (K, E, H, W, C)
+    (or (K, H, W, C) for one example)."""
+    a, b = np.asarray(x_t), np.asarray(x0_hat)
+    if a.shape != b.shape:
+        raise ValueError(f"x_t has shape {a.shape} but x0_hat has {b.shape}")
+    if a.ndim == 4:
+        a, b = a[:, None], b[:, None]
+    if a.ndim != 5:
+        raise ValueError(f"x_t must have shape (K, E, H, W, C) or (K, H, W, C), got {a.shape}")
+    if len(ts) != a.shape[0]:
+        raise ValueError(f"{len(ts)} times for {a.shape[0]} steps")
+    rows, names = [], []
+    for e in range(a.shape[1]):
+        rows += [a[:, e], b[:, e]]
+        names += ["x_t", "x̂_0" if _font_has_hat() else "x0^"]
+    return labelled_rows(rows, [f"t={_fmt_t(t)}" for t in ts], names, scale=scale)
+
+
+def _font_has_hat() -> bool:
+    # The bitmap fallback font cannot draw combining characters; the FreeType default can.
+    return isinstance(_font(), ImageFont.FreeTypeFont)
+
+
+def _fmt_t(t: float) -> str:
+    t = float(t)
+    return str(int(t)) if t == int(t) else f"{t:.1f}"
+
+
+def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int = 480,
+            radius: float = 1.5, limits: tuple[float, float, float, float] | None = None
+            ) -> Image.Image:
+    """A square scatter plot of (N, 2) ``points`` (blue) over optional ``reference`` points
+    (grey), with a frame and the axis ranges written in the corners.
+
+    ``limits = (xmin, xmax, ymin, ymax)`` defaults to the box holding both sets plus 5 %.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points must have shape (N, 2), got {pts.shape}")
+    ref = None if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref is not None and (ref.ndim != 2 or ref.shape[1] != 2):
+        raise ValueError(f"reference must have shape (M, 2), got {ref.shape}")
+    both = pts if ref is None else np.concatenate([pts, ref])
+    both = both[np.isfinite(both).all(axis=1)]
+    if limits is None:
+        if both.size == 0:
+            limits = (-1.0, 1.0, -1.0, 1.0)
+        else:
+            lo, hi = both.min(axis=0), both.max(axis=0)
+            span = np.maximum(hi - lo, 1e-9)
+            lo, hi = lo - 0.05 * span, hi + 0.05 * span
+            limits = (lo[0], hi[0], lo[1], hi[1])
+    xmin, xmax, ymin, ymax = (float(v) for v in limits)
+    if not (xmax > xmin and ymax > ymin):
+        raise ValueError(f"limits must satisfy xmin < xmax and ymin < ymax, got {limits}")
+    margin = 24
+    img = Image.new("RGB", (size + 2 * margin, size + 2 * margin), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([margin, margin, margin + size, margin + size], outline=(0, 0, 0))
+
+    def plot(p: np.ndarray, colour: tuple[int, int, int]) -> None:
+        p = p[np.isfinite(p).all(axis=1)]
+        px = margin + (p[:, 0] - xmin) / (xmax - xmin) * size
+        py = margin + (ymax - p[:, 1]) / (ymax - ymin) * size  # y grows upwards
+        inside = (px >= margin) & (px <= margin + size) & (py >= margin) & (py <= margin + size)
+        for x, y in zip(px[inside], py[inside], strict=True):
+            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+
+    if ref is not None:
+        plot(ref, (170, 170, 170))
+    plot(pts, (31, 90, 200))
+    font = _font()
+    draw.text((margin, margin + size + 4), f"x: [{xmin:.2f}, {xmax:.2f}]", fill=CAPTION_COLOUR,
+              font=font)
+    draw.text((margin, 4), f"y: [{ymin:.2f}, {ymax:.2f}]", fill=CAPTION_COLOUR, font=font)
+    return img
+
+
+def save(image: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Save atomically (temp file in the same folder, fsync, rename): readers never see half a
+    PNG, and an interrupted save keeps the previous picture."""
+    from .train.checkpoint import atomic_write
+
+    buf = io.BytesIO()
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").upper() or "PNG"
+    image.save(buf, format="JPEG" if fmt == "JPG" else fmt)
+    atomic_write(path, buf.getvalue())
