@@ -36,8 +36,11 @@ from noisecraft.errors import DataError
 SMALL = AudioConfig(n_mels=32, frames=32)  # 31 hops of 64 samples ≈ 0.25 s: quick to build and invert
 
 
-def _wav_bytes(frames: np.ndarray, width: int, rate: int) -> bytes:
-    """A RIFF/WAVE PCM file packed by hand; ``frames`` are integer sample codes (n, channels)."""
+def _wav_bytes(frames: np.ndarray, width: int, rate: int, extensible: bool = False) -> bytes:
+    """A RIFF/WAVE PCM file packed by hand; ``frames`` are integer sample codes (n, channels).
+
+    ``extensible`` writes the WAVE_FORMAT_EXTENSIBLE header (tag 0xFFFE, PCM sub-format GUID).
+    """
     frames = np.atleast_2d(np.asarray(frames).T).T
     n, channels = frames.shape
     if width == 1:
@@ -46,8 +49,13 @@ def _wav_bytes(frames: np.ndarray, width: int, rate: int) -> bytes:
         data = b"".join(struct.pack("<i", int(v))[:3] for v in frames.ravel())
     else:
         data = struct.pack(f"<{frames.size}{'h' if width == 2 else 'i'}", *frames.ravel().tolist())
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * width, channels * width, 8 * width)
-    body = (b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+    tag = 0xFFFE if extensible else 1
+    block = channels * width
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, 8 * width)
+    if extensible:
+        pcm_guid = struct.pack("<IHH", 1, 0x0000, 0x0010) + bytes.fromhex("800000aa00389b71")
+        fmt += struct.pack("<HHI", 22, 8 * width, 0) + pcm_guid
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
             + b"data" + struct.pack("<I", len(data)) + data)
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
@@ -76,6 +84,30 @@ def test_read_wav_decodes_each_pcm_width(tmp_path, width, codes, expected):
     samples, rate = read_wav(path)
     assert rate == 8000 and samples.shape == (1, len(codes)) and samples.dtype == np.float32
     np.testing.assert_allclose(samples[0], expected, rtol=0, atol=1e-7)
+
+
+def test_extensible_24_bit_wav(tmp_path):
+    # WAVE_FORMAT_EXTENSIBLE, as most tools write 24-bit files; Python 3.11's wave refuses it.
+    codes = np.array([[-(2**23), 2**22], [2**23 - 1, -1]])
+    path = tmp_path / "ext24.wav"
+    path.write_bytes(_wav_bytes(codes, 3, 16000, extensible=True))
+    samples, rate = read_wav(path)
+    assert rate == 16000
+    np.testing.assert_allclose(samples, codes.T / 2**23, rtol=0, atol=1e-7)
+
+
+def test_float_wav_falls_back_to_scipy(tmp_path):
+    # IEEE-float WAV (format 3) is not PCM, so the stdlib wave module refuses it before Python 3.12.
+    from scipy.io import wavfile
+
+    x = np.stack([_tone(300, 8000, 500), _tone(900, 8000, 500, 0.25)], axis=1)
+    wavfile.write(tmp_path / "float.wav", 8000, x)
+    samples, rate = read_wav(tmp_path / "float.wav")
+    assert rate == 8000
+    np.testing.assert_array_equal(samples, x.T)
+    cut = (tmp_path / "float.wav").read_bytes()[:1000]
+    with pytest.raises(DataError, match="cut-float.wav"):
+        read_wav(cut, name="cut-float.wav")
 
 
 def test_multichannel_is_averaged_to_mono(tmp_path):

@@ -131,8 +131,9 @@ def read_wav(source: str | os.PathLike | bytes, *, name: str | None = None) -> t
     """PCM WAV (8-bit unsigned, 16/24/32-bit signed) → (float32 array (channels, n) in [−1, 1), rate).
 
     ``source`` is a path or the file's bytes (then ``name`` is what error messages call it).
-    A file that is not RIFF/WAVE PCM, is compressed, empty or shorter than its header says
-    raises DataError naming it.
+    The stdlib ``wave`` reads plain PCM; the WAVE_FORMAT_EXTENSIBLE and IEEE-float layouts it
+    rejects before Python 3.12 go to ``scipy.io.wavfile``. A file that is not RIFF/WAVE, is
+    compressed, empty or shorter than its header says raises DataError naming it.
     """
     label = name if name is not None else str(source if not isinstance(source, bytes) else "<bytes>")
     handle = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
@@ -148,6 +149,8 @@ def read_wav(source: str | os.PathLike | bytes, *, name: str | None = None) -> t
     except (wave.Error, EOFError, ValueError, OSError) as e:
         if isinstance(e, DataError):
             raise
+        if isinstance(e, wave.Error) and str(e).startswith("unknown format"):
+            return _read_with_scipy(source, label)
         raise DataError(f"{label}: not a readable PCM WAV file ({e})") from e
     if count == 0:
         raise DataError(f"{label}: WAV file has no samples")
@@ -155,6 +158,30 @@ def read_wav(source: str | os.PathLike | bytes, *, name: str | None = None) -> t
         got = len(data) // (channels * width)
         raise DataError(f"{label}: truncated WAV file: header says {count} frames, found {got}")
     return _pcm_to_float(data, width, channels, label), rate
+
+
+def _read_with_scipy(source: str | os.PathLike | bytes, label: str) -> tuple[np.ndarray, int]:
+    from scipy.io import wavfile
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", wavfile.WavFileWarning)  # a damaged file is an error here
+            rate, data = wavfile.read(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (ValueError, EOFError, OSError, wavfile.WavFileWarning) as e:
+        raise DataError(f"{label}: not a readable WAV file ({e})") from e
+    data = data.reshape(data.shape[0], -1)
+    if data.shape[0] == 0:
+        raise DataError(f"{label}: WAV file has no samples")
+    if data.dtype == np.uint8:
+        samples = (data.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.integer):  # scipy left-justifies 24-bit samples in int32
+        full_scale = float(2 ** (8 * data.dtype.itemsize - 1))
+        samples = (data.astype(np.float64) / full_scale).astype(np.float32)
+    elif np.issubdtype(data.dtype, np.floating):
+        samples = data.astype(np.float32)
+    else:
+        raise DataError(f"{label}: unsupported WAV sample type {data.dtype}")
+    return np.ascontiguousarray(samples.T), int(rate)
 
 
 def _pcm_to_float(data: bytes, width: int, channels: int, label: str) -> np.ndarray:
