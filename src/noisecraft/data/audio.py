@@ -363,10 +363,10 @@ def load_audio(spec: str | os.PathLike, *, split: str = "train", skip_bad: bool 
       (FSDD's ``7_jackson_32.wav``), that number is the label; otherwise all labels are −1.
       A mix of files at the top and in subfolders is an error.
     - a single ``.wav`` file.
-    - WebDataset shards: a ``.tar``/``.tar.gz`` path, a brace pattern
-      (``fsdd-{0000..0002}.tar.gz``) or a folder of shards. Each sample needs a ``.wav`` member; ``.cls``
-      (a decimal integer) gives the label, ``.txt`` the caption, and a ``.json`` with a
-      ``"split"`` entry selects samples.
+    - WebDataset shards: a ``.tar``/``.tar.gz`` path, a brace pattern (``fsdd-{0000..0002}.tar.gz``)
+      or a folder of shards. Each sample needs a ``.wav`` member; ``.cls`` (a decimal integer)
+      gives the label, ``.txt`` the caption, and a ``.json`` with a ``"split"`` entry selects
+      samples.
 
     ``split``: "all" takes everything. When the samples carry a ``"split"`` in their .json, only
     those with that split are kept (and an unknown split is an error listing the known ones).
