@@ -44,6 +44,10 @@ class SmallClassifier:
     def num_classes(self) -> int:
         return int(self.weights["out.bias"].shape[0])
 
+    @property
+    def feature_dim(self) -> int:
+        return int(self.weights["out.weight"].shape[1])
+
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = {k: torch.from_numpy(v) for k, v in self.weights.items()}
         if self.arch == "mlp":

@@ -52,3 +52,29 @@ def grey_float(images: np.ndarray, size: int) -> torch.Tensor:
     if x.shape[1] == 3:
         x = x.mean(dim=1, keepdim=True)
     return resize_nchw(x, size)
+
+
+def load_image_set(spec: str, n: int | None = None, split: str = "train",
+                   image_size: int | None = None, channels: int | None = None) -> np.ndarray:
+    """The first ``n`` images (all when None) of a data spec as uint8 (N, H, W, C).
+
+    Any spec ``noisecraft.data.load`` reads works here (a name such as ``digits``, an IDX folder,
+    shards, an image folder, an ``.npz``); images are taken in the dataset's own order (shards
+    unshuffled), so the same spec, split and n always give the same set.
+    """
+    from .. import data
+
+    if n is not None and n < 1:
+        raise ValueError(f"n={n}: must be at least 1")
+    dataset = data.load(spec, split=split, image_size=image_size, channels=channels, shuffle=False)
+    if dataset.preprocess.kind != "image":
+        raise ValueError(f"{spec!r} holds {dataset.preprocess.kind} data, not images")
+    xs = []
+    for i, item in enumerate(dataset if not hasattr(dataset, "__len__") else
+                             (dataset[j] for j in range(len(dataset)))):
+        if n is not None and i >= n:
+            break
+        xs.append(item["x"])
+    if not xs:
+        raise ValueError(f"{spec!r} (split {split!r}) holds no images")
+    return data.to_uint8(torch.stack(xs), dataset.preprocess)
