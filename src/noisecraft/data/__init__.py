@@ -88,12 +88,15 @@ def resolve_format(spec: str) -> str:
     lower = path.lower()
     if lower.endswith(ARRAY_SUFFIXES):
         return "arrays"
+    if lower.endswith(AUDIO_SUFFIXES):
+        return "audio"
     if lower.endswith(SHARD_SUFFIXES):
         from .shards import shards_hold_audio
 
         return "audio" if shards_hold_audio([path]) else "shards"
     raise DataError(f"{spec}: unknown data file type; expected a folder, {', '.join(ARRAY_SUFFIXES)}, "
-                    f"a shard ({', '.join(SHARD_SUFFIXES)}) or one of {', '.join(BUILTIN_NAMES)}")
+                    f"a shard ({', '.join(SHARD_SUFFIXES)}), a .wav file or one of "
+                    f"{', '.join(BUILTIN_NAMES)}")
 
 
 def load(spec: str, *, image_size: int | None = None, channels: int | None = None,
@@ -150,4 +153,11 @@ def load(spec: str, *, image_size: int | None = None, channels: int | None = Non
 
     if image_size is not None or channels is not None or flip:
         raise ValueError(f"{spec!r} is audio data; image_size, channels and flip do not apply")
-    return load_audio(path, split=split, skip_bad=skip_bad, **audio_options)
+    dataset = load_audio(path, split=split, skip_bad=skip_bad, **audio_options)
+    if not hasattr(dataset, "preprocess"):
+        # One record for every kind, so the trainer stores audio settings like image ones.
+        config = dataset.audio_config
+        dataset.preprocess = Preprocess(kind="audio", channels=1, height=config.n_mels,
+                                        width=config.frames, value_range=(-1.0, 1.0),
+                                        audio=config.to_dict())
+    return dataset

@@ -1,0 +1,77 @@
+"""The spec resolver: one function, one reader per format, clear refusals."""
+
+import io
+import tarfile
+import wave
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from noisecraft import DataError
+from noisecraft.data import BUILTIN_NAMES, load
+from noisecraft.data.__init__ import resolve_format
+
+
+def write_wav_tar(path):
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("a.wav")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"RIFF"))
+
+
+def test_each_spec_goes_to_its_reader(tmp_path, shared_data):
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "pics" / "a.png")
+    np.save(tmp_path / "x.npy", np.zeros((2, 4, 4), np.uint8))
+    (tmp_path / "sounds").mkdir()
+    (tmp_path / "sounds" / "a.wav").write_bytes(b"RIFF")
+    write_wav_tar(tmp_path / "speech.tar")
+    assert resolve_format("digits") == "digits"
+    assert all(resolve_format(n) == "toy" for n in BUILTIN_NAMES[1:])
+    assert resolve_format(str(tmp_path / "pics")) == "folder"
+    assert resolve_format(str(tmp_path / "x.npy")) == "arrays"
+    assert resolve_format(str(tmp_path / "sounds")) == "audio"
+    assert resolve_format(str(tmp_path / "sounds" / "a.wav")) == "audio"
+    assert resolve_format(str(tmp_path / "speech.tar")) == "audio"
+    assert resolve_format(f"{shared_data}/mnist") == "idx"
+    assert resolve_format(f"{shared_data}/cifar10") == "shards"
+    assert resolve_format(f"{shared_data}/cifar10/test-{{0000..0001}}.tar.gz") == "shards"
+    assert resolve_format(f"{shared_data}/fsdd") == "audio"
+
+
+def test_unknown_name_lists_the_valid_ones(tmp_path):
+    with pytest.raises(DataError, match="'mnist-fake'.*digits, moons, swissroll, gmm8, checkerboard"):
+        load("mnist-fake")
+    with pytest.raises(DataError, match=r"does-not-exist.*not found"):
+        load(str(tmp_path / "does-not-exist"))
+    (tmp_path / "data.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match=r"data\.csv: unknown data file type"):
+        load(str(tmp_path / "data.csv"))
+
+
+def test_options_are_validated_before_reading():
+    with pytest.raises(ValueError, match="channels must be 1, 3 or 4, got 2"):
+        load("digits", channels=2)
+    with pytest.raises(ValueError, match="image_size must be a positive integer, got 0"):
+        load("digits", image_size=0)
+    with pytest.raises(ValueError, match="split must be.*'valid'"):
+        load("digits", split="valid")
+    with pytest.raises(ValueError, match="n_mels apply only to audio"):
+        load("digits", n_mels=64)
+
+
+def test_audio_folder_gets_a_preprocess_record(tmp_path):
+    t = np.arange(1600) / 8000
+    for i, f in enumerate((440.0, 880.0)):
+        with wave.open(str(tmp_path / f"{i}_tone.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes((0.3 * 32767 * np.sin(2 * np.pi * f * t)).astype("<i2").tobytes())
+    ds = load(str(tmp_path))
+    assert len(ds) == 2 and ds.info["kind"] == "audio"
+    assert ds.preprocess.kind == "audio" and ds.preprocess.audio["n_mels"] == ds.info["height"]
+    assert tuple(ds[0]["x"].shape) == (1, ds.info["height"], ds.info["width"])
+    with pytest.raises(ValueError, match="audio data; image_size"):
+        load(str(tmp_path), image_size=32)
