@@ -6,6 +6,7 @@
   Splits: ``train`` and ``all`` are the whole file; there is no ``test``.
 - ``.npz``, split layout (Keras' mnist.npz): ``x_train``/``y_train``, ``x_test``/``y_test``
   (also ``train_images``/``train_labels``/``train_captions`` ...); ``all`` is train then test.
+- either layout may name the classes in a 1-D str array ``classes`` (label i ↔ classes[i]).
 
 Keys the reader does not use are reported in a warning, so nothing vanishes unnoticed.
 """
@@ -96,6 +97,8 @@ def load_arrays(path: str, *, split: str = "train", image_size: int | None = Non
             raise DataError(f"{path}: {len(captions)} captions in {ckey!r} for {len(images)} images")
         used.update(k for k in (key, lkey, ckey) if k)
         parts.append((images, labels, captions, key))
+    classes = _captions(arrays["classes"], "classes", path) if "classes" in arrays else None
+    used.add("classes")
     unused = sorted(set(arrays) - used - {k for s in ("train", "test") for v in _split_keys(s).values()
                                           for k in v})
     if unused:
@@ -111,4 +114,5 @@ def load_arrays(path: str, *, split: str = "train", image_size: int | None = Non
                 if any(p[2] is not None for p in parts) else None)
     keys = [f"{p[3]}_{i:06d}" for p in parts for i in range(len(p[0]))]
     return ArrayImageDataset(images, source=path, labels=labels, captions=captions, keys=keys,
-                             channels=channels, image_size=image_size, flip=flip)
+                             channels=channels, image_size=image_size, flip=flip, classes=classes,
+                             num_classes=len(classes) if classes else None)

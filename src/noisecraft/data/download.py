@@ -1,0 +1,169 @@
+"""``noisecraft data download``: fetch a dataset's canonical files and check published checksums.
+
+The only place noisecraft touches the network, and only when asked. Each file is streamed to
+``<name>.part`` while it is hashed, compared with the published md5/sha256, and only then moved
+into place (os.replace), so a broken or forged download never looks like data. A file already
+present with the right checksum is not fetched again.
+
+- ``mnist``: the four original IDX gzip files (md5s from the MNIST page); the folder is then a
+  valid ``--data`` spec.
+- ``cifar10``: the "binary version" archive (md5 from the CIFAR page; never the pickled Python
+  version). Its six ``.bin`` batches are read in memory, with no extraction to disk, and written
+  as ``cifar10.npz`` (x_train/y_train/x_test/y_test uint8 + class names), a valid ``--data``
+  spec; the archive is kept beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+
+CHUNK = 1 << 20
+TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    md5: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteDataset:
+    mirrors: tuple[str, ...]  # base URLs tried in order; a file's URL is base + name
+    files: tuple[RemoteFile, ...]
+    finish: Callable[[str], str] | None = None  # builds the loadable form, returns its path
+
+
+def _cifar10_to_npz(folder: str) -> str:
+    """cifar-10-binary.tar.gz → cifar10.npz: each record is 1 label byte + 3072 bytes R, G, B planes."""
+    archive = os.path.join(folder, "cifar-10-binary.tar.gz")
+    out = os.path.join(folder, "cifar10.npz")
+    record = 1 + 3 * 32 * 32  # 10,000 records per batch in the real archive
+    batches: dict[str, np.ndarray] = {}
+    classes: list[str] = []
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                base = os.path.basename(member.name)
+                if base.endswith(".bin") and member.isfile():
+                    if member.size == 0 or member.size % record:
+                        raise DataError(f"{archive}: {member.name} has {member.size} bytes, not a "
+                                        f"whole number of {record}-byte records")
+                    batches[base] = np.frombuffer(tar.extractfile(member).read(), np.uint8)
+                elif base == "batches.meta.txt" and member.isfile():
+                    classes = [c for c in tar.extractfile(member).read().decode().split() if c]
+    except (OSError, EOFError, tarfile.TarError) as e:
+        raise DataError(f"{archive}: cannot read archive: {e}") from None
+    names = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+    missing = [n for ns in names.values() for n in ns if n not in batches]
+    if missing:
+        raise DataError(f"{archive}: missing {', '.join(missing)}")
+    arrays = {}
+    for split, files in names.items():
+        raw = np.concatenate([batches[f] for f in files]).reshape(-1, record)
+        arrays[f"y_{split}"] = raw[:, 0].astype(np.int64)
+        arrays[f"x_{split}"] = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+    tmp = out + ".part.npz"
+    if classes:
+        arrays["classes"] = np.array(classes)
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    return out
+
+
+DATASETS: dict[str, RemoteDataset] = {
+    "mnist": RemoteDataset(
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+        files=(RemoteFile("train-images-idx3-ubyte.gz", md5="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+               RemoteFile("train-labels-idx1-ubyte.gz", md5="d53e105ee54ea40749a09fcbcd1e9432"),
+               RemoteFile("t10k-images-idx3-ubyte.gz", md5="9fb629c4189551a2d022fa330f9573f3"),
+               RemoteFile("t10k-labels-idx1-ubyte.gz", md5="ec29112dd5afa0611ce80d1b7f02629c")),
+    ),
+    "cifar10": RemoteDataset(
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        files=(RemoteFile("cifar-10-binary.tar.gz", md5="c32a1d4ab5d03f1284b67883e8d87530",
+                          sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),),
+        finish=_cifar10_to_npz,
+    ),
+}
+
+
+def _digests(path: str) -> dict[str, str]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            md5.update(chunk)
+            sha.update(chunk)
+    return {"md5": md5.hexdigest(), "sha256": sha.hexdigest()}
+
+
+def checksum_problem(path: str, remote: RemoteFile) -> str | None:
+    """None when every published checksum of ``remote`` matches the file, else what differs."""
+    got = _digests(path)
+    for kind in ("md5", "sha256"):
+        want = getattr(remote, kind)
+        if want is not None and got[kind] != want.lower():
+            return f"{kind} {got[kind]} but the published {kind} is {want}"
+    return None
+
+
+def _fetch(url: str, dest: str) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(dest, "wb") as f:
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise DataError(f"cannot download {url}: {e}") from None
+
+
+def download(name: str, folder: str, *, mirror: str | None = None,
+             log: Callable[[str], None] = print) -> str:
+    """Fetch dataset ``name`` into ``folder``; return the path to pass to `noisecraft.data.load`.
+
+    ``mirror`` replaces the canonical base URL (a file is fetched from ``mirror/<file name>``);
+    the published checksums are checked either way.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r} to download; valid: {', '.join(sorted(DATASETS))}")
+    remote = DATASETS[name]
+    bases = (mirror,) if mirror else remote.mirrors
+    os.makedirs(folder, exist_ok=True)
+    for file in remote.files:
+        path = os.path.join(folder, file.name)
+        if os.path.isfile(path) and checksum_problem(path, file) is None:
+            log(f"{path}: present, checksum ok")
+            continue
+        part = path + ".part"
+        errors = []
+        for base in bases:
+            url = base.rstrip("/") + "/" + file.name
+            log(f"downloading {url}")
+            try:
+                _fetch(url, part)
+            except DataError as e:
+                errors.append(str(e))
+                continue
+            problem = checksum_problem(part, file)
+            if problem is None:
+                os.replace(part, path)
+                log(f"{path}: checksum ok")
+                break
+            os.remove(part)
+            errors.append(f"{url}: checksum mismatch: {problem}")
+        else:
+            raise DataError(f"{file.name}: no good copy: " + "; ".join(errors))
+    return remote.finish(folder) if remote.finish else folder
