@@ -65,6 +65,24 @@ def test_unet_accepts_other_sizes_divisible_by_its_depth():
         net(torch.randn(2, 3, 8, 8), torch.tensor([3.0, 700.0]))
 
 
+@pytest.mark.parametrize("name,image_size,attention", [
+    ("tiny", 28, [14]), ("tiny", 16, [8]), ("mnist", 32, [8]), ("ddpm-cifar10", 64, [32]),
+])
+def test_resized_presets_keep_attention_at_the_same_depth(name, image_size, attention):
+    assert nets.build(name, image_size=image_size).config["attention_resolutions"] == attention
+    # An explicit choice is respected, and checked.
+    assert nets.build(name, image_size=image_size, attention_resolutions=[]).config[
+        "attention_resolutions"] == []
+
+
+def test_scalar_t_is_broadcast_to_the_batch():
+    net = randomise_(nets.build("tiny")).eval()
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(net(x, 250.0), net(x, torch.full((3,), 250.0)))
+    with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(batch,\)"):
+        net(x, torch.ones(2))
+
+
 def test_ddpm_cifar10_has_the_papers_35_7m_parameters():
     net = nets.build("ddpm-cifar10")
     count = sum(p.numel() for p in net.parameters())

@@ -76,5 +76,19 @@ def build(name: str, **overrides: Any) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown override(s) {', '.join(map(repr, unknown))} for preset {name!r} "
                          f"({config['arch']}); valid: {', '.join(valid)}")
+    if (config["arch"] == "unet" and "image_size" in overrides
+            and "attention_resolutions" not in overrides):
+        config["attention_resolutions"] = _same_attention_levels(config, overrides["image_size"])
     config.update(overrides)
     return from_config(config)
+
+
+def _same_attention_levels(preset: dict[str, Any], image_size: Any) -> list[int]:
+    """A resized U-Net preset keeps attention at the same depth: the 16×16 level of a 32×32 net
+    is the 8×8 level of a 16×16 one. Sizes that do not divide are left to the constructor's checks.
+    """
+    factors = [preset["image_size"] // r for r in preset["attention_resolutions"]]
+    if (not isinstance(image_size, int) or isinstance(image_size, bool)
+            or any(image_size < f or image_size % f for f in factors)):
+        return list(preset["attention_resolutions"])
+    return [image_size // f for f in factors]
