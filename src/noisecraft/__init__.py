@@ -4,6 +4,7 @@ from . import data, losses, metrics, nets, process
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .errors import DataError, NoisecraftError, RunError
+from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
 from .process import q_sample, q_step, reverse_mean_variance
 from .schedule import Schedule
@@ -25,6 +26,7 @@ __all__ = [
     "losses",
     "metrics",
     "nets",
+    "nll",
     "process",
     "q_sample",
     "q_step",
