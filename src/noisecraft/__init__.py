@@ -1,12 +1,13 @@
 """noisecraft: denoising diffusion models in pure PyTorch, exact where others approximate."""
 
-from . import data, losses, metrics, nets, process
+from . import data, grids, losses, metrics, nets, noise, process, samplers
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .errors import DataError, NoisecraftError, RunError
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
 from .process import q_sample, q_step, reverse_mean_variance
+from .samplers import SAMPLERS, sample
 from .schedule import Schedule
 
 __version__ = "0.1.0"
@@ -19,17 +20,22 @@ __all__ = [
     "ImportanceTimeSampler",
     "NoisecraftError",
     "RunError",
+    "SAMPLERS",
     "Schedule",
     "TimeSampler",
     "UniformTimeSampler",
     "data",
+    "grids",
     "losses",
     "metrics",
     "nets",
     "nll",
+    "noise",
     "process",
     "q_sample",
     "q_step",
     "reverse_mean_variance",
+    "sample",
+    "samplers",
     "__version__",
 ]

@@ -1,0 +1,421 @@
+"""Samplers: plain functions from x_T to x_0 over an explicit time grid, one registry.
+
+Every sampler has the signature
+
+    fn(denoiser, x_T, grid, *, noise=None, callback=None, cond=None, **options) -> x_0
+
+- ``denoiser`` is a :class:`~noisecraft.Denoiser` (or anything returning a ``Denoised`` record and
+  carrying a ``schedule``); samplers read only x̂_0, ε̂ (and the variance fraction) from it.
+- ``grid`` is a strictly decreasing tensor t_0 > t_1 > … > t_N = 0 (see :mod:`noisecraft.grids`);
+  step i goes from t = t_i to s = t_{i+1}. Each sampler names the grid it defaults to in
+  ``fn.default_grid``.
+- ``noise`` is a :mod:`noisecraft.noise` source; stochastic samplers draw from it only
+  (``None``: the global RNG).
+- ``callback(i, t, x_t, x0_hat)`` is called after step i with the new time t = t_{i+1}, the new
+  state x_t and the x̂_0 that step i used (the last call has t = 0 and x_t = the result).
+- ``cond`` holds the conditioning keyword arguments passed to every denoiser call.
+
+Notation: (α_t, σ_t) = ``schedule.marginal(t)`` with x_t = α_t x_0 + σ_t ε; σ̃_t = σ_t/α_t;
+λ_t = log(α_t/σ_t) (half the schedule's log-SNR); α_{t|s} = α_t/α_s, σ²_{t|s} = 1 − ᾱ_t/ᾱ_s and
+β̃_{t|s} = σ²_{t|s} σ_s²/σ_t² (the variance of q(x_s | x_t, x_0)). The step onto s = 0 returns
+x̂_0 in every sampler. The update arithmetic runs in float32 or x_T's dtype when wider; the
+denoiser sees x_t in x_T's dtype and the result is cast back to it. No sampler keeps state
+between calls.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import grids
+from .denoiser import Denoised, Denoiser
+from .noise import BatchNoise, ExampleNoise, NoiseSource
+from .schedule import Schedule
+
+Callback = Callable[[int, float, Tensor, Tensor], None]
+Sampler = Callable[..., Tensor]
+
+SAMPLERS: dict[str, Sampler] = {}
+
+DEFAULT_STEPS = 50
+
+
+def _register(name: str, grid: str) -> Callable[[Sampler], Sampler]:
+    """Put a sampler in :data:`SAMPLERS`, run it without autograd and record its default grid."""
+    if grid not in grids.GRIDS:
+        raise ValueError(f"unknown grid {grid!r}")
+
+    def add(fn: Sampler) -> Sampler:
+        wrapped = torch.no_grad()(fn)
+        wrapped.default_grid = grid  # type: ignore[attr-defined]
+        SAMPLERS[name] = wrapped
+        return wrapped
+
+    return add
+
+
+class _Walk:
+    """What every sampler needs once per call: the checked grid, its marginals as Python floats
+    (so step coefficients cost no device work) and a denoiser call in the right dtypes."""
+
+    def __init__(self, denoiser: Denoiser, x_T: Tensor, grid: Tensor, cond: dict[str, Any] | None,
+                 noise: NoiseSource | None = None):
+        if not isinstance(x_T, Tensor) or x_T.ndim < 2:
+            raise ValueError("x_T must be a tensor with a batch dimension, got "
+                             + (f"shape {tuple(x_T.shape)}" if isinstance(x_T, Tensor)
+                                else type(x_T).__name__))
+        if not x_T.is_floating_point():
+            raise ValueError(f"x_T must be a floating-point tensor, got {x_T.dtype}")
+        self.schedule = denoiser.schedule
+        g = grids.check(grid, self.schedule)
+        self.t = g.tolist()
+        alpha, sigma = self.schedule.marginal(g)
+        self.alpha, self.sigma = alpha.tolist(), sigma.tolist()
+        self.log_alpha_bar = self.schedule.log_alpha_bar(g).tolist()
+        self.denoiser = denoiser
+        self.cond = dict(cond or {})
+        self.in_dtype = x_T.dtype
+        self.dtype = torch.promote_types(x_T.dtype, torch.float32)
+        self.event_shape = tuple(x_T.shape[1:])
+        self.device = x_T.device
+        if noise is not None and noise.batch != x_T.shape[0]:
+            raise ValueError(f"the noise source draws for a batch of {noise.batch} but x_T has "
+                             f"batch {x_T.shape[0]}")
+        self.noise = noise if noise is not None else BatchNoise(x_T.shape[0])
+
+    @property
+    def steps(self) -> int:
+        return len(self.t) - 1
+
+    def denoise(self, x: Tensor, i: int) -> Denoised:
+        return self.denoiser(x.to(self.in_dtype), self.t[i], **self.cond)
+
+    def randn(self) -> Tensor:
+        return self.noise.randn(self.event_shape, dtype=self.dtype, device=self.device)
+
+    def half_log_snr(self, i: int) -> float:
+        """λ_{t_i} = log(α/σ); +∞ at t = 0."""
+        s = self.sigma[i]
+        return math.log(self.alpha[i]) - math.log(s) if s > 0 else math.inf
+
+
+def _finish(x: Tensor, x_T: Tensor) -> Tensor:
+    return x.to(x_T.dtype)
+
+
+# ---------------------------------------------------------------------------- DDPM ancestral
+_VARIANCES = ("beta_tilde", "beta", "learned")
+
+
+@_register("ddpm", grid="respaced")
+def ddpm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+         callback: Callback | None = None, cond: dict[str, Any] | None = None,
+         variance: str = "beta_tilde") -> Tensor:
+    """Ancestral sampling (Ho et al. 2020) with the general posterior q(x_s | x_t, x̂_0):
+
+        x_s = c_0 x̂_0 + c_t x_t + ς z,   c_0 = α_s σ²_{t|s}/σ_t²,  c_t = α_{t|s} σ_s²/σ_t²,
+
+    with ς² = β̃_{t|s} (``variance="beta_tilde"``), σ²_{t|s} (``"beta"``; β_t on the full grid)
+    or, for networks with learned variances (Nichol & Dhariwal 2021),
+    log ς² = f log σ²_{t|s} + (1 − f) log β̃_{t|s} with f = ``Denoised.variance_fraction``
+    (``"learned"``). On a respaced grid σ²_{t|s} and β̃_{t|s} are the respaced β and β̃.
+    No noise is added on the step onto s = 0.
+    """
+    if variance not in _VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(_VARIANCES)}")
+    if variance == "learned" and not getattr(denoiser, "learned_variance", False):
+        raise ValueError("variance='learned' needs a Denoiser with learned_variance=True")
+    w = _Walk(denoiser, x_T, grid, cond, noise)
+    g = torch.tensor(w.t, dtype=torch.float64)
+    c0s, cts, post_vars = (c.tolist() for c in w.schedule.posterior_coefficients(g[:-1], g[1:]))
+    x = x_T.to(w.dtype)
+    for i in range(w.steps):
+        d = w.denoise(x, i)
+        x_new = c0s[i] * d.x0 + cts[i] * x
+        if w.t[i + 1] > 0:
+            beta = -math.expm1(w.log_alpha_bar[i] - w.log_alpha_bar[i + 1])      # σ²_{t|s}
+            if variance == "learned":
+                f = d.variance_fraction
+                std = torch.exp(0.5 * (f * math.log(beta) + (1 - f) * math.log(post_vars[i])))
+            else:
+                std = math.sqrt(post_vars[i] if variance == "beta_tilde" else beta)
+            x_new = x_new + std * w.randn()
+        x = x_new
+        if callback is not None:
+            callback(i, w.t[i + 1], x, d.x0)
+    return _finish(x, x_T)
+
+
+# ---------------------------------------------------------------------------- DDIM
+@_register("ddim", grid="respaced")
+def ddim(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+         callback: Callback | None = None, cond: dict[str, Any] | None = None,
+         eta: float = 0.0) -> Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12):
+
+        x_s = α_s x̂_0 + √(σ_s² − η² β̃_{t|s}) ε̂ + η √β̃_{t|s} z.
+
+    η = 0 is deterministic (the first-order solver of the probability-flow ODE); η = 1 is
+    ancestral sampling with ς² = β̃_{t|s}.
+    """
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    w = _Walk(denoiser, x_T, grid, cond, noise)
+    x = x_T.to(w.dtype)
+    for i in range(w.steps):
+        d = w.denoise(x, i)
+        a_s, s_s, s_t = w.alpha[i + 1], w.sigma[i + 1], w.sigma[i]
+        var_ts = -math.expm1(w.log_alpha_bar[i] - w.log_alpha_bar[i + 1])      # σ²_{t|s}
+        stoch = eta**2 * var_ts * s_s**2 / s_t**2                             # η² β̃_{t|s}
+        x = a_s * d.x0 + math.sqrt(max(s_s**2 - stoch, 0.0)) * d.eps
+        if stoch > 0:
+            x = x + math.sqrt(stoch) * w.randn()
+        if callback is not None:
+            callback(i, w.t[i + 1], x, d.x0)
+    return _finish(x, x_T)
+
+
+# ---------------------------------------------------------------------------- probability-flow ODE
+# Euler and Heun integrate the probability-flow ODE written in y = x/α and σ̃ = σ/α (Karras et al.
+# 2022, eq. 4 with s(t) = α): dy/dσ̃ = (y − x̂_0)/σ̃ = ε̂. In these variables the ODE is the
+# variance-exploding one, whose solution near a data point is close to a straight line in σ̃:
+# far better conditioned than dx/dt with the VP drift.
+
+
+@_register("euler", grid="karras")
+def euler(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+          callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
+    """Euler's method on dy/dσ̃ = ε̂ (y = x/α, σ̃ = σ/α):
+
+        x_s = α_s (x_t/α_t + (σ̃_s − σ̃_t) ε̂).
+
+    One Euler step in these variables is exactly one deterministic DDIM step.
+    """
+    w = _Walk(denoiser, x_T, grid, cond, noise)
+    x = x_T.to(w.dtype)
+    for i in range(w.steps):
+        d = w.denoise(x, i)
+        a_t, a_s = w.alpha[i], w.alpha[i + 1]
+        ds = w.sigma[i + 1] / a_s - w.sigma[i] / a_t
+        x = a_s * (x / a_t + ds * d.eps)
+        if callback is not None:
+            callback(i, w.t[i + 1], x, d.x0)
+    return _finish(x, x_T)
+
+
+@_register("heun", grid="karras")
+def heun(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+         callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
+    """Heun's method (EDM, Karras et al. 2022, Algorithm 1) on dy/dσ̃ = ε̂:
+
+        ȳ = y_t + (σ̃_s − σ̃_t) ε̂(t),   y_s = y_t + (σ̃_s − σ̃_t) (ε̂(t) + ε̂(s; α_s ȳ)) / 2,
+
+    with y = x/α. The step onto s = 0 (σ̃ = 0, where ε̂ is undefined) is an Euler step.
+    Two denoiser calls per step except the last.
+    """
+    w = _Walk(denoiser, x_T, grid, cond, noise)
+    x = x_T.to(w.dtype)
+    for i in range(w.steps):
+        d = w.denoise(x, i)
+        a_t, a_s = w.alpha[i], w.alpha[i + 1]
+        ds = w.sigma[i + 1] / a_s - w.sigma[i] / a_t
+        y = x / a_t
+        x_pred = a_s * (y + ds * d.eps)
+        if w.t[i + 1] > 0:
+            eps_s = w.denoise(x_pred, i + 1).eps
+            x = a_s * (y + ds * 0.5 * (d.eps + eps_s))
+        else:
+            x = x_pred
+        if callback is not None:
+            callback(i, w.t[i + 1], x, d.x0)
+    return _finish(x, x_T)
+
+
+@_register("dpmpp-2m", grid="log-snr")
+def dpmpp_2m(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+             callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), data prediction, multistep in λ:
+
+        x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D,   h = λ_s − λ_t,
+        D = (1 + 1/(2r)) x̂_0(t) − 1/(2r) x̂_0(t_prev),   r = h_prev/h,
+
+    with D = x̂_0(t) (first order) on the first step and on the step onto s = 0, where h = ∞.
+    """
+    w = _Walk(denoiser, x_T, grid, cond, noise)
+    x = x_T.to(w.dtype)
+    x0_prev, h_prev = None, None
+    for i in range(w.steps):
+        d = w.denoise(x, i)
+        if w.t[i + 1] == 0:
+            x = d.x0
+        else:
+            lam_t, lam_s = w.half_log_snr(i), w.half_log_snr(i + 1)
+            h = lam_s - lam_t
+            if x0_prev is None:
+                D = d.x0
+            else:
+                r = h_prev / h
+                D = (1 + 0.5 / r) * d.x0 - (0.5 / r) * x0_prev
+            x = (w.sigma[i + 1] / w.sigma[i]) * x - (w.alpha[i + 1] * math.expm1(-h)) * D
+            x0_prev, h_prev = d.x0, h
+        if callback is not None:
+            callback(i, w.t[i + 1], x, d.x0)
+    return _finish(x, x_T)
+
+
+# ---------------------------------------------------------------------------- reverse SDE
+@_register("sde", grid="respaced")
+def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+        callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
+    """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021)
+
+        dx = [f x − g² ∇log p_t(x)] dt + g dw̄,   f = ½ d log ᾱ/dt,  g² = −d log ᾱ/dt,
+
+    with the score ∇log p_t = −ε̂/σ_t and B = log ᾱ_s − log ᾱ_t (the β integrated over the step):
+
+        x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z.
+
+    The step onto s = 0 returns x̂_0 (Tweedie's denoising step) instead of adding noise.
+    """
+    w = _Walk(denoiser, x_T, grid, cond, noise)
+    x = x_T.to(w.dtype)
+    for i in range(w.steps):
+        d = w.denoise(x, i)
+        if w.t[i + 1] == 0:
+            x = d.x0
+        else:
+            B = w.log_alpha_bar[i + 1] - w.log_alpha_bar[i]
+            x = (1 + 0.5 * B) * x - (B / w.sigma[i]) * d.eps + math.sqrt(B) * w.randn()
+        if callback is not None:
+            callback(i, w.t[i + 1], x, d.x0)
+    return _finish(x, x_T)
+
+
+# ---------------------------------------------------------------------------- the front
+_STANDARD_ARGS = {"denoiser", "x_T", "grid", "noise", "callback", "cond"}
+
+
+def options_of(name: str) -> list[str]:
+    """The sampler-specific options of sampler ``name`` (e.g. ``["eta"]`` for DDIM)."""
+    return [p for p in inspect.signature(SAMPLERS[name]).parameters if p not in _STANDARD_ARGS]
+
+
+def _model_device(model: Any) -> torch.device:
+    net = model.net if isinstance(model, Denoiser) else model
+    if isinstance(net, torch.nn.Module):
+        for p in net.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _as_denoiser(model: Any, schedule: Schedule, prediction: str | None,
+                 clip: tuple[float, float] | None) -> Denoiser:
+    if not isinstance(model, Denoiser):
+        if not callable(model):
+            raise ValueError(f"model must be a network (a callable) or a Denoiser, got "
+                             f"{type(model).__name__}")
+        return Denoiser(model, schedule, prediction or "eps", clip)
+    if prediction is not None and prediction != model.prediction:
+        raise ValueError(f"prediction={prediction!r} conflicts with the Denoiser's own prediction "
+                         f"{model.prediction!r}; leave prediction unset when passing a Denoiser")
+    if clip is not None and tuple(clip) != (tuple(model.clip) if model.clip else None):
+        raise ValueError(f"clip={clip!r} conflicts with the Denoiser's own clip {model.clip!r}; "
+                         "leave clip unset when passing a Denoiser")
+    if model.schedule != schedule:
+        raise ValueError(f"schedule {schedule!r} differs from the Denoiser's own schedule "
+                         f"{model.schedule!r}")
+    return model
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        out = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a sequence of integers, got {shape!r}") from None
+    if len(out) < 2 or any(n < 1 for n in out) or out != tuple(shape):
+        raise ValueError(f"shape must be (batch, *event_shape) with positive integers, got {shape!r}")
+    return out
+
+
+def sample(model: Any, shape: Sequence[int], schedule: Schedule, sampler: str = "ddim",
+           steps: int | None = None, prediction: str | None = None,
+           generator: torch.Generator | None = None, callback: Callback | None = None,
+           x_T: Tensor | None = None, *, seed: int | None = None, seed_offset: int = 0,
+           grid: Tensor | str | None = None, clip: tuple[float, float] | None = None,
+           options: dict[str, Any] | None = None, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None, **cond: Any) -> Tensor:
+    """Draw x_0 of shape ``shape`` = (batch, *event_shape) with sampler ``sampler``.
+
+    Args:
+        model: a raw network ``net(x_t, t, **cond)`` (wrapped as ``Denoiser(model, schedule,
+            prediction or "eps", clip)``) or a :class:`~noisecraft.Denoiser`, whose own
+            prediction, clip and schedule then rule (passing conflicting ones is an error).
+        schedule: the noise schedule the network was trained with.
+        sampler: a key of :data:`SAMPLERS`.
+        steps: the number of steps (50 when neither ``steps`` nor a grid tensor is given).
+        generator: a ``torch.Generator`` for plain batched noise (x_T and every stochastic step).
+        callback: ``callback(i, t, x_t, x0_hat)`` after each step (see :mod:`noisecraft.samplers`).
+        x_T: the starting noise; drawn as N(0, I) from the noise source when omitted.
+        seed: per-example noise (:class:`~noisecraft.noise.ExampleNoise`): example i's sample
+            depends only on (seed, seed_offset + i), not on the batch it was drawn in.
+        seed_offset: the global index of this batch's first example, for ``seed``.
+        grid: the time grid: a name in :data:`noisecraft.grids.GRIDS`, a tensor from T to 0, or
+            ``None`` for the sampler's default (``SAMPLERS[sampler].default_grid``).
+        clip: clamp x̂_0 to (lo, hi) (only with a raw network).
+        options: sampler-specific options, e.g. ``{"eta": 0.5}`` for DDIM or
+            ``{"variance": "beta"}`` for DDPM.
+        device, dtype: where and in what dtype x_T is drawn when it is not given (default: the
+            model's device, float32).
+        **cond: conditioning passed to every network call (``labels=...``).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    fn = SAMPLERS[sampler]
+    shape = _check_shape(shape)
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a noisecraft.Schedule, got {type(schedule).__name__}")
+    denoiser = _as_denoiser(model, schedule, prediction, clip)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(options_of(sampler)))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} has no option {unknown[0]!r}; its options are "
+                         f"{options_of(sampler) or 'none'}")
+
+    if isinstance(grid, Tensor) or (grid is not None and not isinstance(grid, str)):
+        t_grid = grids.check(grid, schedule)
+        if steps is not None and steps != t_grid.numel() - 1:
+            raise ValueError(f"steps = {steps!r} conflicts with the given grid of "
+                             f"{t_grid.numel() - 1} steps; pass one or the other")
+    else:
+        t_grid = grids.make(grid or fn.default_grid, schedule, DEFAULT_STEPS if steps is None else steps)
+
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed (per-example noise) or generator (batched noise), not both")
+    if seed is None and seed_offset != 0:
+        raise ValueError(f"seed_offset = {seed_offset!r} needs a seed")
+    noise: NoiseSource = (ExampleNoise(seed, shape[0], seed_offset) if seed is not None
+                          else BatchNoise(shape[0], generator))
+
+    if x_T is None:
+        dtype = dtype or torch.float32
+        x_T = noise.randn(shape[1:], dtype=dtype, device=device or _model_device(denoiser))
+    else:
+        if not isinstance(x_T, Tensor):
+            raise ValueError(f"x_T must be a tensor, got {type(x_T).__name__}")
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape = {shape}")
+        if dtype is not None and x_T.dtype != dtype:
+            raise ValueError(f"dtype = {dtype} conflicts with x_T's dtype {x_T.dtype}")
+        if device is not None and x_T.device != torch.device(device):
+            raise ValueError(f"device = {device} conflicts with x_T's device {x_T.device}")
+        if not x_T.is_floating_point():
+            raise ValueError(f"x_T must be a floating-point tensor, got {x_T.dtype}")
+        if torch.isnan(x_T).any():
+            raise ValueError("x_T contains NaN")
+    return fn(denoiser, x_T, t_grid, noise=noise, callback=callback, cond=cond, **options)
