@@ -152,14 +152,14 @@ class ImportanceTimeSampler(TimeSampler):
 def _draw_time(schedule: Schedule, x0: Tensor, t: Tensor | float | None,
                time_sampler: TimeSampler | None, generator: torch.Generator | None
                ) -> tuple[Tensor, Tensor]:
-    """(t of shape (batch,), importance weights of shape (batch,))."""
+    """(t of shape () or (batch,), importance weights of shape (batch,))."""
     batch = x0.shape[0]
     if t is not None:
         if time_sampler is not None:
             raise ValueError("pass either t or time_sampler, not both")
+        # A scalar t stays scalar: the schedule is then evaluated once, not once per example.
         t = torch.as_tensor(t, device=x0.device)
-        t = t.expand(batch) if t.ndim == 0 else t
-        if t.shape != (batch,):
+        if t.ndim != 0 and t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape (batch,) = ({batch},), "
                              f"got {tuple(t.shape)}")
         return t, torch.ones(batch, dtype=torch.float32, device=x0.device)

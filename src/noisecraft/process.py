@@ -95,21 +95,22 @@ def q_sample(schedule: Schedule, x0: Tensor, t: TimeLike, noise: Tensor | None =
     return x_t, noise
 
 
-def _step_log_variances(schedule: Schedule, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+def _step_log_variances(schedule: Schedule, t: Tensor, s: Tensor, beta_tilde: Tensor
+                        ) -> tuple[Tensor, Tensor]:
     """(log σ²_{t|s}, log β̃_{t|s}) with β̃ at s = 0 replaced as the module docstring says."""
     log_var_beta = torch.log(-torch.expm1(schedule.log_alpha_bar(t) - schedule.log_alpha_bar(s)))
-    s_safe = torch.where(s > 0, s, t - 1).clamp(min=0)
-    _, _, beta_tilde = schedule.posterior_coefficients(t, s_safe)
+    last = s == 0
+    if not last.any():
+        return log_var_beta, torch.log(beta_tilde)
     # The last step: the posterior variance of the next step of the same width (IDDPM's clip).
-    t_next = (2 * t - s).clamp(max=schedule.T)
-    has_next = t_next > t
     T = schedule.T
+    t_next = (2 * t - s).clamp(max=T)
+    has_next = t_next > t
     pair_t = torch.where(has_next, t_next, torch.full_like(t, T))
     pair_s = torch.where(has_next, t, torch.full_like(t, max(T - 1, 0)))
     _, _, next_beta_tilde = schedule.posterior_coefficients(pair_t, pair_s)
     log_next = torch.where(has_next, torch.log(next_beta_tilde), log_var_beta)
-    log_beta_tilde = torch.where(s > 0, torch.log(beta_tilde), log_next)
-    return log_var_beta, log_beta_tilde
+    return log_var_beta, torch.where(last, log_next, torch.log(beta_tilde))
 
 
 def reverse_mean_log_variance(schedule: Schedule, denoised: Denoised, x_t: Tensor, t: TimeLike,
@@ -126,11 +127,11 @@ def reverse_mean_log_variance(schedule: Schedule, denoised: Denoised, x_t: Tenso
     t = _time(t, x_t)
     s = t - 1 if s is None else _time(s, x_t)
     dtype = torch.promote_types(x_t.dtype, torch.float32)
-    c0, ct, _ = schedule.posterior_coefficients(t, s)
+    c0, ct, beta_tilde = schedule.posterior_coefficients(t, s)
     mean = (broadcast_to(c0, x_t, dtype) * denoised.x0.to(dtype)
             + broadcast_to(ct, x_t, dtype) * x_t.to(dtype))
-    t, s = torch.broadcast_tensors(t, s)
-    log_var_beta, log_beta_tilde = _step_log_variances(schedule, t, s)
+    t, s, beta_tilde = torch.broadcast_tensors(t, s, beta_tilde)
+    log_var_beta, log_beta_tilde = _step_log_variances(schedule, t, s, beta_tilde)
     if variance == "beta":
         return mean, broadcast_to(log_var_beta, x_t, dtype)
     if variance == "beta_tilde":
