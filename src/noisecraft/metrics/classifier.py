@@ -9,9 +9,10 @@ say little. For those datasets noisecraft trains a small classifier once, caches
 - **classifier-FID**: the Fréchet distance in its penultimate-layer features (see ``fid.py``).
 
 ``digits`` (scikit-learn's 8×8 digits, 0–16 ink scaled to [0, 1]) uses a one-hidden-layer MLP
-(64 ReLU units) trained with Adam in a few seconds, with outlier exposure so that noise is
-not called a digit with confidence. ``mnist`` (28×28) uses a small CNN trained
-for one pass over MNIST's training set (well under a minute on a CPU core).
+(64 ReLU units) trained with Adam in a few seconds. ``mnist`` (28×28) uses a small CNN (two
+stride-2 3×3 convolutions, 128 hidden units) trained for one pass over MNIST's training set
+(well under a minute on a CPU core). Both are trained with outlier exposure so that noise is
+not called a digit with confidence.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .cache import cache_dir, load_arrays, save_arrays
 from .images import as_uint8_images, grey_float
 
 CLASSIFIER_VERSION = 1
-SUPPORTED = ("digits",)
+SUPPORTED = ("digits", "mnist")
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,29 @@ def _outlier_images(n: int, in_class: torch.Tensor, generator: torch.Generator) 
     must not be sure about. Trained towards the uniform distribution ("outlier exposure",
     Hendrycks et al. 2019), because a plain MLP calls pure noise a digit with ~95% confidence,
     which would make the confidence figure useless for judging noisy samples."""
-    dim = in_class.shape[1]
-    faint = torch.rand(n, dim, generator=generator) * torch.rand(n, 1, generator=generator)
-    mix = torch.rand(n, 1, generator=generator) * 0.5
+    shape = (n, *in_class.shape[1:])
+    scale_shape = (n,) + (1,) * (in_class.ndim - 1)
+    faint = torch.rand(shape, generator=generator) * torch.rand(scale_shape, generator=generator)
+    mix = torch.rand(scale_shape, generator=generator) * 0.5
     pick = torch.randint(0, len(in_class), (n,), generator=generator)
-    drowned = (1 - mix) * torch.rand(n, dim, generator=generator) + mix * in_class[pick]
+    drowned = (1 - mix) * torch.rand(shape, generator=generator) + mix * in_class[pick]
     return torch.cat([faint, drowned])
+
+
+def _init_from(generator: torch.Generator, *layers: torch.nn.Module) -> None:
+    """Uniform ±1/√fan_in weights and zero biases from our own generator, so the trained weights
+    do not depend on the global RNG state."""
+    with torch.no_grad():
+        for layer in layers:
+            fan_in = layer.weight[0].numel()
+            uniform = torch.rand(layer.weight.shape, generator=generator) * 2 - 1
+            layer.weight.copy_(uniform * fan_in**-0.5)
+            layer.bias.zero_()
+
+
+def _as_arrays(**layers: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {f"{name}.{p}": getattr(layer, p).detach().numpy().copy()
+            for name, layer in layers.items() for p in ("weight", "bias")}
 
 
 def _train_digits(seed: int = 0, steps: int = 300) -> tuple[dict[str, np.ndarray], dict]:
@@ -99,11 +117,7 @@ def _train_digits(seed: int = 0, steps: int = 300) -> tuple[dict[str, np.ndarray
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.nn.Linear(64, 64)
     out = torch.nn.Linear(64, 10)
-    with torch.no_grad():  # initialise from our own generator so the weights do not depend on global RNG
-        for layer in (hidden, out):
-            bound = layer.in_features ** -0.5
-            layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
-            layer.bias.zero_()
+    _init_from(generator, hidden, out)
     net = torch.nn.Sequential(hidden, torch.nn.ReLU(), out)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
     x_train, y_train = x[train], y[train]
@@ -116,30 +130,85 @@ def _train_digits(seed: int = 0, steps: int = 300) -> tuple[dict[str, np.ndarray
         opt.step()
     with torch.no_grad():
         accuracy = (net(x[held_out]).argmax(dim=1) == y[held_out]).double().mean().item()
-    weights = {
-        "hidden.weight": hidden.weight.detach().numpy().copy(),
-        "hidden.bias": hidden.bias.detach().numpy().copy(),
-        "out.weight": out.weight.detach().numpy().copy(),
-        "out.bias": out.bias.detach().numpy().copy(),
-    }
     meta = {"arch": "mlp", "image_size": 8, "seed": seed, "train_size": int(len(train)),
-            "held_out_size": int(len(held_out)), "held_out_accuracy": float(accuracy)}
-    return weights, meta
+            "held_out_size": int(len(held_out)), "held_out_accuracy": float(accuracy),
+            "trained_on": "scikit-learn digits (fixed 80% split)"}
+    return _as_arrays(hidden=hidden, out=out), meta
+
+
+def _train_mnist(data: str, seed: int = 0, batch_size: int = 128) -> tuple[dict[str, np.ndarray], dict]:
+    """One epoch of Adam over the training split of ``data`` (an MNIST spec), with outlier
+    exposure as for digits; accuracy measured on its test split."""
+    from .images import load_labelled_images
+
+    def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = load_labelled_images(data, split=split)
+        if images.shape[1:] != (28, 28, 1) or labels.min() < 0 or labels.max() > 9:
+            raise ValueError(f"{data!r} ({split}) is not MNIST-like: need 28×28 grey images "
+                             f"labelled 0-9, got {images.shape[1:]}")
+        return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(labels)
+
+    x, y = tensors("train")
+    x_test, y_test = tensors("test")
+    generator = torch.Generator().manual_seed(seed)
+    conv1, conv2 = torch.nn.Conv2d(1, 16, 3, 2, 1), torch.nn.Conv2d(16, 32, 3, 2, 1)
+    hidden, out = torch.nn.Linear(32 * 7 * 7, 128), torch.nn.Linear(128, 10)
+    _init_from(generator, conv1, conv2, hidden, out)
+    net = torch.nn.Sequential(conv1, torch.nn.ReLU(), conv2, torch.nn.ReLU(), torch.nn.Flatten(),
+                              hidden, torch.nn.ReLU(), out)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    order = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        logits = net(torch.cat([x[idx], _outlier_images(batch_size // 8, x[idx], generator)]))
+        loss = (F.cross_entropy(logits[:len(idx)], y[idx])
+                - 0.5 * F.log_softmax(logits[len(idx):], dim=1).mean())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = (net(x_test).argmax(dim=1) == y_test).double().mean().item()
+    meta = {"arch": "cnn", "image_size": 28, "seed": seed, "train_size": int(len(x)),
+            "held_out_size": int(len(x_test)), "held_out_accuracy": float(accuracy),
+            "trained_on": f"{data} (train split, one epoch; accuracy on its test split)"}
+    return _as_arrays(conv1=conv1, conv2=conv2, hidden=hidden, out=out), meta
+
+
+def _cache_file(dataset: str):
+    if dataset not in SUPPORTED:
+        raise ValueError(f"dataset={dataset!r}: no small classifier for it; "
+                         f"supported: {', '.join(SUPPORTED)}")
+    return cache_dir("classifiers") / f"{dataset}-v{CLASSIFIER_VERSION}.safetensors"
+
+
+def prepare_classifier(dataset: str = "digits", data: str | None = None) -> None:
+    """Train and cache the classifier for ``dataset`` unless it is cached already.
+
+    ``digits`` needs nothing; ``mnist`` needs ``data``, a spec of MNIST (e.g. its IDX folder),
+    and trains once in well under a minute on a CPU.
+    """
+    path = _cache_file(dataset)
+    if path.exists():
+        return
+    if dataset == "digits":
+        weights, meta = _train_digits()
+    elif data is None:
+        raise FileNotFoundError(f"no cached {dataset} classifier in {path.parent}; train it once with "
+                                f"prepare_classifier({dataset!r}, data=<MNIST folder>)")
+    else:
+        weights, meta = _train_mnist(data)
+    save_arrays(path, weights, {**meta, "dataset": dataset, "version": CLASSIFIER_VERSION})
+    load_classifier.cache_clear()
 
 
 @functools.cache
 def load_classifier(dataset: str = "digits") -> SmallClassifier:
-    """The cached classifier for ``dataset``, training and caching it on first use."""
-    if dataset not in SUPPORTED:
-        raise ValueError(f"dataset={dataset!r}: no small classifier for it; "
-                         f"supported: {', '.join(SUPPORTED)}")
-    path = cache_dir("classifiers") / f"{dataset}-v{CLASSIFIER_VERSION}.safetensors"
-    if path.exists():
-        weights, meta = load_arrays(path)
-    else:
-        weights, meta = _train_digits()
-        meta = {**meta, "dataset": dataset, "version": CLASSIFIER_VERSION}
-        save_arrays(path, weights, meta)
+    """The cached classifier for ``dataset`` (``digits`` is trained on first use; ``mnist`` must
+    have been prepared with :func:`prepare_classifier`)."""
+    path = _cache_file(dataset)
+    if not path.exists():
+        prepare_classifier(dataset)
+    weights, meta = load_arrays(path)
     return SmallClassifier(dataset=dataset, arch=meta["arch"], image_size=int(meta["image_size"]),
                            weights=weights, meta=meta)
 

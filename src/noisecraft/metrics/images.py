@@ -62,6 +62,13 @@ def load_image_set(spec: str, n: int | None = None, split: str = "train",
     shards, an image folder, an ``.npz``); images are taken in the dataset's own order (shards
     unshuffled), so the same spec, split and n always give the same set.
     """
+    return load_labelled_images(spec, n, split, image_size, channels)[0]
+
+
+def load_labelled_images(spec: str, n: int | None = None, split: str = "train",
+                         image_size: int | None = None, channels: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`load_image_set`, with the labels (int64, −1 where the data has none)."""
     from .. import data
 
     if n is not None and n < 1:
@@ -69,12 +76,13 @@ def load_image_set(spec: str, n: int | None = None, split: str = "train",
     dataset = data.load(spec, split=split, image_size=image_size, channels=channels, shuffle=False)
     if dataset.preprocess.kind != "image":
         raise ValueError(f"{spec!r} holds {dataset.preprocess.kind} data, not images")
-    xs = []
-    for i, item in enumerate(dataset if not hasattr(dataset, "__len__") else
-                             (dataset[j] for j in range(len(dataset)))):
+    items = dataset if not hasattr(dataset, "__len__") else (dataset[j] for j in range(len(dataset)))
+    xs, labels = [], []
+    for i, item in enumerate(items):
         if n is not None and i >= n:
             break
         xs.append(item["x"])
+        labels.append(-1 if item["label"] is None else int(item["label"]))
     if not xs:
         raise ValueError(f"{spec!r} (split {split!r}) holds no images")
-    return data.to_uint8(torch.stack(xs), dataset.preprocess)
+    return data.to_uint8(torch.stack(xs), dataset.preprocess), np.asarray(labels, dtype=np.int64)
