@@ -1,0 +1,199 @@
+"""``noisecraft nll``: negative log-likelihood of data under a trained run, in bits/dim.
+
+  noisecraft nll RUN_DIR --data DATA     mean ± standard error over a split (default test)
+  noisecraft nll RUN_DIR --image FILE    one image, and its percentile among the split's NLLs
+
+Units: 8-bit image data (a 0..255 source range) gives −log₂ P(k)/D for the 256 levels per value
+— the number papers report — by the bound's discretised decoder (--method vlb) or by uniform
+dequantisation (--method ode, which adds log₂ 127.5 per dimension to the density's bits). Other
+data (digits' 0..16, vectors) is treated as continuous: −log₂ p(x)/D of the density in the model's
+[−1, 1] units; --continuous forces that for 8-bit data too. The model is read without the x̂_0
+clipping used for sampling (clipping is a sampler's choice, not part of the density).
+
+The percentile of --image is the share of the split's examples whose NLL is at or below the
+image's: near 50 is typical, near 100 means less likely than almost all of the split. A
+class-conditional run scores --data with the data's labels, and --image (and its reference
+split) with the null label, since the picture's class is unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from ._args import non_negative_int, positive_float, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("nll", help="bits/dim of data under a trained run (bound or ODE)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example: noisecraft nll runs/mnist --data mnist/ --method ode --n 1000")
+    a = p.add_argument
+    a("run_dir", metavar="RUN_DIR", help="a run directory written by `noisecraft train`")
+    a("--data", metavar="DATA", help="data spec to score (with --image: the reference data; "
+      "default the run's own training spec)")
+    a("--image", metavar="FILE", help="score this one picture and rank it among --data's split")
+    a("--split", default="test", choices=("train", "test", "all"), help="split (default test)")
+    a("--n", type=positive_int, help="score the first N examples of the split (default: all)")
+    a("--method", default="ode", choices=("ode", "vlb"),
+      help="ode: probability-flow ODE; vlb: the T-term variational bound (default ode)")
+    a("--divergence", default="rademacher", choices=("rademacher", "gaussian", "exact"),
+      help="ode: Hutchinson probes or the exact divergence (default rademacher)")
+    a("--probes", type=positive_int, default=1, help="ode: Hutchinson probes per example (default 1)")
+    a("--rtol", type=positive_float, default=1e-5, help="ode: relative tolerance (default 1e-5)")
+    a("--atol", type=positive_float, default=1e-5, help="ode: absolute tolerance (default 1e-5)")
+    a("--variance", choices=("beta", "beta_tilde", "learned"),
+      help="vlb: reverse-step variance (default: learned if the net has it, else beta_tilde)")
+    a("--continuous", action="store_true", help="treat 8-bit data as continuous values")
+    a("--seed", type=non_negative_int, default=0,
+      help="seed of the probes, dequantisation and x_t draws (default 0)")
+    a("--batch-size", type=positive_int, default=64, help="examples per batch (default 64)")
+    a("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    a("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    a("--json", action="store_true", help="print one JSON record instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..denoiser import Denoiser
+    from ..train import load_run
+
+    if args.image is None and args.data is None:
+        raise ValueError("give --data DATA (score a split) or --image FILE (score one picture)")
+    if args.method == "ode" and args.variance is not None:
+        raise ValueError("--variance applies to --method vlb only")
+    run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
+    pre = run_.preprocess
+    eight_bit = pre.kind == "image" and tuple(pre.value_range) == (0.0, 255.0)
+    discrete = eight_bit and not args.continuous
+    den = run_.denoiser
+    denoiser = Denoiser(den.net, run_.schedule, den.prediction, clip=None,
+                        learned_variance=den.learned_variance)
+    spec = args.data or run_.config.data.spec
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def score(x: Any, labels: Any) -> Any:
+        from ..likelihood import nll
+
+        cond = {} if labels is None else {"labels": labels.to(args.device)}
+        kw: dict[str, Any] = {"discrete": discrete, "generator": generator,
+                              "batch_size": args.batch_size}
+        if args.method == "ode":
+            kw.update(divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol)
+        else:
+            kw.update(variance=args.variance)
+        return nll(denoiser, x.to(args.device), run_.schedule, args.method, **kw, **cond).cpu()
+
+    record: dict[str, Any] = {
+        "run_dir": str(run_.run_dir), "step": run_.step, "weights": "raw" if args.no_ema else "EMA",
+        "method": args.method, "units": "bits/dim",
+        "convention": ("8-bit: -log2 P(k)/D, " + ("uniform dequantisation" if args.method == "ode"
+                                                  else "discretised decoder")) if discrete
+        else "continuous: -log2 p(x)/D in the model's [-1, 1] units",
+        "seed": args.seed,
+    }
+    if args.method == "ode":
+        record.update(divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol)
+    else:
+        record.update(variance=args.variance or "default")
+
+    split_bits = _score_split(run_, spec, args, score)
+    record.update(data=spec, split=args.split, n=len(split_bits),
+                  mean=float(split_bits.mean()),
+                  standard_error=float(split_bits.std(unbiased=True) / math.sqrt(len(split_bits)))
+                  if len(split_bits) > 1 else float("nan"))
+    if args.image is not None:
+        x = _read_image(args.image, pre)
+        labels = None
+        if run_.num_classes is not None:   # the null label, as for the split: class unknown
+            labels = torch.full((1,), -1, dtype=torch.long)
+        bits = float(score(x, labels)[0])
+        record.update(image=args.image, image_bits_per_dim=bits,
+                      percentile=float(100 * (split_bits <= bits).double().mean()))
+    _report(record, args.json)
+    return 0
+
+
+def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any) -> Any:
+    """Bits/dim of the first --n examples of the split, in data order."""
+    import torch
+
+    from .. import data
+    from ..errors import DataError
+
+    pre = run_.preprocess
+    options: dict[str, Any] = {"split": args.split, "shuffle": False}
+    if pre.kind == "image":
+        options.update(image_size=pre.image_size, channels=pre.channels)
+    dataset = data.load(spec, **options)
+    shape = tuple(run_.shape)
+    conditional = run_.num_classes is not None
+    out, xs, labels = [], [], []
+
+    def flush() -> None:
+        if xs:
+            lab = torch.tensor(labels, dtype=torch.long) if conditional else None
+            out.append(score(torch.stack(xs), lab))
+            xs.clear()
+            labels.clear()
+
+    items = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else dataset
+    for item in items:
+        x = item["x"]
+        if tuple(x.shape) != shape:
+            raise DataError(f"{spec}: examples have shape {tuple(x.shape)}, but the run's model "
+                            f"takes {shape}")
+        xs.append(x)
+        labels.append(int(item.get("label", -1)) if args.image is None else -1)
+        if len(xs) == args.batch_size:
+            flush()
+        if args.n is not None and sum(len(o) for o in out) + len(xs) >= args.n:
+            break
+    flush()
+    if not out:
+        raise DataError(f"{spec}: the {args.split} split is empty")
+    bits = torch.cat(out)
+    return bits[:args.n] if args.n is not None else bits
+
+
+def _read_image(path: str, pre: Any) -> Any:
+    """One picture through the run's own preprocessing: (1, C, H, W) in [−1, 1]."""
+    import dataclasses
+    import os
+
+    from ..data.folder import decode_image
+    from ..data.transforms import prepare_array, scale_to_unit
+
+    if pre.kind != "image":
+        raise ValueError(f"--image needs an image run, but this run models {pre.kind} data")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--image {path}: no such file")
+    a = prepare_array(decode_image(path), pre)
+    # A picture file holds 0..255 whatever the training data's source range (digits: 0..16).
+    x = scale_to_unit(a, dataclasses.replace(pre, value_range=(0.0, 255.0)))[None]
+    if tuple(x.shape[1:]) != tuple(pre.shape):
+        raise ValueError(f"--image {path}: gives a {tuple(x.shape[1:])} picture after the run's "
+                         f"preprocessing, but the model takes {tuple(pre.shape)} (pass a picture "
+                         "of that size)")
+    return x
+
+
+def _report(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record, indent=2))
+        return
+    method = record["method"]
+    detail = (f"{record['divergence']} divergence, {record['probes']} probe(s), rtol {record['rtol']:g}"
+              if method == "ode" else f"variance {record['variance']}")
+    print(f"noisecraft: {method} ({detail}), {record['weights']} weights of step {record['step']}; "
+          f"{record['convention']}")
+    print(f"{record['data']} [{record['split']}], n = {record['n']}: {record['mean']:.4f} ± "
+          f"{record['standard_error']:.4f} bits/dim (mean ± standard error)")
+    if "image" in record:
+        print(f"{record['image']}: {record['image_bits_per_dim']:.4f} bits/dim, percentile "
+              f"{record['percentile']:.1f} among the {record['n']} examples above "
+              "(share with NLL at or below it; ~50 is typical, ~100 unusually unlikely)")
