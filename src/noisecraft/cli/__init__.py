@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from ..errors import NoisecraftError
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES: list[str] = ["train", "sample", "demo", "fid", "evaluate", "data", "nll", "nll"]
+COMMAND_MODULES: list[str] = ["train", "sample", "demo", "fid", "evaluate", "data", "nll"]
 
 
 class _Parser(argparse.ArgumentParser):
