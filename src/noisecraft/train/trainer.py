@@ -139,6 +139,8 @@ class Trainer:
         if not resume and ckpt.has_checkpoint(self.run_dir):
             raise ValueError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
                              "it or choose another --out")
+        self.net: nn.Module | None = None  # the trained network and its EMA, set by fit()
+        self.ema: EMA | None = None
 
     # ------------------------------------------------------------------ public
     def fit(self, stop_at: int | None = None) -> TrainResult:
@@ -170,6 +172,7 @@ class Trainer:
             torch.cuda.manual_seed(rank_seed(tc.seed, ctx.rank, "cuda"))
         stream = BatchStream(self.dataset, tc.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                              seed=tc.seed, num_workers=tc.num_workers, pin_memory=dev.type == "cuda")
+        self.net, self.ema = net, ema
         step, wall = 0, 0.0
         if self.resume:
             step, wall = self._restore(ctx, net, ema, opt, gen, stream)
