@@ -8,7 +8,14 @@ Every sampler has the signature
   carrying a ``schedule``); samplers read only x̂_0, ε̂ (and the variance fraction) from it.
 - ``grid`` is a strictly decreasing tensor t_0 > t_1 > … > t_N = 0 (see :mod:`noisecraft.grids`);
   step i goes from t = t_i to s = t_{i+1}. Each sampler names the grid it defaults to in
-  ``fn.default_grid``.
+  ``fn.default_grid``: ``respaced`` for ddpm, ddim and sde (the grids they were defined on),
+  ``log-snr`` for euler, heun and dpmpp-2m. Measured with ``benchmarks/sampler_accuracy.py``
+  (mean distance to the exact probability-flow ODE solution, Gaussian-mixture problem): at 25
+  steps log-SNR-uniform vs Karras (ρ = 7) is 9.7e-3 vs 2.3e-2 (dpmpp-2m) and 1.7e-2 vs 1.3e-2
+  (heun) on the linear schedule, 2.3e-2 vs 1.8e-1 and 2.7e-2 vs 8.6e-2 on the cosine one.
+  Karras's ρ = 7 was tuned for EDM's σ ∈ [0.002, 80]; here σ̃ = σ/α spans [0.01, 157] (linear)
+  and [0.006, 2·10⁴] (cosine), where ρ = 7 spends more nodes at high noise, where the flow is
+  nearly straight, than uniform-λ spacing (the ρ → ∞ limit of Karras's formula) does.
 - ``noise`` is a :mod:`noisecraft.noise` source; stochastic samplers draw from it only
   (``None``: the global RNG).
 - ``callback(i, t, x_t, x0_hat)`` is called after step i with the new time t = t_{i+1}, the new
@@ -188,7 +195,7 @@ def ddim(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
 # far better conditioned than dx/dt with the VP drift.
 
 
-@_register("euler", grid="karras")
+@_register("euler", grid="log-snr")
 def euler(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
           callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
     """Euler's method on dy/dσ̃ = ε̂ (y = x/α, σ̃ = σ/α):
@@ -209,7 +216,7 @@ def euler(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource |
     return _finish(x, x_T)
 
 
-@_register("heun", grid="karras")
+@_register("heun", grid="log-snr")
 def heun(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
          callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
     """Heun's method (EDM, Karras et al. 2022, Algorithm 1) on dy/dσ̃ = ε̂:
