@@ -225,6 +225,8 @@ def test_bad_arguments_give_clear_errors():
         nll(net, x, LINEAR, "ode", discrete=False, probes=0)
     with pytest.raises(ValueError, match="method='vlb' only"):
         nll(net, x, LINEAR, "ode", discrete=False, variance="beta")
+    with pytest.raises(ValueError, match="probes=4 applies to method='ode' only"):
+        nll(net, x, LINEAR, "vlb", probes=4)
     with pytest.raises(ValueError, match="t_start"):
         nll(net, x, LINEAR, "ode", discrete=False, t_start=1000.0)
     with pytest.raises(ValueError, match="batch_size"):

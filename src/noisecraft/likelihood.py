@@ -139,16 +139,23 @@ def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb", predicti
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     dims = math.prod(x.shape[1:])
     if method == "vlb":
-        nats = vlb_nats(denoiser, x, discrete=discrete, variance=variance, batch_size=batch_size,
-                        generator=generator, **cond)
-        return nats / (dims * math.log(2))
-    if variance is not None:
+        ode_only = {"divergence": (divergence, "rademacher"), "probes": (probes, 1),
+                    "rtol": (rtol, 1e-5), "atol": (atol, 1e-5), "t_start": (t_start, None)}
+        for name, (value, default) in ode_only.items():
+            if value != default:
+                raise ValueError(f"{name}={value!r} applies to method='ode' only")
+    elif variance is not None:
         raise ValueError(f"variance={variance!r} applies to method='vlb' only; the ODE has no "
                          "reverse-step variance")
     out = []
     for lo in range(0, x.shape[0], batch_size):
         xs = x[lo:lo + batch_size]
         cs = _slice_cond(cond, x.shape[0], slice(lo, lo + batch_size))
+        if method == "vlb":
+            nats = vlb_nats(denoiser, xs, discrete=discrete, variance=variance,
+                            batch_size=batch_size, generator=generator, **cs)
+            out.append(nats / (dims * math.log(2)))
+            continue
         if discrete:
             xs = dequantise(xs, generator)
         flow = ode_log_prob(denoiser, xs, divergence=divergence, probes=probes, rtol=rtol,
