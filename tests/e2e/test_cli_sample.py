@@ -1,0 +1,115 @@
+"""`noisecraft sample` end to end on a run trained for a few steps."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from noisecraft.cli import main
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from train_helpers import SMALL_UNET, image_config, train, vector_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sample") / "run"
+    config, dataset = image_config(steps=2)
+    train(path, config, dataset)
+    return path
+
+
+def test_sample_writes_png_grid_and_uint8_npz(run_dir, tmp_path):
+    out = tmp_path / "draws"
+    proc = subprocess.run([sys.executable, "-m", "noisecraft", "sample", str(run_dir), "--n", "10",
+                           "--steps", "4", "--seed", "2", "--out", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out.with_suffix(".npz")) as f:
+        assert sorted(f.files) == ["images"]
+        images = f["images"]
+    assert images.dtype == np.uint8 and images.shape == (10, 8, 8, 1)
+    assert Image.open(out.with_suffix(".png")).format == "PNG"
+
+
+def sample(run_dir, out, *extra):
+    return main(["sample", str(run_dir), "--out", str(out), *map(str, extra)])
+
+
+def test_sample_is_reproducible_and_batch_size_free(run_dir, tmp_path):
+    assert sample(run_dir, tmp_path / "a.png", "--n", 5, "--steps", 3) == 0
+    assert sample(run_dir, tmp_path / "b", "--n", 5, "--steps", 3, "--batch-size", 2) == 0
+    assert sample(run_dir, tmp_path / "c", "--n", 5, "--steps", 3, "--no-ema") == 0
+    a, b, c = (np.load(tmp_path / f"{k}.npz")["images"] for k in "abc")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)  # the raw weights differ from their EMA
+
+
+def test_conditional_runs_store_labels(tmp_path):
+    from noisecraft import data
+    from noisecraft.train import TrainConfig, new_run_config
+
+    dataset = data.load("digits")
+    config = new_run_config(dataset, "digits", net="tiny", T=20, class_conditional=True,
+                            net_overrides=SMALL_UNET,
+                            train=TrainConfig(steps=1, batch_size=8, sample_every=0, checkpoint_every=0))
+    train(tmp_path / "run", config, dataset)
+    assert sample(tmp_path / "run", tmp_path / "s", "--n", 12, "--steps", 2) == 0
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+        assert f["images"].shape == (12, 8, 8, 1)
+
+
+def test_vector_runs_write_samples_and_a_scatter(tmp_path):
+    config, dataset = vector_config(steps=2)
+    train(tmp_path / "run", config, dataset)
+    assert sample(tmp_path / "run", tmp_path / "v", "--n", 30, "--steps", 3) == 0
+    with np.load(tmp_path / "v.npz") as f:
+        assert f["samples"].dtype == np.float32 and f["samples"].shape == (30, 2)
+    assert (tmp_path / "v.png").is_file()
+
+
+def _corrupt(run_dir, tmp_path):
+    copy = tmp_path / "corrupt"
+    copy.mkdir()
+    for name in os.listdir(run_dir):
+        if (run_dir / name).is_file():
+            (copy / name).write_bytes((run_dir / name).read_bytes())
+    data = (copy / "model.safetensors").read_bytes()
+    (copy / "model.safetensors").write_bytes(data[: len(data) // 3])
+    return copy
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("sampler", ["--sampler", "magic"], "unknown sampler 'magic'"),
+    ("steps", ["--steps", "0"], "argument --steps: '0' must be an integer >= 1"),
+    ("missing", [], "does not exist"),
+    ("foreign", [], "config.json: missing"),
+    ("corrupt", ["--no-ema"], "model.safetensors: not a readable safetensors file"),
+])
+def test_errors_exit_2_with_one_line(run_dir, tmp_path, capsys, case, extra, message):
+    target = {"missing": tmp_path / "nope", "foreign": tmp_path, "corrupt": None}.get(case, run_dir)
+    if case == "corrupt":
+        target = _corrupt(run_dir, tmp_path)
+    if case == "foreign":
+        (tmp_path / "holiday.jpg").write_bytes(b"\xff\xd8")
+    try:
+        code = main(["sample", str(target), "--out", str(tmp_path / "x"), *extra])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) in (1, 2)  # argparse adds its usage line above the error
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_corrupt_checkpoint_in_a_subprocess_has_no_traceback(run_dir, tmp_path):
+    bad = _corrupt(run_dir, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "noisecraft", "sample", str(bad), "--no-ema",
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("noisecraft: error: ") and "model.safetensors" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
