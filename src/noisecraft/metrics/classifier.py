@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -174,7 +175,8 @@ def _train_mnist(data: str, seed: int = 0, batch_size: int = 128) -> tuple[dict[
     return _as_arrays(conv1=conv1, conv2=conv2, hidden=hidden, out=out), meta
 
 
-def _cache_file(dataset: str):
+def cache_file(dataset: str) -> Path:
+    """Where the classifier for ``dataset`` is cached (whether or not it exists yet)."""
     if dataset not in SUPPORTED:
         raise ValueError(f"dataset={dataset!r}: no small classifier for it; "
                          f"supported: {', '.join(SUPPORTED)}")
@@ -187,7 +189,7 @@ def prepare_classifier(dataset: str = "digits", data: str | None = None) -> None
     ``digits`` needs nothing; ``mnist`` needs ``data``, a spec of MNIST (e.g. its IDX folder),
     and trains once in well under a minute on a CPU.
     """
-    path = _cache_file(dataset)
+    path = cache_file(dataset)
     if path.exists():
         return
     if dataset == "digits":
@@ -205,7 +207,7 @@ def prepare_classifier(dataset: str = "digits", data: str | None = None) -> None
 def load_classifier(dataset: str = "digits") -> SmallClassifier:
     """The cached classifier for ``dataset`` (``digits`` is trained on first use; ``mnist`` must
     have been prepared with :func:`prepare_classifier`)."""
-    path = _cache_file(dataset)
+    path = cache_file(dataset)
     if not path.exists():
         prepare_classifier(dataset)
     weights, meta = load_arrays(path)
