@@ -81,7 +81,7 @@ def main() -> None:
     denoiser_s = median_seconds(lambda: zero(x_T, 500.0), max(args.repeats, 20))
 
     print(f"# sampler overhead — {datetime.date.today()}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+          f"{platform.processor() or platform.machine()}, threads: {torch.get_num_threads()}")
     print(f"x_T {tuple(SHAPE)} float32; conv net {params / 1e6:.2f}M parameters: one forward "
           f"{forward_s * 1e3:.1f} ms; Denoiser reading of a zero net: {denoiser_s * 1e3:.3f} ms/call\n")
     print("| sampler | grid | noise | steps | net calls | ms/step | of which Denoiser | "

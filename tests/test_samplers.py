@@ -106,7 +106,10 @@ def test_dpmpp_2m_at_25_steps_is_at_the_noise_floor(denoiser, mixture, schedule)
     x = sample(denoiser, (n, 2), schedule, sampler="dpmpp-2m", steps=25, seed=7, dtype=torch.float64)
     swd, floor, spread = check_matches_mixture(x, mixture, schedule,
                                                grids.log_snr_uniform(schedule, 25))
-    # With 10 steps it is measurably not there yet: the samples lie too close to the means.
+    # Within 2 floor standard deviations of the floor itself (measured: 0.014 vs 0.025 ± 0.008).
+    assert swd < floor + 2 * spread
+    # With 10 steps it is measurably not there yet (SWD 0.057, spread 4% too wide): the checks
+    # above have the power to tell.
     x10 = sample(denoiser, (n, 2), schedule, sampler="dpmpp-2m", steps=10, seed=7,
                  dtype=torch.float64)
     with pytest.raises(AssertionError):
@@ -146,9 +149,9 @@ def test_convergence_order_on_a_gaussian_against_the_exact_flow(name, schedule):
 
 @pytest.mark.slow
 def test_convergence_order_on_the_mixture_against_a_fine_reference(denoiser, schedule):
-    """Errors against a 1024-step Heun run (2047 calls; its own error is ~100x below the
-    smallest error fitted here) from the same x_T, on log-SNR-uniform grids of 32..128 steps,
-    where all four solvers are in their asymptotic regime."""
+    """Errors against a 1024-step Heun run (2047 calls) from the same x_T, on log-SNR-uniform
+    grids of 32..128 steps, where all four solvers are in their asymptotic regime. The reference
+    agrees with a 1024-step DPM-Solver++(2M) run to 2e-6, ~80x below the smallest error fitted."""
     x_T = torch.randn(100, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     reference = samplers.heun(denoiser, x_T, grids.log_snr_uniform(schedule, 1024))
     steps = [32, 64, 128]
@@ -157,7 +160,7 @@ def test_convergence_order_on_the_mixture_against_a_fine_reference(denoiser, sch
         errors = [(SAMPLERS[name](denoiser, x_T, grids.log_snr_uniform(schedule, n)) - reference)
                   .norm(dim=1).mean().item() for n in steps]
         slopes[name] = _slope(steps, errors)
-    # Measured (linear schedule): ddim = euler ≈ 1.1, heun ≈ 2.1, dpmpp-2m ≈ 1.85. The mixture's
+    # Measured (linear schedule): ddim = euler 1.07, heun 2.14, dpmpp-2m 2.05. The mixture's
     # flow bends sharply between modes, so allow ±0.4 around the theoretical order.
     for name, slope in slopes.items():
         assert abs(slope - ORDERS[name]) < 0.4, slopes
