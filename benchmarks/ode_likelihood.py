@@ -97,7 +97,8 @@ def main() -> None:
               f"({train_s:.0f} s), linear schedule T = 1000, ε-prediction. {len(x)} test images, "
               f"batches of {args.batch}, 8-bit dequantised, 1 Rademacher probe.\n"
               f"Command: `.venv/bin/python benchmarks/ode_likelihood.py --n {args.n} "
-              f"--train-steps {args.train_steps} --threads {args.threads}`\n")
+              f"--train-steps {args.train_steps} --rtol {' '.join(f'{r:g}' for r in args.rtol)} "
+              f"--batch {args.batch} --threads {args.threads}`\n")
     print(header)
     lines = ["| rtol = atol | bits/dim (mean ± SE) | NFE mean | NFE median | NFE max "
              "| wall ms / image | images / s |", "|---:|---:|---:|---:|---:|---:|---:|"]
