@@ -154,13 +154,8 @@ def reverse_process(x_t: np.ndarray, x0_hat: np.ndarray, ts: Sequence[float],
     rows, names = [], []
     for e in range(a.shape[1]):
         rows += [a[:, e], b[:, e]]
-        names += ["x_t", "x̂_0" if _font_has_hat() else "x0^"]
+        names += ["x_t", "pred x_0"]  # ASCII: Pillow's default font has no combining hat
     return labelled_rows(rows, [f"t={_fmt_t(t)}" for t in ts], names, scale=scale)
-
-
-def _font_has_hat() -> bool:
-    # The bitmap fallback font cannot draw combining characters; the FreeType default can.
-    return isinstance(_font(), ImageFont.FreeTypeFont)
 
 
 def _fmt_t(t: float) -> str:

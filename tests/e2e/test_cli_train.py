@@ -106,3 +106,27 @@ def test_refuses_to_train_into_a_foreign_folder(tmp_path, capsys):
 def test_help():
     proc = noisecraft("train", "--help")
     assert proc.returncode == 0 and "--resume" in proc.stdout and "torchrun" in proc.stdout
+
+
+@pytest.mark.slow
+def test_train_runs_unchanged_under_torchrun_with_two_cpu_processes(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", "-m", "noisecraft", "train", "--data", "moons", "--out", str(run_dir),
+         "--steps", "4", "--batch-size", "32", "--timesteps", "50", "--log-every", "2",
+         "--sample-every", "4", "--no-progress"],
+        capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("step 4") == 1  # only rank 0 reports
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 4
+    log = (run_dir / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [2, 4]
+    assert load_run(run_dir).generate(3, steps=2).shape == (3, 2)
