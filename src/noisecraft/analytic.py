@@ -31,8 +31,10 @@ class GaussianMixture:
         if mu.ndim < 2 or mu.shape[0] != w.numel():
             raise ValueError(f"means must have shape (K, ...) with K = {w.numel()} components, "
                              f"got {tuple(mu.shape)}")
-        if (w <= 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):
+        # 1e-6 admits float32 weights (their sum is off by rounding); renormalise exactly after.
+        if (w <= 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-6):
             raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
+        w = w / w.sum()
         s = torch.as_tensor(stds, dtype=torch.float64).expand(w.numel()).clone()
         if (s <= 0).any():
             raise ValueError(f"component standard deviations must be > 0, got {s.tolist()}")
