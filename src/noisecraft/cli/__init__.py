@@ -26,7 +26,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="noisecraft", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="noisecraft",
+        description="Denoising diffusion models in pure PyTorch: train, sample, measure.",
+        epilog="Run `noisecraft COMMAND --help` for a command's options; "
+               "`noisecraft demo` is the two-minute tour.",
+    )
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"noisecraft {__version__}")
