@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--out", required=True, metavar="FILE",
       help="output path without extension: writes FILE.png and FILE.npz")
     a("--n", type=positive_int, default=64, help="number of samples (default 64)")
-    a("--sampler", help="ddpm, ddim, euler, heun, dpmpp_2m, sde, ... (default: the run's, ddim)")
+    a("--sampler", help="one of noisecraft.SAMPLERS: ddpm, ddim, euler, heun, dpmpp-2m, sde, ... "
+      "(default: the run's, ddim)")
     a("--steps", type=positive_int, help="sampling steps (default: the run's, 50)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
     a("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")

@@ -335,7 +335,9 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     """
     from .. import nets
     from ..data import Preprocess
+    from .distributed import check_device
 
+    device = check_device(device)
     path = check_run_dir(run_dir)
     config = read_config(path)
     state = read_state(path)

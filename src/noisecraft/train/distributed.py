@@ -33,6 +33,19 @@ class Context:
         return self.world_size > 1
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, refusing names torch does not know and absent CUDA."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return dev
+
+
 def setup(device: str | torch.device | None = None) -> Context:
     """Join the process group when launched by torchrun; pick the device.
 
@@ -43,7 +56,7 @@ def setup(device: str | torch.device | None = None) -> Context:
     if device is None:
         dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
-        dev = torch.device(device)
+        dev = check_device(device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
     if dev.type == "cuda":
