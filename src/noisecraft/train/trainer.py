@@ -29,7 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import losses, nets
+from ..denoiser import Denoiser
 from ..errors import RunError
+from ..schedule import Schedule
 from . import checkpoint as ckpt
 from . import distributed
 from .batches import BatchStream
@@ -69,8 +71,6 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
     """The config of a new run: preset ``net`` sized to ``dataset`` (``dataset.info``) and the
     schedule ``schedule`` with ``T`` steps. Images sample with x̂_0 clipped to [−1, 1] and
     draw 64-picture grids; vectors sample unclipped and plot 2,000 points."""
-    from ..schedule import Schedule
-
     info, pre = dataset.info, dataset.preprocess  # type: ignore[union-attr]
     kind = info["kind"]
     if kind not in ("image", "vector"):
@@ -180,8 +180,8 @@ class Trainer:
         model: nn.Module = net
         if ctx.distributed:
             model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        denoiser, schedule = ckpt.build_denoiser(model, cfg)
-        denoiser.clip = None  # clipping x̂_0 is for sampling; the loss reads the raw output
+        # No clip: clamping x̂_0 is for sampling; the loss reads the raw output.
+        denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction)
 
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         writer = _tensorboard(self.run_dir) if ctx.is_main else None
