@@ -74,8 +74,10 @@ def test_crash_while_serialising_keeps_the_previous_checkpoint(vector_run, tmp_p
     assert load_run(run_dir).step == 4
 
 
-def test_crash_between_renames_is_detected_not_silently_mixed(vector_run, tmp_path, monkeypatch):
+def test_crash_between_renames_keeps_the_previous_checkpoint(vector_run, tmp_path, monkeypatch):
     run_dir = copy_run(vector_run, tmp_path / "run")
+    files = (ckpt.MODEL, ckpt.EMA_WEIGHTS, ckpt.OPTIMIZER, ckpt.STATE)
+    before = {n: (run_dir / n).read_bytes() for n in files}
     config, dataset = vector_config(steps=8)
     real_replace = os.replace
     calls = {"n": 0}
@@ -92,10 +94,38 @@ def test_crash_between_renames_is_detected_not_silently_mixed(vector_run, tmp_pa
     monkeypatch.undo()
     assert calls["n"] == 1
     assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]
-    # model.safetensors moved to step 8 but state.json still says 4: loading must refuse.
-    with pytest.raises(RunError, match="model.safetensors.*step '8'.*step 4"):
-        load_run(run_dir, use_ema=False)
-    assert load_run(run_dir, use_ema=True).step == 4  # the EMA file is still the step-4 one
+    # model.safetensors already holds step 8, but the save never committed (state.json is the
+    # step-4 one): readers must see the complete step-4 checkpoint, raw weights and EMA alike.
+    assert ckpt.read_safetensors(run_dir / ckpt.MODEL)[1]["step"] == "8"
+    for use_ema in (False, True):
+        run = load_run(run_dir, use_ema=use_ema)
+        assert run.step == 4
+        expected = safetensors.torch.load(before[ckpt.EMA_WEIGHTS if use_ema else ckpt.MODEL])
+        for k, v in run.net.state_dict().items():
+            assert torch.equal(v, expected[k]), k
+    # The next save puts the previous files back first, then commits the new step.
+    ckpt.recover(run_dir)
+    assert {n: (run_dir / n).read_bytes() for n in files} == before
+    assert not (run_dir / ckpt.PREVIOUS).exists()
+    train(run_dir, config, dataset, resume=True)
+    assert load_run(run_dir).step == 8 and not (run_dir / ckpt.PREVIOUS).exists()
+
+
+def test_committed_save_with_leftover_backup_reads_the_new_files(vector_run, tmp_path):
+    run_dir = copy_run(vector_run, tmp_path / "run")
+    # A kill after state.json's rename but before .previous/ was removed: the save committed.
+    ckpt.atomic_write_many(run_dir, {"a.bin": b"old", ckpt.STATE: b'{"step": 3}'})
+    prev = run_dir / ckpt.PREVIOUS
+    prev.mkdir()
+    (prev / "a.bin").write_bytes(b"old")
+    (prev / ckpt.STATE).write_bytes(b'{"step": 3}')
+    (prev / ckpt.JOURNAL).write_text('{"files": ["a.bin", "state.json"]}')
+    (run_dir / "a.bin").write_bytes(b"new")
+    (run_dir / ckpt.STATE).write_bytes(b'{"step": 5}')
+    assert ckpt.checkpoint_file(run_dir, "a.bin") == run_dir / "a.bin"
+    assert ckpt.read_state(run_dir)["step"] == 5
+    ckpt.recover(run_dir)
+    assert (run_dir / "a.bin").read_bytes() == b"new" and not prev.exists()
 
 
 # ----------------------------------------------------------------------------- optimizer state

@@ -12,11 +12,20 @@ A run directory holds
 
 Every file is written to a temporary file in the same directory, fsynced and moved into place
 with ``os.replace``, so a reader sees either the old file or the new one. A checkpoint is several
-files: all of them are written and fsynced first (the slow part, where a crash or a full disk
-is likely), then renamed in quick succession with ``state.json`` last. Each safetensors file
-records the step it belongs to and loading checks them against ``state.json``, so the tiny
-window between renames cannot go unnoticed: a mixed checkpoint is a :class:`RunError`.
-Nothing is ever unpickled.
+files, so saving one is a small transaction (:func:`atomic_write_many`):
+
+1. every new file is written and fsynced as a temporary file (the slow part, where a crash or a
+   full disk is likely; the old checkpoint is untouched);
+2. the current files are hard-linked into ``.previous/`` and a journal listing the transaction's
+   files is written there;
+3. the new files are renamed into place with ``state.json`` last: its rename is the commit point;
+4. ``.previous/`` is removed.
+
+A kill between the renames leaves ``.previous/`` with a ``state.json`` identical to the one in
+place: the save did not commit, and readers (:func:`checkpoint_file`) take the previous
+checkpoint's files from there, while the trainer puts them back (:func:`recover`) before it
+resumes. Each safetensors file also records its step and loading checks it against
+``state.json``, so a mixed checkpoint can never load silently. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +56,8 @@ STATE = "state.json"
 LOG = "log.jsonl"
 SAMPLES = "samples"
 FORMAT = "noisecraft"
+PREVIOUS = ".previous"       # the last committed checkpoint while a new one is renamed in
+JOURNAL = "journal.json"     # inside PREVIOUS: the transaction's file names, written last
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -88,18 +100,80 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
 
 
 def atomic_write_many(directory: str | os.PathLike[str], files: Mapping[str, bytes]) -> None:
-    """Write several files, renaming them into place in ``files``' order once all are on disk."""
+    """Write several files as one transaction (module docstring); the last name commits it."""
     directory = Path(directory)
+    recover(directory)
     temps: list[tuple[Path, str]] = []
     try:
         for name, data in files.items():
             temps.append((_write_temp(directory, name, data), name))
+        _keep_previous(directory, [name for _, name in temps])
         for tmp, name in temps:
             os.replace(tmp, directory / name)
+        _fsync_dir(directory)
+        shutil.rmtree(directory / PREVIOUS)
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
     _fsync_dir(directory)
+
+
+def _keep_previous(directory: Path, names: list[str]) -> None:
+    """Hard-link the current versions of ``names`` into PREVIOUS, then write the journal."""
+    prev = directory / PREVIOUS
+    shutil.rmtree(prev, ignore_errors=True)
+    prev.mkdir()
+    for name in names:
+        if (directory / name).is_file():
+            try:
+                os.link(directory / name, prev / name)
+            except OSError:  # a filesystem without hard links: copy (and fsync) instead
+                shutil.copyfile(directory / name, prev / name)
+                with open(prev / name, "rb+") as f:
+                    os.fsync(f.fileno())
+    _fsync_dir(prev)
+    atomic_write(prev / JOURNAL, json.dumps({"files": names}))
+
+
+def _pending(directory: Path) -> list[str] | None:
+    """The files of an interrupted, uncommitted save, or None when there is none."""
+    prev = directory / PREVIOUS
+    try:
+        names = json.loads((prev / JOURNAL).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no journal: the backup itself was interrupted; nothing was renamed yet
+    commit = names[-1]
+    old, new = prev / commit, directory / commit
+    if old.is_file():
+        committed = not new.is_file() or old.read_bytes() != new.read_bytes()
+    else:
+        committed = new.is_file()
+    return None if committed else names
+
+
+def checkpoint_file(run_dir: str | os.PathLike[str], name: str) -> Path:
+    """Where to read checkpoint file ``name``: the previous version while a save is uncommitted."""
+    directory = Path(run_dir)
+    names = _pending(directory)
+    if names is not None and name in names and (directory / PREVIOUS / name).is_file():
+        return directory / PREVIOUS / name
+    return directory / name
+
+
+def recover(run_dir: str | os.PathLike[str]) -> None:
+    """Finish what an interrupted save left: restore the previous checkpoint or drop the backup."""
+    directory = Path(run_dir)
+    prev = directory / PREVIOUS
+    if not prev.is_dir():
+        return
+    names = _pending(directory)
+    for name in names or []:
+        if (prev / name).is_file():
+            os.replace(prev / name, directory / name)
+        else:  # the first save of the run: there was no previous version
+            (directory / name).unlink(missing_ok=True)
+    _fsync_dir(directory)
+    shutil.rmtree(prev)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -215,7 +289,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> RunConfig:
 
 
 def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(run_dir) / STATE
+    path = checkpoint_file(run_dir, STATE)
     state = read_json(path)
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise RunError(f"{path}: not a noisecraft training state (no integer 'step')")
@@ -352,7 +426,7 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
         denoiser, schedule = build_denoiser(net, config)
     except (ValueError, TypeError) as e:
         raise RunError(f"{path / CONFIG}: {e}") from None
-    weights = path / (EMA_WEIGHTS if use_ema else MODEL)
+    weights = checkpoint_file(path, EMA_WEIGHTS if use_ema else MODEL)
     check_step(weights, load_weights(net, weights), state["step"])
     net.to(device).eval().requires_grad_(False)
     return LoadedRun(run_dir=path, config=config, net=net, denoiser=denoiser, schedule=schedule,

@@ -346,11 +346,13 @@ class Trainer:
         d = self.run_dir
         state = ckpt.read_state(d)
         step = state["step"]
-        ckpt.check_step(d / ckpt.MODEL, ckpt.load_weights(net, d / ckpt.MODEL), step)
-        ckpt.check_step(d / ckpt.EMA_WEIGHTS, ckpt.load_weights(ema.net, d / ckpt.EMA_WEIGHTS), step)
+        model_file, ema_file, opt_file = (ckpt.checkpoint_file(d, name) for name in
+                                          (ckpt.MODEL, ckpt.EMA_WEIGHTS, ckpt.OPTIMIZER))
+        ckpt.check_step(model_file, ckpt.load_weights(net, model_file), step)
+        ckpt.check_step(ema_file, ckpt.load_weights(ema.net, ema_file), step)
         ema.num_updates = int(state.get("ema_updates", step))
-        opt_state, meta = ckpt.optimizer_state_from_file(d / ckpt.OPTIMIZER)
-        ckpt.check_step(d / ckpt.OPTIMIZER, meta, step)
+        opt_state, meta = ckpt.optimizer_state_from_file(opt_file)
+        ckpt.check_step(opt_file, meta, step)
         try:
             opt.load_state_dict(opt_state)
         except (ValueError, KeyError) as e:
