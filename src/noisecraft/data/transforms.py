@@ -19,6 +19,7 @@ The record goes into a run's config.json, so sampling can undo step 3 with `to_u
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,13 +167,28 @@ def scale_to_unit(a: np.ndarray | Tensor, pre: Preprocess) -> Tensor:
     lo, hi = pre.value_range
     if isinstance(a, np.ndarray):
         # numpy is several times cheaper than torch for one small picture (the shard hot path);
-        # astype makes a fresh contiguous copy, so read-only sources (np.frombuffer) are fine.
-        x = np.moveaxis(a, -1, -3).astype(np.float32, order="C")
-        x *= 2.0 / (hi - lo)
-        x -= 1.0 + 2.0 * lo / (hi - lo)
-        return torch.from_numpy(x)
+        # both branches make a fresh contiguous array, so read-only sources (np.frombuffer) are fine.
+        # (..., H, W, C) → (..., C, H, W); transpose, because np.moveaxis spends ~5 µs on checks
+        chw = a.transpose(*range(a.ndim - 3), a.ndim - 1, a.ndim - 3, a.ndim - 2)
+        if a.dtype == np.uint8:  # one table look-up per pixel: 8 µs instead of 20 for 32x32x3
+            return torch.from_numpy(_unit_levels(lo, hi).take(chw))
+        return torch.from_numpy(_scale_in_place(chw.astype(np.float32, order="C"), lo, hi))
     t = a.movedim(-1, -3).to(torch.float32)
     return t.sub_(lo).mul_(2.0 / (hi - lo)).sub_(1.0)
+
+
+def _scale_in_place(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    x *= 2.0 / (hi - lo)
+    x -= 1.0 + 2.0 * lo / (hi - lo)
+    return x
+
+
+@functools.lru_cache(maxsize=16)
+def _unit_levels(lo: float, hi: float) -> np.ndarray:
+    """The scaled value of each of the 256 uint8 levels, by the same float32 arithmetic."""
+    levels = _scale_in_place(np.arange(256, dtype=np.float32), lo, hi)
+    levels.flags.writeable = False
+    return levels
 
 
 def random_flip(x: Tensor, pre: Preprocess) -> Tensor:
