@@ -11,7 +11,8 @@ set (spec, split, count, content sha256) and the feature network's sha256. Metri
   classifier    coverage, confidence and classifier-FID for digits / MNIST
 
 Default: fid,kid,pr,memorization, plus classifier when the data is digits or MNIST. On a CPU
-the Inception network runs at tens of images per second at best: 10 000 samples take minutes.
+the Inception network manages a few images per second (BENCHMARKS.md): 10 000 samples take about
+an hour there, minutes on a GPU.
 """
 
 from __future__ import annotations
