@@ -21,11 +21,11 @@ from datetime import date
 
 import numpy as np
 import torch
+from _report import write_section
 from torch import nn
 
 from noisecraft import Denoiser, GaussianMixture, Schedule, losses
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 M, S, D = np.array([0.3, -0.5]), 0.4, 2
 
 
@@ -103,20 +103,6 @@ def table(n: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: str) -> None:
-    start, end = "<!-- bound_gap -->", "<!-- /bound_gap -->"
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="examples for the Monte-Carlo gap")
@@ -131,7 +117,7 @@ def main() -> None:
     print(header)
     body = table(args.n)
     if args.write:
-        write_section(header + "\n" + body, os.path.join(HERE, "..", "BENCHMARKS.md"))
+        write_section("bound_gap", header + "\n" + body)
 
 
 if __name__ == "__main__":

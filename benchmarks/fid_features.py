@@ -22,6 +22,7 @@ from datetime import date
 
 import numpy as np
 import torch
+from _report import write_section
 
 from noisecraft.metrics import inception
 from noisecraft.metrics.classifier import cache_file as classifier_cache_file
@@ -92,20 +93,6 @@ def table(n_images: int, mnist_dir: str) -> str:
     return "\n".join(rows)
 
 
-def write_section(text: str, path: str) -> None:
-    start, end = "<!-- fid_features -->", "<!-- /fid_features -->"
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48, help="images per Inception row (default 48)")
@@ -120,7 +107,7 @@ def main() -> None:
     print(header)
     body = table(args.images, args.mnist)
     if args.write:
-        write_section(header + "\n" + body, os.path.join(HERE, "..", "BENCHMARKS.md"))
+        write_section("fid_features", header + "\n" + body)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 from datetime import date
 
 import torch
+from _report import write_section
 
 from noisecraft import Denoiser, Schedule, data, nets
 from noisecraft.likelihood import DEQUANTISATION_BITS, dequantise, ode_log_prob
@@ -111,21 +112,7 @@ def main() -> None:
                      f"| {1000 * seconds / len(x):.0f} | {len(x) / seconds:.2f} |")
         print(lines[-1], flush=True)
     if args.write:
-        write_section(header + "\n" + "\n".join(lines), os.path.join(HERE, "..", "BENCHMARKS.md"))
-
-
-def write_section(text: str, path: str) -> None:
-    start, end = "<!-- ode_likelihood -->", "<!-- /ode_likelihood -->"
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(new)
-    os.replace(tmp, path)
+        write_section("ode_likelihood", header + "\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

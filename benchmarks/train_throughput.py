@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import write_section
 
 from noisecraft import Denoiser, Schedule, losses, nets
 from noisecraft.train import EMA
@@ -117,15 +118,7 @@ def main() -> None:
     table = "\n".join([title, "", header, "", *lines])
     print(table)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        block = f"{START}\n{table}\n{END}"
-        if START in text and END in text:
-            text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-        path.write_text(text)
-        print(f"wrote {path}")
+        write_section("train_throughput", table, start=START, end=END)
 
 
 if __name__ == "__main__":
