@@ -95,3 +95,12 @@ def test_png_keeps_natural_channels():
     np.testing.assert_array_equal(decode_image(encode(picture(), "PNG"), "png"), picture())
     # the extension only picks the fast path: a PNG named .jpg is still read
     np.testing.assert_array_equal(decode_image(encode(picture(), "PNG"), "jpg"), picture())
+
+
+def test_pillow_pixel_limit_holds_on_the_fast_path_too(monkeypatch):
+    data = encode(picture(), quality=90)  # 24 x 40 = 960 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice the limit
+    with pytest.raises(ImageDecodeError, match="exceeds limit"):
+        decode_image(data, "jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # no limit at all
+    assert decode_image(data, "jpg").shape == (24, 40, 3)

@@ -30,6 +30,18 @@ def test_scaling_round_trips_every_8bit_value():
     np.testing.assert_array_equal(to_uint8(x, pre)[0], v)
 
 
+def test_uint8_float_and_tensor_inputs_scale_alike_channels_first():
+    # uint8 arrays go through a 256-entry table, float arrays and tensors through arithmetic
+    pre = Preprocess(channels=3, height=5, width=7, value_range=(3.0, 200.0))
+    v = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    direct = 2 * (v.transpose(0, 3, 1, 2) - 3.0) / 197.0 - 1  # the formula, in float64
+    for source in (v, v.astype(np.float64), torch.from_numpy(v)):
+        x = scale_to_unit(source, pre)
+        assert x.shape == (2, 3, 5, 7) and x.dtype == torch.float32
+        np.testing.assert_allclose(x.numpy(), direct, atol=1e-6)
+    assert scale_to_unit(v, pre).is_contiguous()  # a fresh array, not a view of the picture
+
+
 def test_digit_range_maps_0_16_to_unit_interval_and_back():
     pre = Preprocess(channels=1, height=1, width=17, value_range=(0, 16))
     v = np.arange(17, dtype=np.uint8).reshape(1, 17, 1)

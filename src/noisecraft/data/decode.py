@@ -62,8 +62,8 @@ def _simplejpeg_decode(data: bytes) -> np.ndarray | None:
     try:
         height, width, colorspace, _subsampling = simplejpeg.decode_jpeg_header(data)
         output = _SIMPLEJPEG_OUTPUT.get(colorspace)
-        if output is None or height * width > Image.MAX_IMAGE_PIXELS:
-            return None  # Pillow converts CMYK its own way and guards against decompression bombs
+        if output is None or height * width > (Image.MAX_IMAGE_PIXELS or float("inf")):
+            return None  # Pillow converts CMYK its own way, and warns of or refuses huge pictures
         a = simplejpeg.decode_jpeg(data, colorspace=output)
     except ValueError:
         return None

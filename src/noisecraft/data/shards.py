@@ -211,7 +211,7 @@ class ShardDataset(IterableDataset):
             try:
                 yield from shard_samples(url)
             except _SHARD_ERRORS as e:
-                reason = e.strerror or str(e) if isinstance(e, OSError) else str(e)
+                reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
                 self._bad(f"{url}: corrupt shard: {reason}")
 
     def _decode_image(self, sample: dict[str, Any]) -> tuple[np.ndarray, str]:
