@@ -193,7 +193,7 @@ def _unit_levels(lo: float, hi: float) -> np.ndarray:
 
 def random_flip(x: Tensor, pre: Preprocess) -> Tensor:
     """Step 4: mirror left-right with probability 1/2 (torch's RNG, so DataLoader workers differ)."""
-    if pre.flip and bool(torch.rand(()) < 0.5):
+    if pre.flip and torch.rand(()).item() < 0.5:  # .item(): half the cost of a tensor comparison
         return x.flip(-1)
     return x
 
