@@ -1,7 +1,7 @@
 """Encoded image bytes → uint8 (H, W, C) arrays with the picture's natural channels.
 
 JPEGs go through simplejpeg (libjpeg-turbo, straight into a numpy array) when it is installed:
-for CIFAR-10's 32×32 JPEGs it takes ~14 µs against Pillow's ~130 µs, most of which is Pillow's
+for CIFAR-10's 32×32 JPEGs it takes ~16 µs against Pillow's ~125 µs, most of which is Pillow's
 per-file machinery (format probing, the ImageFile object), not the decoding itself. Both run
 libjpeg-turbo's accurate integer DCT and smooth chroma upsampling, so they give the same pixels
 (tests/test_data_decode.py compares them). Everything else, and the JPEGs simplejpeg does not

@@ -1,4 +1,4 @@
-"""WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``), streamed with the webdataset library.
+"""WebDataset tar shards (``.tar``, ``.tar.gz``, ``.tgz``): streamed, split and shuffled.
 
 A sample is the members sharing one key: an image (``.png``, ``.jpg``, ``.jpeg`` or ``.webp``),
 an optional ``.cls`` label (decimal text), an optional ``.txt`` caption and optional ``.json``
@@ -16,10 +16,11 @@ the epoch counts the passes made in this process):
 3. samples are shuffled in a buffer seeded (seed, e, rank, worker).
 Ranks get whole shards, so give at least world_size × num_workers shards of similar size.
 
-Reading is this package's own: `noisecraft.data.tar` streams the members (one zlib call per MiB,
-checksummed headers, truncation caught) and `noisecraft.data.decode` decodes the images
-(simplejpeg for JPEGs when installed); webdataset's tarfile-based stream cost ~10x more CPU per
-CIFAR-10 sample. Members are grouped into samples by webdataset's own rule (`base_plus_ext`).
+The shard list, splitters and shuffle buffer are webdataset's; the reading is this package's own:
+`noisecraft.data.tar` streams the members (one zlib call per 64 KiB, checksummed headers,
+truncation caught), grouped into samples by webdataset's rule, and `noisecraft.data.decode`
+decodes the images (simplejpeg for JPEGs when installed). webdataset's tarfile stream and Pillow
+cost ~7x more CPU per CIFAR-10 sample (benchmarks/data_loading.py).
 """
 
 from __future__ import annotations

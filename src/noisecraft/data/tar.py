@@ -4,8 +4,9 @@
 names and contents Python's `tarfile` gives (``tarfile.open(path)`` and ``extractfile``): USTAR
 names with their prefix, GNU long names (``L``), pax ``path``/``size`` records, directories,
 links and devices skipped, as webdataset skips them. It exists because the shard hot path spent
-~250 µs per CIFAR-10 sample in tarfile's stream machinery; this reader does the same work with one
-zlib call per 64 KiB of input and a few slices per member (~15 µs per sample).
+130-250 µs per CIFAR-10 sample in tarfile's stream machinery; this reader does the same work with
+one zlib call per 64 KiB of input and a few slices per member: ~20 µs a sample, gzip included
+(benchmarks/data_loading.py).
 
 Unlike tarfile's stream mode, it never takes a damaged archive for a short one. It raises
 `TarFormatError`, naming the byte offset, when
@@ -88,7 +89,8 @@ def _gunzip_chunks(f: BinaryIO) -> Iterator[bytes]:
                 return
             pending = pending.lstrip(b"\0")
         if not pending.startswith(GZIP_MAGIC):
-            raise TarFormatError(f"data that is not gzip after the gzip stream (byte {offset})")
+            raise TarFormatError(f"data that is not gzip after the gzip stream ending at compressed "
+                                 f"byte {offset}")
 
 
 class _Stream:
