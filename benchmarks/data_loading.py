@@ -31,6 +31,7 @@ import numpy as np
 import PIL
 import torch
 import webdataset as wds
+from _report import write_section
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from webdataset.tariterators import group_by_keys, tar_file_expander
@@ -152,20 +153,6 @@ def table(data: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: str) -> None:
-    start, end = "<!-- data_loading -->", "<!-- /data_loading -->"
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_DATA, help="the shared data folder")
@@ -181,7 +168,7 @@ def main() -> None:
     print(header)
     body = table(args.data)
     if args.write:
-        write_section(header + "\n" + body, os.path.join(HERE, "..", "BENCHMARKS.md"))
+        write_section("data_loading", header + "\n" + body)
 
 
 if __name__ == "__main__":
