@@ -209,13 +209,25 @@ def test_samples_are_grouped_like_webdataset(tmp_path, shared_data):
     write_shard(odd, [("k1", {"PNG": b"p", "seg.Png": b"s", "cls": b"1"}),
                       ("__meta__", {}), ("dir/k2", {"jpg": b"j"}), ("k3", {"txt": b"t"})])
     with tarfile.open(odd, "a") as tar:
-        for name in ("__meta__", "nodot", ".hidden", "dir/.x"):
+        for name in ("__meta__", ".hidden", "dir/.x"):
             info = tarfile.TarInfo(name)
             info.size = 1
             tar.addfile(info, io.BytesIO(b"m"))
     for path in (odd, os.path.join(shared_data, "cifar10", "train-0001.tar.gz"),
                  os.path.join(shared_data, "twemoji64", "twemoji-0003.tar.gz")):
         assert list(shard_samples(path)) == webdataset_samples(path), path
+
+
+def test_member_without_extension_makes_the_shard_corrupt(tmp_path):
+    # webdataset would drop "nodot" silently; nothing is dropped without a word here
+    path = tmp_path / "n.tar"
+    write_shard(path, [("a", {"png": png_bytes(pixels(1))})])
+    with tarfile.open(path, "a") as tar:
+        info = tarfile.TarInfo("nodot")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"m"))
+    with pytest.raises(DataError, match=r"n\.tar: corrupt shard: nodot: member has no extension"):
+        list(load(str(path), shuffle=False))
 
 
 def test_duplicate_member_makes_the_shard_corrupt(tmp_path):

@@ -116,8 +116,9 @@ def shard_samples(path: str) -> Iterator[dict[str, Any]]:
     """The samples of one shard: ``{"__key__", "__url__", ext: bytes, ...}``, grouped as webdataset
     groups them (key = the name up to the first dot of its base name, extension lower-cased).
 
-    Raises `TarFormatError` for a damaged shard (see `noisecraft.data.tar`) and for a key whose
-    members repeat an extension; the samples before the damage have been yielded by then.
+    Raises `TarFormatError` for a damaged shard (see `noisecraft.data.tar`), for a member with no
+    extension (hidden files aside) and for a key whose members repeat an extension; the samples
+    before the damage have been yielded by then.
     """
     sample: dict[str, Any] | None = None
     for name, data in iter_members(path):
@@ -125,7 +126,10 @@ def shard_samples(path: str) -> Iterator[dict[str, Any]]:
             continue
         key, ext = split_key(name)
         if key is None:
-            continue
+            if name[name.rfind("/") + 1:].startswith("."):
+                continue  # a hidden file, skipped as in folders (and by webdataset)
+            # webdataset drops such a member without a word; we name it
+            raise TarFormatError(f"{name}: member has no extension, so it belongs to no sample")
         if sample is None or key != sample["__key__"]:
             if sample is not None:
                 yield sample
