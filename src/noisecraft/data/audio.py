@@ -28,11 +28,9 @@ import json
 import math
 import os
 import re
-import tarfile
 import tempfile
 import warnings
 import wave
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -460,26 +458,18 @@ def _folder_clips(root: str, rel_paths: list[str]) -> tuple[list[_Clip], int, li
     return clips, (max(labels) + 1 if all(digits) else 0), None
 
 
-def _shard_members(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample; WebDataset's rule: key = name up to the first dot."""
-    samples: dict[str, dict[str, bytes]] = {}
+def _shard_members(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, {extension: bytes}) per sample, read and grouped as image shards are (``shards``)."""
+    from .shards import shard_samples
+    from .tar import TarFormatError
+
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                if not dot:
-                    raise DataError(f"{path}: member {member.name} has no extension")
-                key = f"{folder}/{stem}" if folder else stem
-                f = tar.extractfile(member)
-                samples.setdefault(key, {})[ext.lower()] = f.read() if f is not None else b""
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        for sample in shard_samples(path):
+            yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
+    except (TarFormatError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise DataError(f"{path}: not a readable .tar/.tar.gz shard ({e})") from e
-    yield from samples.items()
 
 
 def _shard_clips(paths: list[str], skip_bad: bool, bad: list[str], spec: str) -> tuple[list[_Clip], int]:
