@@ -2,7 +2,7 @@
 
 - Every non-hidden file is a picture (any format Pillow reads), except sidecars: ``.txt`` (the
   caption of the picture with the same stem in the same folder), ``.json`` and ``.cls`` (metadata,
-  not read). A file Pillow cannot decode is an error, or with ``skip_bad`` a counted warning.
+  not read). A file ``decode.py`` cannot decode is an error, or with ``skip_bad`` a counted warning.
 - Labels: when the pictures sit in first-level subfolders, label = index of the subfolder's name
   in sorted order (``dataset.info["classes"]``); pictures directly in the folder have none.
   Mixing the two is an error.
@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from ..errors import DataError
+from . import decode
 from .datasets import NO_LABEL, ArrayImageDataset
-from .transforms import convert_channels, pil_to_array, resize_center_crop
+from .transforms import convert_channels, resize_center_crop
 
 SIDECARS = (".txt", ".json", ".cls")
 SPLIT_DIRS = ("train", "test")
@@ -40,14 +40,13 @@ class _Entry:
 
 
 def decode_image(path: str) -> np.ndarray:
-    """Decode one picture fully to uint8 (H, W, C); any failure is a DataError naming the file."""
+    """Decode one picture fully to uint8 (H, W, C) with the decoder shards use (``decode.py``);
+    any failure is a DataError naming the file."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return pil_to_array(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # Pillow reports a non-image as UnidentifiedImageError (an OSError) and a cut-off file
-        # as OSError("image file is truncated ...").
+        with open(path, "rb") as f:
+            data = f.read()
+        return decode.decode_image(data, os.path.splitext(path)[1][1:].lower())
+    except (OSError, decode.ImageDecodeError) as e:
         raise DataError(f"{path}: not a readable image: {e}") from None
 
 
