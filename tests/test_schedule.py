@@ -185,7 +185,23 @@ def test_general_posterior_q_s_given_t_equals_conditioning():
                                    rtol=1e-9, atol=1e-15)
 
 
-def test_posterior_needs_s_below_t():
+def test_posterior_needs_s_below_t_and_names_the_pair():
     sched = Schedule.linear(10)
-    with pytest.raises(ValueError, match="s < t"):
-        sched.posterior_coefficients(torch.tensor([3.0]), torch.tensor([3.0]))
+    with pytest.raises(ValueError, match=r"s < t, got s = 3\.5 at t = 3\.0"):
+        sched.posterior_coefficients(torch.tensor([5.0, 3.0]), torch.tensor([4.0, 3.5]))
+    with pytest.raises(ValueError, match=r"s = -1\.0 is outside"):
+        sched.posterior_coefficients(0)
+
+
+def test_integer_and_fractional_paths_agree_bit_for_bit():
+    # An all-integer t takes a table look-up; a batch with one fractional t takes the interpolation
+    # path, which must give the same bits at the integers it contains.
+    sched = Schedule.cosine(30)
+    ints = torch.arange(31, dtype=torch.float64)
+    mixed = torch.cat([ints, torch.tensor([2.5])])
+    for fn in (sched.log_snr, sched.log_alpha_bar, lambda t: sched.marginal(t)[1]):
+        assert torch.equal(fn(mixed)[:31], fn(ints))
+    c_int = sched.posterior_coefficients(ints[1:])
+    c_mixed = sched.posterior_coefficients(mixed[1:])
+    for a, b in zip(c_int, c_mixed, strict=True):
+        assert torch.equal(b[:30], a)

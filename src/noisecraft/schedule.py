@@ -33,8 +33,9 @@ _KINDS = ("linear", "quadratic", "cosine", "sigmoid", "custom")
 
 
 def _as_time(t: TimeLike, device: torch.device | None = None) -> Tensor:
+    """``t`` as a float64 tensor, on ``device`` when given (else a tensor's own device, or the CPU)."""
     if isinstance(t, Tensor):
-        return t.detach().to(dtype=torch.float64)
+        return t.detach().to(device=device, dtype=torch.float64)
     return torch.as_tensor(t, dtype=torch.float64, device=device)
 
 
@@ -46,7 +47,8 @@ class Schedule:
     (on any device) and return float64 tensors on ``t``'s device.
     """
 
-    __slots__ = ("_betas", "_log_alpha_bars", "_log_snr_knots", "_spec", "_tables")
+    __slots__ = ("_betas", "_log_alpha_bars", "_log_snr_knots", "_one_minus_abar1", "_spec",
+                 "_tables")
 
     def __init__(self, betas: Tensor | Sequence[float], *, spec: dict[str, Any] | None = None):
         b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().clone()
@@ -64,6 +66,7 @@ class Schedule:
         self._betas = b
         # log ᾱ_t = Σ log(1 − β_s): log1p keeps tiny β exact.
         self._log_alpha_bars = torch.cumsum(torch.log1p(-b), 0)
+        self._one_minus_abar1 = -torch.expm1(self._log_alpha_bars[0]).item()   # σ² at t = 1
         # λ at the integer knots 0..T; λ_0 = +∞ (no noise).
         lab = self._log_alpha_bars
         log_snr = lab - torch.log(-torch.expm1(lab))
@@ -202,27 +205,48 @@ class Schedule:
             self._tables[device] = (self._log_snr_knots.to(device), lab.to(device))
         return self._tables[device]
 
-    def _check_t(self, t: Tensor, name: str = "t") -> None:
-        if torch.isnan(t).any():
-            raise ValueError(f"{name} contains NaN")
-        if t.numel() and (t.min() < 0 or t.max() > self.T):
+    @staticmethod
+    def _time_stats(t: Tensor) -> list[Tensor]:
+        """min t, max t and the largest fractional part: NaN if t holds NaN."""
+        return [t.min(), t.max(), (t - t.floor()).max()]
+
+    def _in_range(self, lo: float, hi: float, t: Tensor, name: str) -> None:
+        if not (lo >= 0 and hi <= self.T):       # NaN fails both comparisons
+            if torch.isnan(t).any():
+                raise ValueError(f"{name} contains NaN")
             bad = t[(t < 0) | (t > self.T)].flatten()[0].item()
             raise ValueError(f"{name} = {bad!r} is outside [0, T] = [0, {self.T}]")
+
+    def _check_t(self, t: Tensor, name: str = "t") -> bool:
+        """Raise unless every t lies in [0, T]; return whether every t is an integer.
+
+        The statistics come back in one ``tolist()``: one host sync per call on a GPU.
+        """
+        if t.numel() == 0:
+            return True
+        lo, hi, frac = torch.stack(self._time_stats(t)).tolist()
+        self._in_range(lo, hi, t, name)
+        return frac == 0
 
     # ------------------------------------------------------------------ the marginal
     def log_snr(self, t: TimeLike) -> Tensor:
         """λ(t) = log(ᾱ_t / (1 − ᾱ_t)); +∞ at t = 0; interpolated linearly between integers."""
         t = _as_time(t)
-        self._check_t(t)
+        return self._log_snr(t, self._check_t(t))
+
+    def _log_snr(self, t: Tensor, integer: bool) -> Tensor:
+        """:meth:`log_snr` of a checked ``t``; ``integer``: every t is an integer."""
         knots, _ = self._on(t.device)
+        if integer:
+            return knots[t.long()]
         T = self.T
         lo = t.floor().clamp(1, max(T - 1, 1)).long()
         hi = (lo + 1).clamp(max=T)
-        frac = t - lo
-        lam = knots[lo] + frac * (knots[hi] - knots[lo])
-        lam = torch.where(frac == 0, knots[lo], lam)  # integer t: the table value exactly
+        k_lo = knots[lo]
+        # Finite knots, so frac = 0 (an integer t) gives k_lo exactly.
+        lam = k_lo + (t - lo) * (knots[hi] - k_lo)
         # On [0, 1): σ²(t) = t (1 − ᾱ_1), λ = log((1 − σ²)/σ²).
-        sigma2 = t * -torch.expm1(knots.new_tensor(self._log_alpha_bars[0].item()))
+        sigma2 = t * self._one_minus_abar1
         lam_first = torch.log1p(-sigma2) - torch.log(sigma2)
         return torch.where(t < 1, lam_first, lam)
 
@@ -233,10 +257,16 @@ class Schedule:
     def log_alpha_bar(self, t: TimeLike) -> Tensor:
         """log ᾱ(t) (exact at integers, log-SNR interpolation between)."""
         t = _as_time(t)
-        lam = self.log_snr(t)
+        return self._log_alpha_bar(t, self._check_t(t))
+
+    def _log_alpha_bar(self, t: Tensor, integer: bool) -> Tensor:
+        """:meth:`log_alpha_bar` of a checked ``t``; ``integer``: every t is an integer."""
         _, lab = self._on(t.device)
-        exact = lab[t.round().long().clamp(0, self.T)]
-        return torch.where(t == t.round(), exact, torch.nn.functional.logsigmoid(lam))
+        if integer:
+            return lab[t.long()]
+        nearest = t.round()
+        lam = self._log_snr(t, False)
+        return torch.where(t == nearest, lab[nearest.long()], torch.nn.functional.logsigmoid(lam))
 
     def marginal(self, t: TimeLike) -> tuple[Tensor, Tensor]:
         """(α(t), σ(t)) = (√ᾱ_t, √(1 − ᾱ_t)): x_t = α(t) x_0 + σ(t) ε.
@@ -290,12 +320,8 @@ class Schedule:
         """
         t = _as_time(t)
         s = t - 1 if s is None else _as_time(s, t.device)
-        self._check_t(s, "s")
-        if (s >= t).any():
-            raise ValueError("the posterior q(x_s | x_t, x_0) needs s < t")
-        if (t <= 0).any():
-            raise ValueError("the posterior needs t > 0")
-        lab_t, lab_s = self.log_alpha_bar(t), self.log_alpha_bar(s)
+        t_integer, s_integer = self._check_pair(t, s)
+        lab_t, lab_s = self._log_alpha_bar(t, t_integer), self._log_alpha_bar(s, s_integer)
         var_ts = -torch.expm1(lab_t - lab_s)          # σ²_{t|s}
         var_t = -torch.expm1(lab_t)                   # σ(t)²
         var_s = -torch.expm1(lab_s)                   # σ(s)²
@@ -303,6 +329,22 @@ class Schedule:
         ct = torch.exp(0.5 * (lab_t - lab_s)) * var_s / var_t
         var = var_ts * var_s / var_t
         return c0, ct, var
+
+    def _check_pair(self, t: Tensor, s: Tensor) -> tuple[bool, bool]:
+        """Raise unless 0 ≤ s < t ≤ T; return whether t, and s, are all integers (one sync)."""
+        if t.numel() == 0 or s.numel() == 0:
+            return True, True
+        gap = (t - s).min()
+        t_lo, t_hi, t_frac, s_lo, s_hi, s_frac, gap = torch.stack(
+            [*self._time_stats(t), *self._time_stats(s), gap]).tolist()
+        self._in_range(t_lo, t_hi, t, "t")
+        self._in_range(s_lo, s_hi, s, "s")
+        if not gap > 0:
+            tb, sb = torch.broadcast_tensors(t, s)
+            i = sb >= tb
+            raise ValueError(f"the posterior q(x_s | x_t, x_0) needs s < t, got s = "
+                             f"{sb[i].flatten()[0].item()!r} at t = {tb[i].flatten()[0].item()!r}")
+        return t_frac == 0, s_frac == 0
 
     def posterior(self, x0: Tensor, x_t: Tensor, t: TimeLike, s: TimeLike | None = None
                   ) -> tuple[Tensor, Tensor]:
