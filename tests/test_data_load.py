@@ -59,6 +59,9 @@ def test_options_are_validated_before_reading():
         load("digits", split="valid")
     with pytest.raises(ValueError, match="n_mels apply only to audio"):
         load("digits", n_mels=64)
+    with pytest.raises(ValueError, match="skip_bad applies only to folder, shards, audio data, "
+                                         "but 'digits' is digits data"):
+        load("digits", skip_bad=True)
 
 
 def test_audio_folder_gets_a_preprocess_record(tmp_path):

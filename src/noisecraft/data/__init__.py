@@ -31,6 +31,7 @@ BUILTIN_NAMES = ("digits", "moons", "swissroll", "gmm8", "checkerboard")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ARRAY_SUFFIXES = (".npz", ".npy")
 AUDIO_SUFFIXES = (".wav",)
+SKIPPABLE_FORMATS = ("folder", "shards", "audio")  # readers that can leave one bad file out
 
 __all__ = ["BUILTIN_NAMES", "NO_LABEL", "Preprocess", "denormalize", "load", "to_uint8"]
 
@@ -107,7 +108,8 @@ def load(spec: str, *, image_size: int | None = None, channels: int | None = Non
     ``image_size`` resizes the shorter side and crops the centre square (None: native size);
     ``channels`` is 1, 3 or 4 (None: the data's own; alpha is composited on white when dropped);
     ``split`` is "train", "test" or "all"; ``flip`` adds random left-right flips; ``skip_bad``
-    turns a bad file into a warning plus a count (``dataset.skipped``) instead of a DataError.
+    turns a bad file into a warning plus a count (``dataset.skipped``) instead of a DataError
+    (picture folders, shards and audio; elsewhere it is refused, as there is nothing to skip).
     ``shuffle`` and ``seed`` drive the shard stream's order (and the toy sets' draws); in-memory
     datasets are left to the DataLoader's sampler. ``audio_options`` go to the audio reader.
     """
@@ -121,6 +123,10 @@ def load(spec: str, *, image_size: int | None = None, channels: int | None = Non
     fmt = resolve_format(spec)
     if audio_options and fmt != "audio":
         raise ValueError(f"option(s) {', '.join(sorted(audio_options))} apply only to audio data, "
+                         f"but {spec!r} is {fmt} data")
+    if skip_bad and fmt not in SKIPPABLE_FORMATS:
+        # these readers take the data whole (one file or a built-in set): there is no file to skip
+        raise ValueError(f"skip_bad applies only to {', '.join(SKIPPABLE_FORMATS)} data, "
                          f"but {spec!r} is {fmt} data")
     path = os.path.expanduser(spec)
     images = {"image_size": image_size, "channels": channels, "flip": flip}
