@@ -151,8 +151,12 @@ def test_missing_label_member_and_bad_label(tmp_path):
                                      ("b", {"png": png_bytes(pixels(2)), "cls": b"seven"})])
     it = iter(load(str(tmp_path / "s.tar"), shuffle=False))
     assert next(it)["label"] == -1
-    with pytest.raises(DataError, match=r"sample 'b': \.cls is not a decimal integer"):
+    with pytest.raises(DataError, match=r"sample 'b': \.cls is not a non-negative decimal integer"):
         next(it)
+    # -1 would pass for "no label" unnoticed
+    write_shard(tmp_path / "n.tar", [("c", {"png": png_bytes(pixels(1)), "cls": b"-1"})])
+    with pytest.raises(DataError, match=r"sample 'c': \.cls is not a non-negative .*b'-1'"):
+        list(load(str(tmp_path / "n.tar"), shuffle=False))
 
 
 def test_cifar10_shard_labels_follow_the_documented_cycle(shared_data):

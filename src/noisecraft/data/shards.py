@@ -240,11 +240,11 @@ class ShardDataset(IterableDataset):
                             f"{self._natural[1]}x{self._natural[0]}; pass image_size to resize")
         label = NO_LABEL
         if "cls" in sample:
-            try:
-                label = int(sample["cls"].decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError):
-                raise DataError(f"{where}: .cls is not a decimal integer: {sample['cls'][:20]!r}") \
-                    from None
+            text = sample["cls"].strip()
+            if not text.isdigit():  # a negative label would read as -1, "no label"
+                raise DataError(f"{where}: .cls is not a non-negative decimal integer: "
+                                f"{sample['cls'][:20]!r}")
+            label = int(text)
         try:
             caption = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
         except UnicodeDecodeError as e:
