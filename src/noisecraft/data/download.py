@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from .tar import TarFormatError, iter_members
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -53,17 +53,16 @@ def _cifar10_to_npz(folder: str) -> str:
     batches: dict[str, np.ndarray] = {}
     classes: list[str] = []
     try:
-        with tarfile.open(archive) as tar:
-            for member in tar:
-                base = os.path.basename(member.name)
-                if base.endswith(".bin") and member.isfile():
-                    if member.size == 0 or member.size % record:
-                        raise DataError(f"{archive}: {member.name} has {member.size} bytes, not a "
-                                        f"whole number of {record}-byte records")
-                    batches[base] = np.frombuffer(tar.extractfile(member).read(), np.uint8)
-                elif base == "batches.meta.txt" and member.isfile():
-                    classes = [c for c in tar.extractfile(member).read().decode().split() if c]
-    except (OSError, EOFError, tarfile.TarError) as e:
+        for name, data in iter_members(archive):
+            base = os.path.basename(name)
+            if base.endswith(".bin"):
+                if len(data) == 0 or len(data) % record:
+                    raise DataError(f"{archive}: {name} has {len(data)} bytes, not a "
+                                    f"whole number of {record}-byte records")
+                batches[base] = np.frombuffer(data, np.uint8)
+            elif base == "batches.meta.txt":
+                classes = data.decode().split()
+    except (OSError, TarFormatError, UnicodeDecodeError) as e:
         raise DataError(f"{archive}: cannot read archive: {e}") from None
     names = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
     missing = [n for ns in names.values() for n in ns if n not in batches]
