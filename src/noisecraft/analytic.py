@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .denoiser import PREDICTIONS
 from .schedule import Schedule, broadcast_to
 
 
@@ -35,7 +36,10 @@ class GaussianMixture:
         if (w <= 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-6):
             raise ValueError(f"weights must be positive and sum to 1, got {w.tolist()}")
         w = w / w.sum()
-        s = torch.as_tensor(stds, dtype=torch.float64).expand(w.numel()).clone()
+        s = torch.as_tensor(stds, dtype=torch.float64)
+        if s.numel() not in (1, w.numel()):
+            raise ValueError(f"stds must be one number or K = {w.numel()} numbers, got {s.tolist()}")
+        s = s.reshape(-1).expand(w.numel()).clone()
         if (s <= 0).any():
             raise ValueError(f"component standard deviations must be > 0, got {s.tolist()}")
         self.event_shape = tuple(event_shape) if event_shape is not None else tuple(mu.shape[1:])
@@ -59,13 +63,18 @@ class GaussianMixture:
 
     def _log_resp(self, x: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
         """log w_k + log N(x; α μ_k, (α² s_k² + σ²) I) for each component, shape (n, K)."""
-        alpha = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
-        var = alpha**2 * self.stds[None] ** 2 + sigma**2                     # (n|1, K)
-        diff = x[:, None, :] - alpha[:, :, None] * self.means[None]         # (n, K, D)
+        w, mu, stds = self._on(x.device)
+        alpha = torch.as_tensor(alpha, dtype=torch.float64, device=x.device).reshape(-1, 1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1)
+        var = alpha**2 * stds[None] ** 2 + sigma**2                          # (n|1, K)
+        diff = x[:, None, :] - alpha[:, :, None] * mu[None]                 # (n, K, D)
         sq = (diff**2).sum(-1)
-        return (torch.log(self.weights)[None] - 0.5 * sq / var
+        return (torch.log(w)[None] - 0.5 * sq / var
                 - 0.5 * self.dim * torch.log(2 * math.pi * var))
+
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(weights, means, stds) on ``device``, so that x may live on any device."""
+        return self.weights.to(device), self.means.to(device), self.stds.to(device)
 
     def log_prob(self, x: Tensor, alpha: Tensor | float = 1.0,
                  sigma: Tensor | float = 0.0) -> Tensor:
@@ -77,17 +86,21 @@ class GaussianMixture:
         """E[x_0 | x_t] in closed form, shape of x_t, float64."""
         shape = x_t.shape
         x = x_t.reshape(shape[0], -1).double()
-        a = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1, 1)
-        sg = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        _, mu, stds = self._on(x.device)
+        a = torch.as_tensor(alpha, dtype=torch.float64, device=x.device).reshape(-1, 1)
+        sg = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1)
         r = torch.softmax(self._log_resp(x, a, sg), dim=1)                   # (n, K)
-        var = a**2 * self.stds[None] ** 2 + sg**2                          # (n|1, K)
-        gain = a * self.stds[None] ** 2 / var                               # (n|1, K)
-        cond_mean = (self.means[None] + gain[:, :, None]
-                     * (x[:, None, :] - a[:, :, None] * self.means[None]))  # (n, K, D)
+        var = a**2 * stds[None] ** 2 + sg**2                               # (n|1, K)
+        gain = a * stds[None] ** 2 / var                                    # (n|1, K)
+        cond_mean = (mu[None] + gain[:, :, None]
+                     * (x[:, None, :] - a[:, :, None] * mu[None]))          # (n, K, D)
         return (r[:, :, None] * cond_mean).sum(1).reshape(shape)
 
     def net(self, schedule: Schedule, prediction: str = "x0") -> nn.Module:
         """The ideal network for ``schedule``: ``net(x_t, t)`` returns E[x_0|x_t] as ε, x_0 or v."""
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of "
+                             f"{', '.join(PREDICTIONS)}")
         return _IdealNet(self, schedule, prediction)
 
 
@@ -105,6 +118,6 @@ class _IdealNet(nn.Module):
             out = x0
         elif self.prediction == "eps":
             out = (x - a * x0) / s
-        else:
+        else:  # v = α ε − σ x_0
             out = a * (x - a * x0) / s - s * x0
         return out.to(x_t.dtype)
