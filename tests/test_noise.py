@@ -40,10 +40,13 @@ def test_draws_are_standard_normal():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_dtype_and_shape(dtype):
-    for noise in (ExampleNoise(0, 2), BatchNoise(2, torch.Generator().manual_seed(0))):
-        x = noise.randn((3, 4, 4), dtype=dtype)
+def test_dtype_is_a_cast_of_the_wide_draw(dtype):
+    # Half-precision noise is the float32 draw rounded (the module's contract), not its own draw.
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    for make in (lambda: ExampleNoise(0, 2), lambda: BatchNoise(2, torch.Generator().manual_seed(0))):
+        x = make().randn((3, 4, 4), dtype=dtype)
         assert x.shape == (2, 3, 4, 4) and x.dtype == dtype
+        assert torch.equal(x, make().randn((3, 4, 4), dtype=wide).to(dtype))
 
 
 def test_batch_noise_follows_its_generator():
