@@ -86,6 +86,7 @@ def _corrupt(run_dir, tmp_path):
 @pytest.mark.parametrize("case, extra, message", [
     ("sampler", ["--sampler", "magic"], "unknown sampler 'magic'"),
     ("steps", ["--steps", "0"], "argument --steps: '0' must be an integer >= 1"),
+    ("threads", ["--threads", "0"], "argument --threads: '0' must be an integer >= 1"),
     ("missing", [], "does not exist"),
     ("foreign", [], "config.json: missing"),
     ("corrupt", ["--no-ema"], "model.safetensors: not a readable safetensors file"),
@@ -113,3 +114,25 @@ def test_corrupt_checkpoint_in_a_subprocess_has_no_traceback(run_dir, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("noisecraft: error: ") and "model.safetensors" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_threads_flag_sets_torch_threads_and_the_default_follows_the_cpu_count(run_dir, tmp_path,
+                                                                                monkeypatch):
+    import torch
+
+    from noisecraft.cli import _args
+
+    before = torch.get_num_threads()
+    try:
+        assert sample(run_dir, tmp_path / "t", "--n", 2, "--steps", 2, "--threads", 2) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _args.default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert _args.default_threads() is None          # torch's own choice on larger machines
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert _args.default_threads() is None          # the user's environment wins

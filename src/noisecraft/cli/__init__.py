@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import NoisecraftError
+from ._args import apply_threads
 
 # Sub-command modules, in the order `--help` lists them.
 COMMAND_MODULES: list[str] = ["train", "sample", "demo", "fid", "evaluate", "data", "nll"]
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_threads(args)
     try:
         return int(args.func(args) or 0)
     except (NoisecraftError, ValueError, FileNotFoundError, NotADirectoryError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 
 def _number(text: str, kind: type) -> float:
@@ -50,3 +51,43 @@ def probability(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a number in [0, 1)")
     return value
+
+
+# --------------------------------------------------------------------------- torch threads
+# Measured on this project's 2-CPU machine (noisecraft train on digits, 40 steps at batch 64, and
+# noisecraft sample, 64 images by DDIM-20; scratch timings in the commit message): while other
+# processes used the CPUs, torch's default of one intra-op thread per core was 2–3× slower than
+# one thread, and up to 12× slower beside one extra busy process: an OpenMP team waits for a
+# thread that has no core. With both cores free a second thread gains at most 1.3× (the demo's
+# measurement), so on machines with <= 2 CPUs one thread is the default.
+SMALL_MACHINE_CPUS = 2
+
+
+def default_threads() -> int | None:
+    """1 on a machine with at most SMALL_MACHINE_CPUS CPUs, else None (torch's own default);
+    None also when OMP_NUM_THREADS is set, which is the user's choice."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if cpus <= SMALL_MACHINE_CPUS else None
+
+
+def add_threads(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """``--threads N``; ``default`` None means :func:`default_threads` at run time."""
+    text = str(default) if default is not None else (
+        f"1 on machines with at most {SMALL_MACHINE_CPUS} CPUs unless OMP_NUM_THREADS is set, "
+        "else torch's own choice")
+    parser.add_argument("--threads", type=positive_int, default=default, metavar="N",
+                        help=f"torch intra-op CPU threads (default: {text})")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's intra-op thread count from ``--threads`` or :func:`default_threads`
+    (commands without a ``--threads`` option are left alone)."""
+    if not hasattr(args, "threads"):
+        return
+    threads = args.threads if args.threads is not None else default_threads()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

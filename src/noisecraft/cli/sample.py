@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._args import non_negative_int, positive_int
+from ._args import add_threads, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")
     a("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     a("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_threads(p)
     p.set_defaults(func=run)
 
 

@@ -10,14 +10,21 @@ import argparse
 import os
 from typing import Any
 
-from ._args import non_negative_float, non_negative_int, positive_float, positive_int, probability
+from ._args import (
+    add_threads,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 
 SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid")
 PREDICTIONS = ("eps", "x0", "v")
 
 # Flags a resumed run may change; any other flag must repeat the run's own setting.
 RESUMABLE = {"steps", "sample_every", "checkpoint_every", "log_every", "num_workers", "device",
-             "no_progress"}
+             "no_progress", "threads"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--num-workers", type=non_negative_int, help="DataLoader workers (default 0)")
     a("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     a("--no-progress", action="store_true", help="no progress bar")
+    add_threads(p)
     p.set_defaults(func=run)
 
 
@@ -111,7 +119,7 @@ def _check_resume_flags(args: argparse.Namespace, config: Any) -> None:
             raise ValueError(f"{flag} {value} conflicts with the run being resumed "
                              f"({saved.get(name, 'set at creation')}); a resumed run keeps its "
                              "settings except --steps, --sample-every, --checkpoint-every, "
-                             "--log-every, --num-workers and --device")
+                             "--log-every, --num-workers, --device and --threads")
 
 
 def _preset_of(net_config: dict[str, Any]) -> str | None:
