@@ -7,6 +7,24 @@ import math
 import os
 
 
+def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None, help: str,
+                   example: str | None = None) -> argparse.ArgumentParser:
+    """A sub-command's parser: ``help`` in the command list, the module's ``doc`` as its
+    --help text (line breaks kept), and ``example`` as its epilog."""
+    return sub.add_parser(name, help=help, description=doc,
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog=f"example: {example}" if example else None)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN_DIR, --no-ema and --device: what every command that reads a trained run takes."""
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a run directory written by `noisecraft train`")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use the raw weights instead of their EMA (default: the EMA)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+
 def _number(text: str, kind: type) -> float:
     try:
         value = kind(text)

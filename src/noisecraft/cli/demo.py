@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._args import add_threads, non_negative_int, positive_int
+from ._args import add_threads, command_parser, non_negative_int, positive_int
 
 # Tuned so the whole demo takes under 3 minutes on a 2-core CPU (BENCHMARKS.md) while the
 # samples are recognisable digits of every class. The "tiny" preset is narrowed to 16 base
@@ -39,8 +39,8 @@ CONFIDENCE = 0.9
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train on scikit-learn's digits and draw the diffusion process",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(sub, "demo", __doc__,
+                       "train on scikit-learn's digits and draw the diffusion process")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
     p.add_argument("--steps", type=positive_int, default=DEMO_STEPS,
                    help=f"training steps (default {DEMO_STEPS})")

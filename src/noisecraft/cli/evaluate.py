@@ -23,17 +23,17 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._args import add_threads, non_negative_int, positive_int
+from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..metrics.features import FEATURE_SPACES
 
-    p = sub.add_parser("evaluate", help="sample a run and write FID/KID/precision-recall/memorisation",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example: noisecraft evaluate runs/digits --data digits --n 1000")
+    p = command_parser(sub, "evaluate", __doc__,
+                       "sample a run and write FID/KID/precision-recall/memorisation",
+                       "noisecraft evaluate runs/digits --data digits --n 1000")
+    add_run_arguments(p)
     a = p.add_argument
-    a("run_dir", metavar="RUN_DIR", help="a run directory written by `noisecraft train`")
     a("--data", required=True, metavar="DATA",
       help="the reference data spec (usually the training data)")
     a("--split", default="train", choices=("train", "test", "all"),
@@ -43,14 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--sampler", help="sampler (default: the run's)")
     a("--steps", type=positive_int, help="sampling steps (default: the run's)")
     a("--seed", type=non_negative_int, default=0, help="noise seed, also KID's subset seed (default 0)")
-    a("--no-ema", action="store_true", help="evaluate the raw weights instead of their EMA")
     a("--metrics", help="comma-separated subset of fid,kid,pr,memorization,classifier")
     a("--features", default="inception", choices=FEATURE_SPACES,
       help="feature space of fid/kid/pr (default inception)")
     a("--weights", metavar="FILE", help="FID Inception TorchScript file (sha256-checked)")
     a("--batch-size", type=positive_int, default=256, help="samples per sampling pass (default 256)")
     a("--feature-batch-size", type=positive_int, default=50, help="images per Inception pass")
-    a("--device", default="cpu", help="device for sampling (default cpu)")
     a("--out", metavar="FILE", help="metrics file (default RUN_DIR/metrics.json)")
     add_threads(p)
     p.set_defaults(func=run)

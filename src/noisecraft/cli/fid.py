@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import add_threads, positive_int
+from ._args import add_threads, command_parser, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..metrics.features import FEATURE_SPACES
 
-    p = sub.add_parser("fid", help="FID between two image sets (folders, .npz, data specs)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example: noisecraft fid samples.npz ../shared/data/mnist --split test")
+    p = command_parser(sub, "fid", __doc__, "FID between two image sets (folders, .npz, data specs)",
+                       "noisecraft fid samples.npz ../shared/data/mnist --split test")
     a = p.add_argument
     a("path_a", metavar="PATH_A", help="first image set")
     a("path_b", metavar="PATH_B", help="second image set (usually the reference)")

@@ -23,15 +23,21 @@ import json
 import math
 from typing import Any
 
-from ._args import add_threads, non_negative_int, positive_float, positive_int
+from ._args import (
+    add_run_arguments,
+    add_threads,
+    command_parser,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("nll", help="bits/dim of data under a trained run (bound or ODE)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example: noisecraft nll runs/mnist --data mnist/ --method ode --n 1000")
+    p = command_parser(sub, "nll", __doc__, "bits/dim of data under a trained run (bound or ODE)",
+                       "noisecraft nll runs/mnist --data mnist/ --method ode --n 1000")
+    add_run_arguments(p)
     a = p.add_argument
-    a("run_dir", metavar="RUN_DIR", help="a run directory written by `noisecraft train`")
     a("--data", metavar="DATA", help="data spec to score (with --image: the reference data; "
       "default the run's own training spec)")
     a("--image", metavar="FILE", help="score this one picture and rank it among --data's split")
@@ -50,8 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--seed", type=non_negative_int, default=0,
       help="seed of the probes, dequantisation and x_t draws (default 0)")
     a("--batch-size", type=positive_int, default=64, help="examples per batch (default 64)")
-    a("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
-    a("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     a("--json", action="store_true", help="print one JSON record instead of text")
     add_threads(p)
     p.set_defaults(func=run)

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._args import add_threads, non_negative_int, positive_int
+from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="draw samples from a trained run",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example: noisecraft sample runs/digits --n 64 --out samples")
+    p = command_parser(sub, "sample", __doc__, "draw samples from a trained run",
+                       "noisecraft sample runs/digits --n 64 --out samples")
+    add_run_arguments(p)
     a = p.add_argument
-    a("run_dir", metavar="RUN_DIR", help="a run directory written by `noisecraft train`")
     a("--out", required=True, metavar="FILE",
       help="output path without extension: writes FILE.png and FILE.npz")
     a("--n", type=positive_int, default=64, help="number of samples (default 64)")
@@ -31,8 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--steps", type=positive_int, help="sampling steps (default: the run's, 50)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
     a("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")
-    a("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
-    a("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     add_threads(p)
     p.set_defaults(func=run)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ._args import (
     add_threads,
+    command_parser,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -30,9 +31,8 @@ RESUMABLE = {"steps", "sample_every", "checkpoint_every", "log_every", "num_work
 def register(sub: argparse._SubParsersAction) -> None:
     from ..nets import PRESETS
 
-    p = sub.add_parser("train", help="train a diffusion model into a run directory",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example: noisecraft train --data digits --out runs/digits --steps 2000")
+    p = command_parser(sub, "train", __doc__, "train a diffusion model into a run directory",
+                       "noisecraft train --data digits --out runs/digits --steps 2000")
     a = p.add_argument
     a("--data", help="dataset spec: digits, moons, swissroll, gmm8, checkerboard, a folder, .npz, "
       "IDX folder or shard pattern (default with --resume: the run's own)")
