@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from noisecraft.cli import main
+from noisecraft.train import load_run
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from train_helpers import SMALL_UNET, image_config, train, vector_config  # noqa: E402
@@ -43,9 +44,16 @@ def test_sample_is_reproducible_and_batch_size_free(run_dir, tmp_path):
     assert sample(run_dir, tmp_path / "a.png", "--n", 5, "--steps", 3) == 0
     assert sample(run_dir, tmp_path / "b", "--n", 5, "--steps", 3, "--batch-size", 2) == 0
     assert sample(run_dir, tmp_path / "c", "--n", 5, "--steps", 3, "--no-ema") == 0
-    a, b, c = (np.load(tmp_path / f"{k}.npz")["images"] for k in "abc")
+    assert sample(run_dir, tmp_path / "d", "--n", 5, "--steps", 3, "--sampler", "ddpm") == 0
+    a, b, c, d = (np.load(tmp_path / f"{k}.npz")["images"] for k in "abcd")
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)  # the raw weights differ from their EMA
+    # The files hold exactly what the library draws: EMA weights by default, the raw ones with
+    # --no-ema, and the run's sampler (DDIM) unless --sampler names another.
+    ema, raw = load_run(run_dir), load_run(run_dir, use_ema=False)
+    np.testing.assert_array_equal(a, ema.generate(5, sampler="ddim", steps=3, seed=0))
+    np.testing.assert_array_equal(c, raw.generate(5, sampler="ddim", steps=3, seed=0))
+    np.testing.assert_array_equal(d, ema.generate(5, sampler="ddpm", steps=3, seed=0))
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
 
 
 def test_conditional_runs_store_labels(tmp_path):
