@@ -57,7 +57,7 @@ def test_crash_while_serialising_keeps_the_previous_checkpoint(vector_run, tmp_p
     before = {n: (run_dir / n).read_bytes() for n in files}
     config, dataset = vector_config(steps=8)
     calls = {"n": 0}
-    real_save = safetensors.torch.save
+    real_save = ckpt.safetensors_save
 
     def save_then_crash(*args, **kwargs):
         calls["n"] += 1
@@ -65,7 +65,7 @@ def test_crash_while_serialising_keeps_the_previous_checkpoint(vector_run, tmp_p
             raise OSError("simulated crash while saving")
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(safetensors.torch, "save", save_then_crash)
+    monkeypatch.setattr(ckpt, "safetensors_save", save_then_crash)
     with pytest.raises(OSError, match="simulated"):
         train(run_dir, config, dataset, resume=True)
     monkeypatch.undo()
@@ -124,8 +124,10 @@ def test_committed_save_with_leftover_backup_reads_the_new_files(vector_run, tmp
     (run_dir / ckpt.STATE).write_bytes(b'{"step": 5}')
     assert ckpt.checkpoint_file(run_dir, "a.bin") == run_dir / "a.bin"
     assert ckpt.read_state(run_dir)["step"] == 5
+    (run_dir / ".model.safetensors.x1y2.tmp").write_bytes(b"half")  # a killed save's temp file
     ckpt.recover(run_dir)
     assert (run_dir / "a.bin").read_bytes() == b"new" and not prev.exists()
+    assert not list(run_dir.glob(".*.tmp"))
 
 
 # ----------------------------------------------------------------------------- optimizer state

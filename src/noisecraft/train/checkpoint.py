@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from ..errors import RunError
@@ -163,6 +164,8 @@ def checkpoint_file(run_dir: str | os.PathLike[str], name: str) -> Path:
 def recover(run_dir: str | os.PathLike[str]) -> None:
     """Finish what an interrupted save left: restore the previous checkpoint or drop the backup."""
     directory = Path(run_dir)
+    for stale in directory.glob(".*.tmp"):  # temp files of a save that was killed (_write_temp)
+        stale.unlink(missing_ok=True)
     prev = directory / PREVIOUS
     if not prev.is_dir():
         return
@@ -179,7 +182,7 @@ def recover(run_dir: str | os.PathLike[str]) -> None:
 # --------------------------------------------------------------------------- tensors
 def tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return safetensors.torch.save(cpu, metadata={"format": FORMAT, **metadata})
+    return safetensors_save(cpu, metadata={"format": FORMAT, **metadata})
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -194,7 +197,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
             raise ValueError("truncated header")
         header = json.loads(data[8:8 + header_len])
         metadata = header.get("__metadata__") or {}
-        tensors = safetensors.torch.load(data)
+        tensors = safetensors_load(data)
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise RunError(f"{path}: not a readable safetensors file ({type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
