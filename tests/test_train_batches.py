@@ -68,3 +68,29 @@ def test_too_little_data_is_a_dataerror():
         BatchStream(Numbers(5), 3, world_size=2)
     with pytest.raises(DataError, match="no complete batch"):
         next(BatchStream(NumberStream(2), 3))
+
+
+def test_random_flips_do_not_depend_on_workers_or_where_a_resume_starts():
+    # Digits with random flips: batches 3..5 of epoch 1 must be the same pictures, flipped the
+    # same way, whether the stream ran from the start in the main process or was resumed at
+    # batch 3 with two DataLoader workers (whose RNG streams restart with every loader).
+    from noisecraft import data
+
+    flipping = data.load("digits", flip=True)
+    straight = BatchStream(flipping, 16, seed=5)
+    straight.seek(1, 0)
+    expected = [next(straight)["x"] for _ in range(6)][3:]
+    resumed = BatchStream(flipping, 16, seed=5, num_workers=2)
+    resumed.seek(1, 3)
+    got = [next(resumed)["x"] for _ in range(3)]
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+    # The flips are real: the same batch without flipping differs in some pictures, only by
+    # mirroring.
+    plain = BatchStream(data.load("digits"), 16, seed=5)
+    plain.seek(1, 3)
+    unflipped = next(plain)["x"]
+    mirrored = [not torch.equal(u, f) for u, f in zip(unflipped, got[0], strict=True)]
+    assert any(mirrored) and not all(mirrored)
+    for u, f, m in zip(unflipped, got[0], mirrored, strict=True):
+        assert torch.equal(u.flip(-1) if m else u, f)

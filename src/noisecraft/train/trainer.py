@@ -9,9 +9,8 @@ the gradients over ranks; everything else is the same code. Only rank 0 writes f
 Reproducibility: on the CPU a run is a function of its config. All randomness comes from a
 per-rank training generator (t, ε, label dropout), torch's global RNG (dropout, flips) and the
 data order (seed, epoch, position); a checkpoint stores all three, so N steps and N/2 steps +
-``--resume`` to N give identical weights. One exception: with ``num_workers > 0`` and random
-flips, the flips are drawn in the DataLoader workers, whose RNG streams restart when a resumed
-run rebuilds its loader mid-epoch, so the flips (and so the weights) then differ.
+``--resume`` to N give identical weights, with or without DataLoader workers (each example's
+random flip has a seed of its own, see ``batches.py``).
 """
 
 from __future__ import annotations
