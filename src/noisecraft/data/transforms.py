@@ -191,9 +191,10 @@ def _unit_levels(lo: float, hi: float) -> np.ndarray:
     return levels
 
 
-def random_flip(x: Tensor, pre: Preprocess) -> Tensor:
-    """Step 4: mirror left-right with probability 1/2 (torch's RNG, so DataLoader workers differ)."""
-    if pre.flip and torch.rand(()).item() < 0.5:  # .item(): half the cost of a tensor comparison
+def random_flip(x: Tensor, pre: Preprocess, generator: torch.Generator | None = None) -> Tensor:
+    """Step 4: mirror left-right with probability 1/2, drawn from ``generator`` (default: torch's
+    global RNG). Callers that must be reproducible per example pass a generator seeded for it."""
+    if pre.flip and torch.rand((), generator=generator).item() < 0.5:  # .item(): cheaper compare
         return x.flip(-1)
     return x
 
