@@ -16,12 +16,13 @@ so they are also identical across devices.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from .seeding import derive_seed
 
 
 class NoiseSource(Protocol):
@@ -34,13 +35,8 @@ class NoiseSource(Protocol):
 
 
 def example_seed(seed: int, index: int) -> int:
-    """The 63-bit seed of example ``index``'s stream: BLAKE2b of (seed, index).
-
-    A cryptographic hash rather than seed + index, so neighbouring seeds do not share streams
-    (seed 1's example 1 would otherwise be seed 2's example 0).
-    """
-    digest = hashlib.blake2b(f"noisecraft/{seed}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    """The 63-bit seed of example ``index``'s stream (see :mod:`noisecraft.seeding`)."""
+    return derive_seed("noisecraft", seed, index)
 
 
 def _check_count(name: str, value: int, minimum: int) -> int:

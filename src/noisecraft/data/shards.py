@@ -26,7 +26,6 @@ cost ~7x more CPU per CIFAR-10 sample (benchmarks/data_loading.py).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import random
@@ -42,6 +41,7 @@ from torch.utils.data import IterableDataset
 from webdataset.tariterators import base_plus_ext
 
 from ..errors import DataError
+from ..seeding import derive_seed
 from .datasets import NO_LABEL, image_info
 from .decode import ImageDecodeError, decode_image
 from .tar import TarFormatError, iter_members
@@ -266,8 +266,8 @@ class ShardDataset(IterableDataset):
         worker reads it, on the shuffle, or on where a resumed run starts (~5 µs a sample)."""
         if self._flip_generator is None:
             self._flip_generator = torch.Generator()
-        digest = hashlib.blake2b(f"{self.seed}/{epoch}/{key}".encode(), digest_size=8).digest()
-        return self._flip_generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+        return self._flip_generator.manual_seed(derive_seed("noisecraft-data", self.seed, epoch,
+                                                            key))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, _world, worker, _workers = wds.utils.pytorch_worker_info()

@@ -14,7 +14,6 @@ restored by drawing and discarding the batches already consumed in the epoch.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from torch.utils.data import default_collate as collate
 
 from ..errors import DataError
+from ..seeding import derive_seed
 
 
 class _SeededExamples(Dataset):
@@ -44,10 +44,10 @@ class _SeededExamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        digest = hashlib.blake2b(f"{self.seed}/{epoch}/{index}".encode(), digest_size=8).digest()
         outer = torch.get_rng_state()
         try:
-            torch.default_generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+            torch.default_generator.manual_seed(derive_seed("noisecraft-data", self.seed, epoch,
+                                                            index))
             return self.dataset[index]
         finally:
             torch.set_rng_state(outer)

@@ -16,7 +16,6 @@ random flip has a seed of its own, see ``batches.py``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import time
@@ -33,6 +32,7 @@ from .. import losses, nets
 from ..denoiser import Denoiser
 from ..errors import RunError
 from ..schedule import Schedule
+from ..seeding import derive_seed
 from . import checkpoint as ckpt
 from . import distributed
 from .batches import BatchStream
@@ -59,9 +59,7 @@ def lr_at(step: int, train: TrainConfig) -> float:
 
 def rank_seed(seed: int, rank: int, stream: str) -> int:
     """A 63-bit seed for one rank's ``stream``, unrelated for neighbouring seeds and ranks."""
-    digest = hashlib.blake2b(f"noisecraft-train/{seed}/{rank}/{stream}".encode(),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return derive_seed("noisecraft-train", seed, rank, stream)
 
 
 def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = "tiny",
