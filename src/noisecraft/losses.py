@@ -321,14 +321,20 @@ def bound_term(denoiser: Denoiser, x0: Tensor, t: Tensor | int, *, noise: Tensor
     L_0 = −log p_θ(x_0 | x_1). ``t`` is an integer or a per-example tensor; ``variance`` as in
     :func:`noisecraft.process.reverse_mean_variance`. Units and ``discrete``: module docstring.
     """
-    schedule = denoiser.schedule
-    t, _ = _draw_time(schedule, x0, t, None, None)
-    _check_steps(t, schedule.T)
+    t, _ = _draw_time(denoiser.schedule, x0, t, None, None)
+    x_t, _, denoised = _bound_forward(denoiser, x0, t, noise, generator, discrete, cond)
+    return _bound_from_denoised(denoiser.schedule, x0, x_t, t, denoised, variance, discrete)
+
+
+def _bound_forward(denoiser: Denoiser, x0: Tensor, t: Tensor, noise: Tensor | None,
+                   generator: torch.Generator | None, discrete: bool, cond: dict[str, Any]
+                   ) -> tuple[Tensor, Tensor, Denoised]:
+    """Check t and x_0 for a bound term, draw x_t ~ q(x_t | x_0): (x_t, ε, the model's reading)."""
+    _check_steps(t, denoiser.schedule.T)
     if discrete:
         _check_discrete_range(x0)
-    x_t, _ = _noised(denoiser, x0, t, noise, generator)
-    denoised = denoiser(x_t, t, **cond)
-    return _bound_from_denoised(schedule, x0, x_t, t, denoised, variance, discrete)
+    x_t, noise = _noised(denoiser, x0, t, noise, generator)
+    return x_t, noise, denoiser(x_t, t, **cond)
 
 
 def vlb(denoiser: Denoiser, x0: Tensor, *, t: Tensor | int | None = None,
@@ -364,11 +370,7 @@ def hybrid(denoiser: Denoiser, x0: Tensor, lambda_vlb: float = 0.001, *,
         raise ValueError(f"lambda_vlb must be a finite number >= 0, got {lambda_vlb!r}")
     schedule = denoiser.schedule
     t, weights = _draw_time(schedule, x0, t, time_sampler, generator)
-    _check_steps(t, schedule.T)
-    if discrete:
-        _check_discrete_range(x0)
-    x_t, noise = _noised(denoiser, x0, t, noise, generator)
-    denoised = denoiser(x_t, t, **cond)
+    x_t, noise, denoised = _bound_forward(denoiser, x0, t, noise, generator, discrete, cond)
     mse = _regression(denoiser, denoised, x0, noise, t, weighting)
     frozen = replace(denoised, x0=denoised.x0.detach(), eps=denoised.eps.detach(),
                      v=denoised.v.detach(), output=denoised.output.detach())
