@@ -6,9 +6,11 @@ import pytest
 import safetensors.torch
 import torch
 
+import noisecraft.io as ncio
+import noisecraft.run as ncrun
 from noisecraft import Denoiser, RunError
+from noisecraft.run import load_run
 from noisecraft.train import checkpoint as ckpt
-from noisecraft.train import load_run
 from train_helpers import image_config, train, vector_config
 
 
@@ -39,25 +41,25 @@ def copy_run(src, dst):
 # ----------------------------------------------------------------------------- atomic writes
 def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
     path = tmp_path / "f.json"
-    ckpt.atomic_write(path, "old")
+    ncio.atomic_write(path, "old")
 
     def crash(*args):
         raise OSError("simulated crash")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
-        ckpt.atomic_write(path, "new")
+        ncio.atomic_write(path, "new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.json"]  # no temp file left behind
 
 
 def test_crash_while_serialising_keeps_the_previous_checkpoint(vector_run, tmp_path, monkeypatch):
     run_dir = copy_run(vector_run, tmp_path / "run")
-    files = (ckpt.MODEL, ckpt.EMA_WEIGHTS, ckpt.OPTIMIZER, ckpt.STATE)
+    files = (ncrun.MODEL, ncrun.EMA_WEIGHTS, ncrun.OPTIMIZER, ncrun.STATE)
     before = {n: (run_dir / n).read_bytes() for n in files}
     config, dataset = vector_config(steps=8)
     calls = {"n": 0}
-    real_save = ckpt.safetensors_save
+    real_save = ncio.safetensors_save
 
     def save_then_crash(*args, **kwargs):
         calls["n"] += 1
@@ -65,7 +67,7 @@ def test_crash_while_serialising_keeps_the_previous_checkpoint(vector_run, tmp_p
             raise OSError("simulated crash while saving")
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "safetensors_save", save_then_crash)
+    monkeypatch.setattr(ncio, "safetensors_save", save_then_crash)
     with pytest.raises(OSError, match="simulated"):
         train(run_dir, config, dataset, resume=True)
     monkeypatch.undo()
@@ -76,14 +78,14 @@ def test_crash_while_serialising_keeps_the_previous_checkpoint(vector_run, tmp_p
 
 def test_crash_between_renames_keeps_the_previous_checkpoint(vector_run, tmp_path, monkeypatch):
     run_dir = copy_run(vector_run, tmp_path / "run")
-    files = (ckpt.MODEL, ckpt.EMA_WEIGHTS, ckpt.OPTIMIZER, ckpt.STATE)
+    files = (ncrun.MODEL, ncrun.EMA_WEIGHTS, ncrun.OPTIMIZER, ncrun.STATE)
     before = {n: (run_dir / n).read_bytes() for n in files}
     config, dataset = vector_config(steps=8)
     real_replace = os.replace
     calls = {"n": 0}
 
     def replace_then_crash(src, dst):
-        if str(dst).endswith(ckpt.EMA_WEIGHTS):
+        if str(dst).endswith(ncrun.EMA_WEIGHTS):
             calls["n"] += 1
             raise OSError("simulated crash between renames")
         return real_replace(src, dst)
@@ -96,36 +98,36 @@ def test_crash_between_renames_keeps_the_previous_checkpoint(vector_run, tmp_pat
     assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]
     # model.safetensors already holds step 8, but the save never committed (state.json is the
     # step-4 one): readers must see the complete step-4 checkpoint, raw weights and EMA alike.
-    assert ckpt.read_safetensors(run_dir / ckpt.MODEL)[1]["step"] == "8"
+    assert ncio.read_safetensors(run_dir / ncrun.MODEL)[1]["step"] == "8"
     for use_ema in (False, True):
         run = load_run(run_dir, use_ema=use_ema)
         assert run.step == 4
-        expected = safetensors.torch.load(before[ckpt.EMA_WEIGHTS if use_ema else ckpt.MODEL])
+        expected = safetensors.torch.load(before[ncrun.EMA_WEIGHTS if use_ema else ncrun.MODEL])
         for k, v in run.net.state_dict().items():
             assert torch.equal(v, expected[k]), k
     # The next save puts the previous files back first, then commits the new step.
-    ckpt.recover(run_dir)
+    ncio.recover(run_dir)
     assert {n: (run_dir / n).read_bytes() for n in files} == before
-    assert not (run_dir / ckpt.PREVIOUS).exists()
+    assert not (run_dir / ncio.PREVIOUS).exists()
     train(run_dir, config, dataset, resume=True)
-    assert load_run(run_dir).step == 8 and not (run_dir / ckpt.PREVIOUS).exists()
+    assert load_run(run_dir).step == 8 and not (run_dir / ncio.PREVIOUS).exists()
 
 
 def test_committed_save_with_leftover_backup_reads_the_new_files(vector_run, tmp_path):
     run_dir = copy_run(vector_run, tmp_path / "run")
     # A kill after state.json's rename but before .previous/ was removed: the save committed.
-    ckpt.atomic_write_many(run_dir, {"a.bin": b"old", ckpt.STATE: b'{"step": 3}'})
-    prev = run_dir / ckpt.PREVIOUS
+    ncio.atomic_write_many(run_dir, {"a.bin": b"old", ncrun.STATE: b'{"step": 3}'})
+    prev = run_dir / ncio.PREVIOUS
     prev.mkdir()
     (prev / "a.bin").write_bytes(b"old")
-    (prev / ckpt.STATE).write_bytes(b'{"step": 3}')
-    (prev / ckpt.JOURNAL).write_text('{"files": ["a.bin", "state.json"]}')
+    (prev / ncrun.STATE).write_bytes(b'{"step": 3}')
+    (prev / ncio.JOURNAL).write_text('{"files": ["a.bin", "state.json"]}')
     (run_dir / "a.bin").write_bytes(b"new")
-    (run_dir / ckpt.STATE).write_bytes(b'{"step": 5}')
-    assert ckpt.checkpoint_file(run_dir, "a.bin") == run_dir / "a.bin"
-    assert ckpt.read_state(run_dir)["step"] == 5
+    (run_dir / ncrun.STATE).write_bytes(b'{"step": 5}')
+    assert ncio.checkpoint_file(run_dir, "a.bin") == run_dir / "a.bin"
+    assert ncrun.read_state(run_dir)["step"] == 5
     (run_dir / ".model.safetensors.x1y2.tmp").write_bytes(b"half")  # a killed save's temp file
-    ckpt.recover(run_dir)
+    ncio.recover(run_dir)
     assert (run_dir / "a.bin").read_bytes() == b"new" and not prev.exists()
     assert not list(run_dir.glob(".*.tmp"))
 
@@ -171,7 +173,7 @@ def test_run_directory_layout_is_safetensors_and_json(image_run):
     assert {"config.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors",
             "state.json", "log.jsonl", "samples"} <= names
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
-        _, meta = ckpt.read_safetensors(image_run / name)
+        _, meta = ncio.read_safetensors(image_run / name)
         assert meta["format"] == "noisecraft" and meta["step"] == "3"
     state = json.loads((image_run / "state.json").read_text())
     assert state["step"] == 3 and state["ema_updates"] == 3

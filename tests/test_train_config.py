@@ -3,7 +3,7 @@ import json
 import pytest
 
 from noisecraft import RunError, Schedule
-from noisecraft.train import CONFIG_VERSION, DataConfig, RunConfig, SamplingConfig, TrainConfig
+from noisecraft.config import CONFIG_VERSION, DataConfig, RunConfig, SamplingConfig, TrainConfig
 
 
 def make_config(**train) -> RunConfig:

@@ -1,17 +1,29 @@
 """noisecraft: denoising diffusion models in pure PyTorch, exact where others approximate."""
 
-from . import data, grids, losses, metrics, nets, noise, process, samplers, train, viz
+from . import data, grids, losses, metrics, nets, noise, process, samplers, viz
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .errors import DataError, NoisecraftError, RunError
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
 from .process import q_sample, q_step, reverse_mean_variance
+from .run import LoadedRun, load_run
 from .samplers import SAMPLERS, sample
 from .schedule import Schedule
-from .train import LoadedRun, Trainer, load_run
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    """``noisecraft.train`` and ``noisecraft.Trainer`` load on first use, so that inference
+    (``load_run``, sampling, metrics, the CLI's readers) never imports the trainer."""
+    if name in ("train", "Trainer"):
+        import importlib
+
+        train = importlib.import_module(".train", __name__)
+        return train if name == "train" else train.Trainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DataError",

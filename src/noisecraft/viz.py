@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+
 BACKGROUND = (255, 255, 255)
 CAPTION_COLOUR = (0, 0, 0)
 
@@ -216,7 +217,7 @@ def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int =
 def save(image: Image.Image, path: str | os.PathLike[str]) -> None:
     """Save atomically (temp file in the same folder, fsync, rename): readers never see half a
     PNG, and an interrupted save keeps the previous picture."""
-    from .train.checkpoint import atomic_write
+    from .io import atomic_write
 
     buf = io.BytesIO()
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").upper() or "PNG"

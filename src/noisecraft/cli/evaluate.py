@@ -58,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import __version__, samplers
+    from ..io import atomic_write
     from ..metrics.classifier import prepare_classifier
     from ..metrics.images import load_image_set
     from ..metrics.report import DEFAULT_METRICS, classifier_for, evaluate_samples, parse_metrics
-    from ..train import atomic_write, load_run
+    from ..run import load_run
 
     metrics = parse_metrics(args.metrics) if args.metrics else None
     out_path = Path(args.out) if args.out else Path(args.run_dir) / "metrics.json"

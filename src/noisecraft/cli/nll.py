@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..denoiser import Denoiser
-    from ..train import load_run
+    from ..run import load_run
 
     if args.image is None and args.data is None:
         raise ValueError("give --data DATA (score a split) or --image FILE (score one picture)")

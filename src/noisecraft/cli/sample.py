@@ -48,7 +48,8 @@ def output_base(out: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from .. import samplers, viz
-    from ..train import atomic_write, load_run
+    from ..io import atomic_write
+    from ..run import load_run
 
     base = output_base(args.out)
     run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)

@@ -86,7 +86,7 @@ def _value(args: argparse.Namespace, name: str) -> Any:
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from ..train import TrainConfig
+    from ..config import TrainConfig
 
     names = ("steps", "batch_size", "lr", "lr_schedule", "warmup", "weight_decay", "grad_clip",
              "accum", "ema_decay", "label_dropout", "seed", "sample_every", "checkpoint_every",
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .. import data as nc_data
-    from ..train import Trainer, new_run_config, read_config
+    from ..run import read_config
+    from ..train import Trainer, new_run_config
 
     out = args.out
     if args.resume:

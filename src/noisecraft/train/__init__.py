@@ -4,8 +4,9 @@
 evaluation (safetensors + JSON only).
 """
 
-from .checkpoint import LoadedRun, atomic_write, load_run, read_config
-from .config import CONFIG_VERSION, DataConfig, RunConfig, SamplingConfig, TrainConfig
+from ..config import CONFIG_VERSION, DataConfig, RunConfig, SamplingConfig, TrainConfig
+from ..io import atomic_write
+from ..run import LoadedRun, load_run, read_config
 from .ema import EMA
 from .trainer import Trainer, TrainResult, lr_at, new_run_config
 

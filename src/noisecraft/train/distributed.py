@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..run import check_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -31,19 +33,6 @@ class Context:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device, refusing names torch does not know and absent CUDA."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
-    return dev
 
 
 def setup(device: str | torch.device | None = None) -> Context:

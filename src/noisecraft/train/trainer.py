@@ -29,14 +29,30 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import losses, nets
+from ..config import DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..denoiser import Denoiser
 from ..errors import RunError
+from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
+from ..run import (
+    CONFIG,
+    EMA_WEIGHTS,
+    LOG,
+    MODEL,
+    OPTIMIZER,
+    SAMPLES,
+    STATE,
+    LoadedRun,
+    build_denoiser,
+    check_step,
+    has_checkpoint,
+    load_weights,
+    read_state,
+)
 from ..schedule import Schedule
 from ..seeding import derive_seed
 from . import checkpoint as ckpt
 from . import distributed
 from .batches import BatchStream
-from .config import DataConfig, RunConfig, SamplingConfig, TrainConfig
 from .ema import EMA
 
 STATE_VERSION = 1
@@ -133,9 +149,9 @@ class Trainer:
         self.resume = resume
         self.device = device
         self.progress = progress
-        if resume and not ckpt.has_checkpoint(self.run_dir):
-            raise RunError(f"{self.run_dir / ckpt.STATE}: missing; nothing to resume in {self.run_dir}")
-        if not resume and ckpt.has_checkpoint(self.run_dir):
+        if resume and not has_checkpoint(self.run_dir):
+            raise RunError(f"{self.run_dir / STATE}: missing; nothing to resume in {self.run_dir}")
+        if not resume and has_checkpoint(self.run_dir):
             raise ValueError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
                              "it or choose another --out")
         self.net: nn.Module | None = None  # the trained network and its EMA, set by fit()
@@ -156,8 +172,8 @@ class Trainer:
         cfg, tc = self.config, self.config.train
         dev = ctx.device
         if ctx.is_main:
-            (self.run_dir / ckpt.SAMPLES).mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write(self.run_dir / ckpt.CONFIG, cfg.to_json())
+            (self.run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
+            atomic_write(self.run_dir / CONFIG, cfg.to_json())
         distributed.barrier(ctx)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -276,7 +292,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ outputs (rank 0)
     def _log(self, record: dict[str, Any], writer: Any) -> None:
-        with open(self.run_dir / ckpt.LOG, "a", encoding="utf-8") as f:
+        with open(self.run_dir / LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if writer is not None:
             for key in ("loss", "grad_norm", "lr", "examples_per_s"):
@@ -288,9 +304,9 @@ class Trainer:
         from ..data import Preprocess
 
         cfg = self.config
-        denoiser, schedule = ckpt.build_denoiser(ema_net, cfg)
+        denoiser, schedule = build_denoiser(ema_net, cfg)
         pre = Preprocess.from_dict(cfg.data.preprocess or {})
-        run = ckpt.LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step)
+        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step)
         was_training = ema_net.training
         ema_net.eval()
         try:
@@ -298,7 +314,7 @@ class Trainer:
                                seed=cfg.train.seed, labels=run.default_labels(cfg.sampling.n))
         finally:
             ema_net.train(was_training)
-        path = self.run_dir / ckpt.SAMPLES / f"step_{step:07d}.png"
+        path = self.run_dir / SAMPLES / f"step_{step:07d}.png"
         if pre.kind == "image":
             viz.save(viz.image_grid(out), path)
         else:
@@ -331,11 +347,11 @@ class Trainer:
                      "data": [json.loads(d) for d in data],
                      "rng": {k: [ckpt.encode_rng(_bytes_state(b)) for b in v] for k, v in rng.items()}}
             meta = {"step": str(step)}
-            ckpt.atomic_write_many(self.run_dir, {
-                ckpt.MODEL: ckpt.tensors_to_bytes(net.state_dict(), meta),
-                ckpt.EMA_WEIGHTS: ckpt.tensors_to_bytes(ema.state_dict(), meta),
-                ckpt.OPTIMIZER: ckpt.optimizer_to_bytes(opt, step),
-                ckpt.STATE: (json.dumps(state, indent=1) + "\n").encode(),
+            atomic_write_many(self.run_dir, {
+                MODEL: tensors_to_bytes(net.state_dict(), meta),
+                EMA_WEIGHTS: tensors_to_bytes(ema.state_dict(), meta),
+                OPTIMIZER: ckpt.optimizer_to_bytes(opt, step),
+                STATE: (json.dumps(state, indent=1) + "\n").encode(),
             })
         distributed.barrier(ctx)
 
@@ -343,19 +359,19 @@ class Trainer:
                  opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream
                  ) -> tuple[int, float]:
         d = self.run_dir
-        state = ckpt.read_state(d)
+        state = read_state(d)
         step = state["step"]
-        model_file, ema_file, opt_file = (ckpt.checkpoint_file(d, name) for name in
-                                          (ckpt.MODEL, ckpt.EMA_WEIGHTS, ckpt.OPTIMIZER))
-        ckpt.check_step(model_file, ckpt.load_weights(net, model_file), step)
-        ckpt.check_step(ema_file, ckpt.load_weights(ema.net, ema_file), step)
+        model_file, ema_file, opt_file = (checkpoint_file(d, name) for name in
+                                          (MODEL, EMA_WEIGHTS, OPTIMIZER))
+        check_step(model_file, load_weights(net, model_file), step)
+        check_step(ema_file, load_weights(ema.net, ema_file), step)
         ema.num_updates = int(state.get("ema_updates", step))
         opt_state, meta = ckpt.optimizer_state_from_file(opt_file)
-        ckpt.check_step(opt_file, meta, step)
+        check_step(opt_file, meta, step)
         try:
             opt.load_state_dict(opt_state)
         except (ValueError, KeyError) as e:
-            raise RunError(f"{d / ckpt.OPTIMIZER}: does not fit the network ({e})") from None
+            raise RunError(f"{d / OPTIMIZER}: does not fit the network ({e})") from None
         try:
             if state.get("world_size") == ctx.world_size:
                 rng = state["rng"]
@@ -372,14 +388,14 @@ class Trainer:
                 torch.manual_seed(rank_seed(self.config.train.seed, ctx.rank, f"global@{step}"))
                 stream.seek(state["data"][0]["epoch"] + 1, 0)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            raise RunError(f"{d / ckpt.STATE}: corrupt RNG or data-order record ({e})") from None
+            raise RunError(f"{d / STATE}: corrupt RNG or data-order record ({e})") from None
         if ctx.is_main:
             self._truncate_log(step)
         return step, float(state.get("wall_time_s", 0.0))
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint (by the run that was interrupted)."""
-        path = self.run_dir / ckpt.LOG
+        path = self.run_dir / LOG
         if not path.is_file():
             return
         kept = []
@@ -389,7 +405,7 @@ class Trainer:
                     kept.append(line)
             except json.JSONDecodeError:  # a line cut short by the crash
                 continue
-        ckpt.atomic_write(path, "".join(f"{line}\n" for line in kept))
+        atomic_write(path, "".join(f"{line}\n" for line in kept))
 
 
 def _state_bytes(state: Tensor) -> bytes:

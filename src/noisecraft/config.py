@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import RunError
+from .errors import RunError
 
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
@@ -154,7 +154,7 @@ class RunConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        from ..denoiser import PREDICTIONS
+        from .denoiser import PREDICTIONS
 
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of "

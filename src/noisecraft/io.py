@@ -1,0 +1,194 @@
+"""File I/O that every part of noisecraft shares: atomic writes, multi-file transactions, and
+safetensors/JSON readers that never unpickle. Imports nothing from the rest of the package
+except its error type, so the trainer, inference, viz and the CLI can all use it.
+
+Every file is written to a temporary file in the same directory, fsynced and moved into place
+with ``os.replace``, so a reader sees either the old file or the new one. A checkpoint is several
+files, so saving one is a small transaction (:func:`atomic_write_many`):
+
+1. every new file is written and fsynced as a temporary file (the slow part, where a crash or a
+   full disk is likely; the old checkpoint is untouched);
+2. the current files are hard-linked into ``.previous/`` and a journal listing the transaction's
+   files is written there;
+3. the new files are renamed into place with the last name (``state.json`` for a checkpoint)
+   last: its rename is the commit point;
+4. ``.previous/`` is removed.
+
+A kill between the renames leaves ``.previous/`` with a last file identical to the one in
+place: the save did not commit, and readers (:func:`checkpoint_file`) take the previous
+versions from there, while the writer puts them back (:func:`recover`) before it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from .errors import RunError
+
+FORMAT = "noisecraft"
+PREVIOUS = ".previous"       # the last committed checkpoint while a new one is renamed in
+JOURNAL = "journal.json"     # inside PREVIOUS: the transaction's file names, written last
+
+
+# --------------------------------------------------------------------------- atomic files
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = _write_temp(path.parent, path.name, payload)
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_many(directory: str | os.PathLike[str], files: Mapping[str, bytes]) -> None:
+    """Write several files as one transaction (module docstring); the last name commits it."""
+    directory = Path(directory)
+    recover(directory)
+    temps: list[tuple[Path, str]] = []
+    try:
+        for name, data in files.items():
+            temps.append((_write_temp(directory, name, data), name))
+        _keep_previous(directory, [name for _, name in temps])
+        for tmp, name in temps:
+            os.replace(tmp, directory / name)
+        _fsync_dir(directory)
+        shutil.rmtree(directory / PREVIOUS)
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(directory)
+
+
+def _keep_previous(directory: Path, names: list[str]) -> None:
+    """Hard-link the current versions of ``names`` into PREVIOUS, then write the journal."""
+    prev = directory / PREVIOUS
+    shutil.rmtree(prev, ignore_errors=True)
+    prev.mkdir()
+    for name in names:
+        if (directory / name).is_file():
+            try:
+                os.link(directory / name, prev / name)
+            except OSError:  # a filesystem without hard links: copy (and fsync) instead
+                shutil.copyfile(directory / name, prev / name)
+                with open(prev / name, "rb+") as f:
+                    os.fsync(f.fileno())
+    _fsync_dir(prev)
+    atomic_write(prev / JOURNAL, json.dumps({"files": names}))
+
+
+def _pending(directory: Path) -> list[str] | None:
+    """The files of an interrupted, uncommitted save, or None when there is none."""
+    prev = directory / PREVIOUS
+    try:
+        names = json.loads((prev / JOURNAL).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no journal: the backup itself was interrupted; nothing was renamed yet
+    commit = names[-1]
+    old, new = prev / commit, directory / commit
+    if old.is_file():
+        committed = not new.is_file() or old.read_bytes() != new.read_bytes()
+    else:
+        committed = new.is_file()
+    return None if committed else names
+
+
+def checkpoint_file(run_dir: str | os.PathLike[str], name: str) -> Path:
+    """Where to read checkpoint file ``name``: the previous version while a save is uncommitted."""
+    directory = Path(run_dir)
+    names = _pending(directory)
+    if names is not None and name in names and (directory / PREVIOUS / name).is_file():
+        return directory / PREVIOUS / name
+    return directory / name
+
+
+def recover(run_dir: str | os.PathLike[str]) -> None:
+    """Finish what an interrupted save left: restore the previous checkpoint or drop the backup."""
+    directory = Path(run_dir)
+    for stale in directory.glob(".*.tmp"):  # temp files of a save that was killed (_write_temp)
+        stale.unlink(missing_ok=True)
+    prev = directory / PREVIOUS
+    if not prev.is_dir():
+        return
+    names = _pending(directory)
+    for name in names or []:
+        if (prev / name).is_file():
+            os.replace(prev / name, directory / name)
+        else:  # the first save of the run: there was no previous version
+            (directory / name).unlink(missing_ok=True)
+    _fsync_dir(directory)
+    shutil.rmtree(prev)
+
+
+# --------------------------------------------------------------------------- tensors
+def tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return safetensors_save(cpu, metadata={"format": FORMAT, **metadata})
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; anything unreadable is a RunError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: missing")
+    data = path.read_bytes()
+    try:
+        header_len = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_len > len(data) - 8:
+            raise ValueError("truncated header")
+        header = json.loads(data[8:8 + header_len])
+        metadata = header.get("__metadata__") or {}
+        tensors = safetensors_load(data)
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise RunError(f"{path}: not a readable safetensors file ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else 'corrupt'})") from None
+    if metadata.get("format") != FORMAT:
+        raise RunError(f"{path}: not written by noisecraft (no format=noisecraft metadata)")
+    return tensors, metadata
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
