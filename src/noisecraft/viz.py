@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-
 BACKGROUND = (255, 255, 255)
 CAPTION_COLOUR = (0, 0, 0)
 
