@@ -133,11 +133,14 @@ class LoadedRun:
     def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,
                         labels: np.ndarray | None = None,
-                        device: str | torch.device | None = None) -> torch.Tensor:
+                        device: str | torch.device | None = None, *,
+                        offset: int = 0) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
-        Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
-        size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
+        Example i is drawn with the noise stream of index ``offset`` + i under ``seed`` whatever
+        the batch size (``offset``: where a shard of a larger draw starts, see
+        :mod:`noisecraft.shard`). ``callback(i, t, x_t, x0_hat)`` is called for the first batch
+        only.
         """
         from .samplers import sample
 
@@ -161,7 +164,7 @@ class LoadedRun:
                 cond["labels"] = torch.as_tensor(labels[start:stop], dtype=torch.long, device=dev)
             x = sample(self.denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps,
-                       seed=seed, seed_offset=start, device=dev,
+                       seed=seed, seed_offset=offset + start, device=dev,
                        callback=callback if start == 0 else None, **cond)
             out.append(x.float().cpu())
         return torch.cat(out)

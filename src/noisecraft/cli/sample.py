@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--out", required=True, metavar="FILE",
       help="output path without extension: writes FILE.png and FILE.npz")
-    a("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    a("--n", "--count", type=positive_int, default=64,
+      help="number of samples (default 64; spell it --count under torchrun, which claims --n)")
     a("--sampler", help="one of noisecraft.SAMPLERS: ddpm, ddim, euler, heun, dpmpp-2m, sde, ... "
       "(default: the run's, ddim)")
     a("--steps", type=positive_int, help="sampling steps (default: the run's, 50)")
@@ -47,19 +49,32 @@ def output_base(out: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import samplers, viz
+    from .. import shard
+
+    base = output_base(args.out)
+    ranks = shard.join(args.device)   # under torchrun: each rank draws its share of the batches
+    try:
+        return _run(args, base, ranks)
+    finally:
+        shard.leave(ranks)
+
+
+def _run(args: argparse.Namespace, base: Path, ranks: Any) -> int:
+    from .. import samplers, shard, viz
     from ..io import atomic_write
     from ..run import load_run
 
-    base = output_base(args.out)
-    run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
+    run_ = load_run(args.run_dir, use_ema=not args.no_ema,
+                    device=shard.local_device(args.device, ranks))
     sampler = args.sampler or run_.config.sampling.sampler
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     steps = args.steps or run_.config.sampling.steps
     labels = run_.default_labels(args.n)
-    out = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
-                        batch_size=args.batch_size, labels=labels)
+    out = shard.generate(run_, args.n, sampler=sampler, steps=steps, seed=args.seed,
+                         batch_size=args.batch_size, labels=labels, ranks=ranks)
+    if out is None:   # not rank 0: rank 0 writes the files
+        return 0
     arrays = {"images" if run_.preprocess.kind == "image" else "samples": out}
     if labels is not None:
         arrays["labels"] = labels
