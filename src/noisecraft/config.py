@@ -20,6 +20,7 @@ from .errors import RunError
 
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
+COMPILE_MODES = ("auto", "on", "off")
 DATA_KINDS = ("image", "vector")
 
 
@@ -95,6 +96,7 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     num_workers: int = 0
+    compile: str = "auto"   # torch.compile the network: auto (CUDA only), on, off
 
     def __post_init__(self) -> None:
         _positive_int("steps", self.steps)
@@ -121,6 +123,9 @@ class TrainConfig:
         _positive_int("sample_every", self.sample_every, 0)  # 0: never
         _positive_int("checkpoint_every", self.checkpoint_every, 0)  # 0: only at the end
         _positive_int("num_workers", self.num_workers, 0)
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, "
+                             f"got {self.compile!r}")
 
 
 @dataclass

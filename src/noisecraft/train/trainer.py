@@ -50,8 +50,8 @@ from ..run import (
 )
 from ..schedule import Schedule
 from ..seeding import derive_seed
+from . import accel, distributed
 from . import checkpoint as ckpt
-from . import distributed
 from .batches import BatchStream
 from .ema import EMA
 
@@ -177,10 +177,10 @@ class Trainer:
         distributed.barrier(ctx)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        net = nets.from_config(cfg.net).to(dev)
+        net = nets.from_config(cfg.net).to(dev, memory_format=accel.memory_format(dev))
         ema = EMA(net, tc.ema_decay, tc.ema_warmup)
-        opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tc.adam_betas,
-                                weight_decay=tc.weight_decay)
+        opt = accel.optimizer(net.parameters(), dev, lr=tc.lr, betas=tc.adam_betas,
+                              weight_decay=tc.weight_decay)
         gen = torch.Generator(device=dev).manual_seed(rank_seed(tc.seed, ctx.rank, "train"))
         torch.manual_seed(rank_seed(tc.seed, ctx.rank, "global"))
         if dev.type == "cuda":
@@ -195,6 +195,8 @@ class Trainer:
         model: nn.Module = net
         if ctx.distributed:
             model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if accel.use_compile(tc.compile, dev):
+            model = accel.CompiledOrEager(model)
         # No clip: clamping x̂_0 is for sampling; the loss reads the raw output.
         denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction)
 
@@ -276,7 +278,7 @@ class Trainer:
     def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
               dev: torch.device) -> Tensor:
         """The batch mean of the per-example losses (bf16 autocast on CUDA only)."""
-        x0 = batch["x"].to(dev, non_blocking=True)
+        x0 = accel.to_memory_format(batch["x"].to(dev, non_blocking=True), accel.memory_format(dev))
         cond: dict[str, Tensor] = {}
         if self.config.data.num_classes is not None:
             labels = batch["label"].to(dev, non_blocking=True)
@@ -370,6 +372,7 @@ class Trainer:
         check_step(opt_file, meta, step)
         try:
             opt.load_state_dict(opt_state)
+            accel.match_layouts(opt)
         except (ValueError, KeyError) as e:
             raise RunError(f"{d / OPTIMIZER}: does not fit the network ({e})") from None
         try:
