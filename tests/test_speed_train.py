@@ -117,7 +117,8 @@ def test_compile_fallback_still_raises_real_model_errors():
         wrapped(torch.randn(4, 5))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mnist", "ddpm-cifar10"])
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("mnist", marks=pytest.mark.slow),
+                                    pytest.param("ddpm-cifar10", marks=pytest.mark.slow)])
 def test_the_unet_forward_has_no_graph_breaks(preset):
     """Dynamo traces each compiled preset's forward as one graph (tracing only, no codegen)."""
     torch._dynamo.reset()
