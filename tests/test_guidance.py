@@ -159,12 +159,16 @@ def test_rescale_matches_a_hand_computation(phi):
     assert torch.allclose(got.eps, (x - a[:, None] * got.x0) / s[:, None], atol=1e-9, rtol=0)
 
 
-def test_clip_applies_once_to_the_guided_x0():
-    x, t, a, s, labels = point()
+@pytest.mark.parametrize("w", [0.5, 3.0])
+def test_clip_applies_once_to_the_guided_x0(w):
+    x, t, a, s, labels = point(t=10.0)
     den = Denoiser(MIX.net(SCHED, "eps"), SCHED, "eps", clip=(-1.0, 1.0))
-    got = Guided(den, 3.0)(x, t, labels=labels).x0
+    got = Guided(den, w)(x, t, labels=labels).x0
     c, u = hand_label(labels, x, a, s), hand_mixture(x, a, s)
-    assert torch.allclose(got, (u + 3.0 * (c - u)).clamp(-1, 1), atol=TOL, rtol=0)
+    assert torch.allclose(got, (u + w * (c - u)).clamp(-1, 1), atol=TOL, rtol=0)
+    # Clipping each branch first would give another answer here (the test can tell them apart).
+    per_branch = (u.clamp(-1, 1) + w * (c.clamp(-1, 1) - u.clamp(-1, 1))).clamp(-1, 1)
+    assert (per_branch - got).abs().max() > 1e-3
 
 
 def test_autoguidance_uses_the_weaker_denoiser_with_the_same_condition():
