@@ -271,6 +271,11 @@ class BuildConfig(Settings):
                          stored=lambda c: bool((c.data.preprocess or {}).get("flip")))
 
 
+# The label dropout of `noisecraft train --class-cond` when --label-dropout is not given: a run
+# that cannot be guided (no null condition trained) is a poor default (Ho & Salimans use 0.1-0.2).
+CLASS_COND_LABEL_DROPOUT = 0.1
+
+
 @dataclass
 class TrainConfig(Settings):
     """Optimisation settings. ``steps`` counts optimizer steps (each of ``accum`` micro-batches).
@@ -297,7 +302,9 @@ class TrainConfig(Settings):
     ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n)/(10 + n)) over the first "
                                "updates, so early weights are forgotten")
     label_dropout: float = setting(0.0, "with --class-cond: fraction of labels replaced by the "
-                                   "null label, for classifier-free guidance", range="[0, 1)")
+                                   "null label, for classifier-free guidance; `noisecraft train "
+                                   f"--class-cond` uses {CLASS_COND_LABEL_DROPOUT:g} unless given",
+                                   range="[0, 1)")
     loss: str = setting("simple", "training objective: simple (MSE on the prediction), min-snr "
                         "(min-SNR-gamma weighted MSE), vlb (the variational bound), hybrid "
                         "(simple + lambda vlb; with --learned-variance)",

@@ -286,3 +286,34 @@ class Guided(Denoiser):
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
         raise TypeError("Guided mixes two predictions; it cannot read one raw network output. "
                         "Call it, or call .inner.read")
+
+
+# --------------------------------------------------------------------------- trained runs
+def guide_run(run: Any, scale: float, *, rescale: float = 0.0,
+              interval: tuple[float, float] | None = None, autoguide: Any = None) -> Denoiser:
+    """The guided Denoiser of a trained run (a :class:`~noisecraft.LoadedRun`), checked.
+
+    Classifier-free guidance needs a class-conditional run trained with label dropout (else its
+    null condition was never learned and w ≠ 1 mixes in an untrained branch). ``autoguide``, a
+    second LoadedRun (a smaller or earlier model of the same data), replaces the null branch and
+    must share the data shape, schedule and classes; it also guides unconditional runs.
+    """
+    name = run.run_dir
+    if autoguide is None:
+        if run.num_classes is None:
+            raise ValueError(f"{name} is not class-conditional: classifier-free guidance needs a "
+                             "run trained with --class-cond (or an --autoguide model)")
+        if scale != 1 and run.config.train.label_dropout == 0:
+            raise ValueError(f"{name} was trained without label dropout, so it has no "
+                             f"unconditional branch to guide with: guidance {scale:g} needs a run "
+                             "trained with --label-dropout > 0 (or an --autoguide model)")
+        return Guided(run.denoiser, scale, rescale=rescale, interval=interval)
+    other = autoguide.run_dir
+    for what, mine, theirs in (("data shape", run.shape, autoguide.shape),
+                               ("schedule", run.config.schedule, autoguide.config.schedule),
+                               ("classes", run.num_classes, autoguide.num_classes)):
+        if mine != theirs:
+            raise ValueError(f"autoguide run {other} has {what} {theirs}, but {name} has {mine}; "
+                             "autoguidance needs a weaker model of the same task")
+    return Guided(run.denoiser, scale, rescale=rescale, interval=interval,
+                  unconditional=autoguide.denoiser)

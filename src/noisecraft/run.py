@@ -133,11 +133,16 @@ class LoadedRun:
     def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,
                         labels: np.ndarray | None = None,
-                        device: str | torch.device | None = None) -> torch.Tensor:
+                        device: str | torch.device | None = None, *,
+                        guidance: float | None = None, guidance_rescale: float = 0.0,
+                        guidance_interval: tuple[float, float] | None = None,
+                        autoguide: LoadedRun | None = None) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
         Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
         size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
+        ``guidance`` w (with ``guidance_rescale``, ``guidance_interval`` in t and ``autoguide``,
+        another run) samples from :func:`noisecraft.guidance.guide_run`'s guided denoiser.
         """
         from .samplers import sample
 
@@ -153,13 +158,23 @@ class LoadedRun:
                 raise ValueError(f"{self.run_dir} is not class-conditional; labels do not apply")
         dev = torch.device(device) if device is not None else next(self.net.parameters()).device
         self.net.to(dev)
+        denoiser = self.denoiser
+        if guidance is not None:
+            from .guidance import guide_run
+
+            denoiser = guide_run(self, guidance, rescale=guidance_rescale,
+                                 interval=guidance_interval, autoguide=autoguide)
+            if autoguide is None and labels is None:
+                raise ValueError("classifier-free guidance needs labels (the classes to guide to)")
+            if autoguide is not None:
+                autoguide.net.to(dev)
         out = []
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             cond = {}
             if labels is not None:
                 cond["labels"] = torch.as_tensor(labels[start:stop], dtype=torch.long, device=dev)
-            x = sample(self.denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
+            x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps,
                        seed=seed, seed_offset=start, device=dev,
                        callback=callback if start == 0 else None, **cond)
@@ -168,10 +183,11 @@ class LoadedRun:
 
     def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
-                 labels: np.ndarray | None = None) -> np.ndarray:
+                 labels: np.ndarray | None = None, **guidance: Any) -> np.ndarray:
         """``n`` samples as the data's own kind: uint8 (N, H, W, C) pictures for image runs,
-        float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`."""
-        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels)
+        float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`
+        (``guidance`` are its guidance keywords)."""
+        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels, **guidance)
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Image runs write a grid (FILE.png) and ``images``: uint8 (N, H, W, C) in the data's own size and
 channels (FILE.npz); vector runs a scatter plot and ``samples``: float32 (N, D) in data units.
-Class-conditional runs cycle the labels 0, 1, …, K−1 and store them as ``labels``. Example i
-depends only on (--seed, i), not on --batch-size.
+Class-conditional runs cycle the labels 0, 1, …, K−1 (or the --class list) and store them as
+``labels``; --guidance W samples with classifier-free guidance (or autoguidance, --autoguide).
+Example i depends only on (--seed, i), not on --batch-size.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
+from ._guidance import add_guidance_arguments, describe, guidance_kwargs, labels_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--steps", type=positive_int, help="sampling steps (default: the run's, 50)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
     a("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")
+    add_guidance_arguments(p)
     add_threads(p)
     p.set_defaults(func=run)
 
@@ -57,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     steps = args.steps or run_.config.sampling.steps
-    labels = run_.default_labels(args.n)
+    labels = labels_from_args(run_, args, args.n)
+    guidance = guidance_kwargs(run_, args)
     out = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
-                        batch_size=args.batch_size, labels=labels)
+                        batch_size=args.batch_size, labels=labels, **guidance)
     arrays = {"images" if run_.preprocess.kind == "image" else "samples": out}
     if labels is not None:
         arrays["labels"] = labels
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(base.with_suffix(".npz"), buf.getvalue())
     picture = viz.image_grid(out) if run_.preprocess.kind == "image" else viz.scatter(out[:, :2])
     viz.save(picture, base.with_suffix(".png"))
-    print(f"noisecraft: {args.n} samples ({sampler}, {steps} steps, seed {args.seed}, "
+    print(f"noisecraft: {args.n} samples ({sampler}, {steps} steps, seed {args.seed}"
+          f"{describe(guidance)}, "
           f"{'raw' if args.no_ema else 'EMA'} weights of step {run_.step}) -> "
           f"{base.with_suffix('.png')}, {base.with_suffix('.npz')}")
     return 0

@@ -75,12 +75,14 @@ def _new_config(args: argparse.Namespace, build: Any, dataset: Any) -> Any:
     """A new run's config from the given flags and the dataclasses' defaults."""
     import dataclasses
 
-    from ..config import TrainConfig, flag_sections
+    from ..config import CLASS_COND_LABEL_DROPOUT, TrainConfig, flag_sections
     from ..train import new_run_config
 
     default_net = "tiny" if dataset.info["kind"] == "image" else "mlp"
     overrides = {"learned_variance": True} if build.learned_variance else None
     sections = {attr: given_settings(args, cls) for attr, cls in flag_sections() if attr}
+    if build.class_cond:
+        sections.setdefault("train", {}).setdefault("label_dropout", CLASS_COND_LABEL_DROPOUT)
     config = new_run_config(dataset, build.data, net=build.net or default_net,
                             net_overrides=overrides, schedule=build.schedule, T=build.timesteps,
                             prediction=build.prediction, class_conditional=build.class_cond,
