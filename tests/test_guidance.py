@@ -256,3 +256,39 @@ def test_per_example_seeds_stay_batch_independent():
     small = sample(den, (2, D), SCHED, sampler="ddpm", steps=10, seed=7, seed_offset=3,
                    labels=labels[3:])
     assert torch.equal(big[3:], small)
+
+
+@pytest.mark.parametrize("p_drop", [0.0, 0.3])
+def test_the_trainer_shows_the_net_null_labels_at_the_label_dropout_rate(tmp_path, monkeypatch,
+                                                                         p_drop):
+    """Count the null labels (−1) the network itself receives during training steps."""
+    from noisecraft import data
+    from noisecraft.nets.layers import LabelEmbedding
+    from noisecraft.train import TrainConfig, Trainer, new_run_config
+
+    seen = []
+    real = LabelEmbedding.forward
+
+    def recording(self, labels, batch, device):
+        seen.append(torch.as_tensor(labels).clone())
+        return real(self, labels, batch, device)
+
+    monkeypatch.setattr(LabelEmbedding, "forward", recording)
+    dataset = data.load("digits")
+    steps, batch = 3, 64
+    config = new_run_config(dataset, "digits", net="tiny", T=20, class_conditional=True,
+                            net_overrides={"base_channels": 8, "attention_resolutions": [],
+                                           "norm_groups": 4},
+                            train=TrainConfig(steps=steps, batch_size=batch, label_dropout=p_drop,
+                                              sample_every=0, checkpoint_every=0))
+    Trainer(config, tmp_path / "run", dataset, device="cpu", progress=False).fit()
+    labels = torch.cat(seen)
+    assert labels.numel() == steps * batch
+    nulls = int((labels == -1).sum())
+    if p_drop == 0:
+        assert nulls == 0
+    else:
+        # Binomial(192, 0.3): mean 57.6, sd 6.3; ±5 sd leaves a false alarm below 1e-6.
+        n = labels.numel()
+        assert abs(nulls - n * p_drop) <= 5 * math.sqrt(n * p_drop * (1 - p_drop))
+    assert ((labels >= 0) & (labels < 10) | (labels == -1)).all()

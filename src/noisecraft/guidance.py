@@ -14,9 +14,10 @@ does depend on the space is what is *not* affine, and there the choice is x̂_0:
 
 - ``rescale`` = φ (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
   flawed", §3.4) matches the per-example standard deviation of the guided x̂_0 to the
-  conditional one: x̂_0 ← x̂_0 (φ std(x̂_0,c)/std(x̂_0,w) + 1 − φ). Over-saturation is a property
-  of the predicted image, hence x̂_0 (diffusers' ``rescale_noise_cfg`` applies it to ε̂ instead,
-  which differs). ε̂ is then recomputed from the rescaled x̂_0 at the same x_t.
+  conditional one: x̂_0 ← x̂_0 (φ std(x̂_0,c)/std(x̂_0,w) + 1 − φ). The paper applies it to its
+  network's raw prediction (v in its experiments), diffusers' ``rescale_noise_cfg`` to ε̂; here
+  it is applied to x̂_0, the predicted image where over-exposure shows, so that φ means the same
+  for ε-, x_0- and v-networks. ε̂ is then recomputed from the rescaled x̂_0 at the same x_t.
 - ``clip`` (the wrapped denoiser's) is applied once, to the guided x̂_0: clipping each branch
   first would not keep their extrapolation inside the range.
 
