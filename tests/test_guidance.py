@@ -292,3 +292,19 @@ def test_the_trainer_shows_the_net_null_labels_at_the_label_dropout_rate(tmp_pat
         n = labels.numel()
         assert abs(nulls - n * p_drop) <= 5 * math.sqrt(n * p_drop * (1 - p_drop))
     assert ((labels >= 0) & (labels < 10) | (labels == -1)).all()
+
+
+def test_learned_variance_passes_through_from_the_conditional_branch():
+    ideal = MIX.net(SCHED, "eps")
+
+    def net(x, t, labels=None):      # variance channels: +0.5 where the label is given, −0.5 null
+        raw = torch.where(labels[:, None] >= 0, 0.5, -0.5).to(x.dtype).expand_as(x)
+        return torch.cat([ideal(x, t, labels=labels), raw], dim=1)
+
+    den = Denoiser(net, SCHED, "eps", learned_variance=True)
+    x, t, _, _, labels = point()
+    d = Guided(den, 3.0)(x, t, labels=labels)
+    assert torch.equal(d.variance_fraction, torch.full_like(x, 0.75))   # (0.5 + 1) / 2
+    out = sample(Guided(den, 3.0), (4, D), SCHED, sampler="ddpm", steps=5, seed=0,
+                 labels=labels[:4], options={"variance": "learned"})
+    assert torch.isfinite(out).all()

@@ -291,13 +291,15 @@ class Guided(Denoiser):
 
 # --------------------------------------------------------------------------- trained runs
 def guide_run(run: Any, scale: float, *, rescale: float = 0.0,
-              interval: tuple[float, float] | None = None, autoguide: Any = None) -> Denoiser:
+              interval: tuple[float, float] | None = None, autoguide: Any = None,
+              null: NullCondition | None = None) -> Denoiser:
     """The guided Denoiser of a trained run (a :class:`~noisecraft.LoadedRun`), checked.
 
     Classifier-free guidance needs a class-conditional run trained with label dropout (else its
     null condition was never learned and w ≠ 1 mixes in an untrained branch). ``autoguide``, a
     second LoadedRun (a smaller or earlier model of the same data), replaces the null branch and
     must share the data shape, schedule and classes; it also guides unconditional runs.
+    ``null`` is passed to :class:`Guided` (the text conditioning's empty-prompt hook).
     """
     name = run.run_dir
     if autoguide is None:
@@ -308,7 +310,7 @@ def guide_run(run: Any, scale: float, *, rescale: float = 0.0,
             raise ValueError(f"{name} was trained without label dropout, so it has no "
                              f"unconditional branch to guide with: guidance {scale:g} needs a run "
                              "trained with --label-dropout > 0 (or an --autoguide model)")
-        return Guided(run.denoiser, scale, rescale=rescale, interval=interval)
+        return Guided(run.denoiser, scale, rescale=rescale, interval=interval, null=null)
     other = autoguide.run_dir
     for what, mine, theirs in (("data shape", run.shape, autoguide.shape),
                                ("schedule", run.config.schedule, autoguide.config.schedule),
