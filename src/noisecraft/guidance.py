@@ -251,9 +251,7 @@ class Guided(Denoiser):
         # ε̂_c + (w − 1)(ε̂_c − ε̂_u): exactly ε̂_c where w is 1 (outside the interval).
         w_ex = broadcast_to(torch.where(inside, w, 1.0), c.eps, dtype)
         eps = c.eps + (w_ex - 1) * (c.eps - u.eps)
-        guided = Denoised(x0=None, eps=eps, v=None, output=None,  # type: ignore[arg-type]
-                          variance_fraction=c.variance_fraction)
-        return self.finish(guided, x_t, t, c)
+        return self.finish(eps, x_t, t, c)
 
     def inside(self, t: Tensor) -> Tensor:
         """Which examples' t lie in the guidance interval (all when there is none)."""
@@ -262,16 +260,15 @@ class Guided(Denoiser):
         lo, hi = self.interval
         return (t >= lo) & (t <= hi)
 
-    def finish(self, d: Denoised, x_t: Tensor, t: Tensor, conditional: Denoised | None
-               ) -> Denoised:
-        """From a guided ε̂: x̂_0, the rescale against the conditional x̂_0, clip, v̂ and output."""
-        eps = d.eps
+    def finish(self, eps: Tensor, x_t: Tensor, t: Tensor, conditional: Denoised) -> Denoised:
+        """From a guided ε̂: x̂_0, the rescale against the conditional x̂_0, clip, v̂ and output
+        (the variance fraction of learned-variance nets is the conditional branch's)."""
         dtype = eps.dtype
         x = x_t.to(dtype)
         alpha, sigma = self.schedule.marginal(t)
         a, s = broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
         x0 = (x - s * eps) / a
-        if self.rescale > 0 and conditional is not None:
+        if self.rescale > 0:
             dims = tuple(range(1, x0.ndim))
             ratio = conditional.x0.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True)
             x0 = x0 * (self.rescale * ratio + (1 - self.rescale))
@@ -282,7 +279,8 @@ class Guided(Denoiser):
             x0 = x0.clamp(*self.clip)
             eps = (x - a * x0) / s
             v = a * eps - s * x0
-        return Denoised(x0=x0, eps=eps, v=v, output=output, variance_fraction=d.variance_fraction)
+        return Denoised(x0=x0, eps=eps, v=v, output=output,
+                        variance_fraction=conditional.variance_fraction)
 
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
         raise TypeError("Guided mixes two predictions; it cannot read one raw network output. "
