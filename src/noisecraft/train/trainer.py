@@ -1,10 +1,11 @@
 """The training loop: AdamW, warm-up, clipping, EMA, accumulation, checkpoints, DDP.
 
 One optimizer step draws ``accum`` micro-batches x_0, for each a per-example loss
-(``losses.simple``: t uniform on {1, …, T}, ε ~ N(0, I), the Denoiser's regression target),
-averages it over the batch and the micro-batches, clips the gradient norm, steps AdamW and moves
-the EMA. Under ``torchrun`` the network is wrapped in DistributedDataParallel, which averages
-the gradients over ranks; everything else is the same code. Only rank 0 writes files.
+(``losses.objective(config.train.loss)``, t from ``config.train.time_sampler`` with its importance
+weights, ε ~ N(0, I)), averages it over the batch and the micro-batches, clips the gradient
+norm, steps AdamW and moves the EMA. Under ``torchrun`` the network is wrapped in
+DistributedDataParallel, which averages the gradients over ranks; everything else is the same
+code. Only rank 0 writes files.
 
 Reproducibility: on the CPU a run is a function of its config. All randomness comes from a
 per-rank training generator (t, ε, label dropout), torch's global RNG (dropout, flips) and the
