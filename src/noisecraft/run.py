@@ -133,11 +133,13 @@ class LoadedRun:
     def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,
                         labels: np.ndarray | None = None,
-                        device: str | torch.device | None = None) -> torch.Tensor:
+                        device: str | torch.device | None = None,
+                        options: dict[str, Any] | None = None) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
         Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
-        size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
+        size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only. ``options``
+        are the sampler's own (``{"variance": "learned"}`` for ddpm, ``{"eta": 1.0}`` for ddim).
         """
         from .samplers import sample
 
@@ -160,7 +162,7 @@ class LoadedRun:
             if labels is not None:
                 cond["labels"] = torch.as_tensor(labels[start:stop], dtype=torch.long, device=dev)
             x = sample(self.denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
-                       steps=steps,
+                       steps=steps, options=options,
                        seed=seed, seed_offset=start, device=dev,
                        callback=callback if start == 0 else None, **cond)
             out.append(x.float().cpu())
@@ -168,10 +170,12 @@ class LoadedRun:
 
     def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
-                 labels: np.ndarray | None = None) -> np.ndarray:
+                 labels: np.ndarray | None = None,
+                 options: dict[str, Any] | None = None) -> np.ndarray:
         """``n`` samples as the data's own kind: uint8 (N, H, W, C) pictures for image runs,
         float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`."""
-        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels)
+        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels,
+                                 options=options)
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:
