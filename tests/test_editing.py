@@ -225,11 +225,12 @@ def test_repaint_path():
     p = repaint_path(4, resample=2, jump=2)
     assert p == [0, 1, 2, 1, 0, 1, 2, 3, 4]
     p = repaint_path(6, resample=3, jump=1)
-    assert p[-1] == 6 and sum(1 for a, b in zip(p, p[1:]) if b == a + 1) == 6 + 2 * 5
+    assert p[-1] == 6 and sum(1 for a, b in zip(p, p[1:], strict=False) if b == a + 1) == 6 + 2 * 5
 
 
 def _mixture_2d():
-    w, mu, s = torch.tensor([0.4, 0.6]), torch.tensor([[-1.0, -1.0], [1.0, 1.5]]), torch.tensor([0.5, 0.5])
+    w, s = torch.tensor([0.4, 0.6]), torch.tensor([0.5, 0.5])
+    mu = torch.tensor([[-1.0, -1.0], [1.0, 1.5]])
     m = GaussianMixture(w, mu, s)
     return (w, mu, s), Denoiser(m.net(SCHEDULE, "x0"), SCHEDULE, "x0")
 
@@ -274,7 +275,8 @@ def test_inpaint_on_the_mixture_approaches_the_exact_conditional_with_resampling
     se = math.sqrt(exact_w * (1 - exact_w) / n)      # SE of a mode fraction: ≈ 0.007
     weights = []
     for r in (1, 10):
-        out = inpaint(den, x0, known, SCHEDULE, 25, resample=r, generator=torch.Generator().manual_seed(0))
+        out = inpaint(den, x0, known, SCHEDULE, 25, resample=r,
+                      generator=torch.Generator().manual_seed(0))
         assert torch.equal(out[:, 0], x0[:, 0])
         weights.append((out[:, 1] > 0.25).float().mean().item())
     assert exact_w - weights[0] > 10 * se                 # plain replacement is biased …
