@@ -5,6 +5,7 @@ from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .editing import decode, encode, inpaint, interpolate, sdedit
 from .errors import DataError, NoisecraftError, RunError
+from .guidance import Guided, interval_from_sigma
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
 from .process import q_sample, q_step, reverse_mean_variance
@@ -31,6 +32,7 @@ __all__ = [
     "Denoised",
     "Denoiser",
     "GaussianMixture",
+    "Guided",
     "LoadedRun",
     "ImportanceTimeSampler",
     "NoisecraftError",
@@ -47,6 +49,7 @@ __all__ = [
     "grids",
     "inpaint",
     "interpolate",
+    "interval_from_sigma",
     "load_run",
     "losses",
     "metrics",
