@@ -1,9 +1,11 @@
 """noisecraft: denoising diffusion models in pure PyTorch, exact where others approximate."""
 
-from . import data, grids, losses, metrics, nets, noise, process, samplers, viz
+from . import data, editing, grids, losses, metrics, nets, noise, process, samplers, viz
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
+from .editing import decode, encode, inpaint, interpolate, sdedit
 from .errors import DataError, NoisecraftError, RunError
+from .guidance import Guided, interval_from_sigma
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
 from .process import q_sample, q_step, reverse_mean_variance
@@ -30,6 +32,7 @@ __all__ = [
     "Denoised",
     "Denoiser",
     "GaussianMixture",
+    "Guided",
     "LoadedRun",
     "ImportanceTimeSampler",
     "NoisecraftError",
@@ -40,7 +43,13 @@ __all__ = [
     "Trainer",
     "UniformTimeSampler",
     "data",
+    "decode",
+    "editing",
+    "encode",
     "grids",
+    "inpaint",
+    "interpolate",
+    "interval_from_sigma",
     "load_run",
     "losses",
     "metrics",
@@ -52,6 +61,7 @@ __all__ = [
     "q_step",
     "reverse_mean_variance",
     "sample",
+    "sdedit",
     "samplers",
     "train",
     "viz",
