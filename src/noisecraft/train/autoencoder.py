@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,8 +52,10 @@ REFERENCE_SIZE = 512  # examples the scale factor and the reconstruction grid ar
 
 def new_autoencoder_config(dataset: Dataset | IterableDataset, spec: str, *, preset: str | None = None,
                            latent_channels: int = 4, factor: int = 4,
-                           train: AutoencoderTrainConfig | None = None) -> AutoencoderRunConfig:
-    """An autoencoder sized to ``dataset``: preset ``ae64`` for images ≥ 64 px, else ``ae32``."""
+                           train: AutoencoderTrainConfig | None = None,
+                           net_overrides: dict[str, Any] | None = None) -> AutoencoderRunConfig:
+    """An autoencoder sized to ``dataset``: preset ``ae64`` for images ≥ 64 px, else ``ae32``
+    (``net_overrides``: any other KLAutoencoder argument, e.g. base_channels)."""
     info, pre = dataset.info, dataset.preprocess  # type: ignore[union-attr]
     if info["kind"] != "image":
         raise ValueError(f"{spec!r} is {info['kind']} data; an autoencoder needs images")
@@ -65,7 +68,7 @@ def new_autoencoder_config(dataset: Dataset | IterableDataset, spec: str, *, pre
                          f"valid: {', '.join(AUTOENCODER_PRESETS)}")
     net = autoencoder_from_config({**AUTOENCODER_PRESETS[preset], "in_channels": pre.channels,
                                    "image_size": pre.height, "latent_channels": latent_channels,
-                                   "factor": factor})
+                                   "factor": factor, **(net_overrides or {})})
     data = DataConfig(spec=spec, kind="image", shape=list(pre.shape),
                       num_classes=info.get("num_classes"), image_size=pre.image_size,
                       channels=pre.channels, preprocess=pre.to_dict())
