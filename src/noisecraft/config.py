@@ -141,6 +141,45 @@ class SamplingConfig:
                 raise ValueError(f"clip must be (lo, hi) with lo < hi, got {self.clip!r}")
 
 
+LATENT_POSTERIORS = ("mean", "sample")
+AUTOENCODER_KINDS = ("noisecraft", "diffusers")
+
+
+@dataclass
+class LatentConfig:
+    """A latent run: diffusion on z_s = (z − shift) · scale_factor, z from the autoencoder's
+    posterior q(z|x) (``posterior``: its mean, or a fresh draw each time an example is used).
+
+    ``scale_factor`` is measured on the training latents, 1/std(z), so z_s has unit variance
+    (Stable Diffusion's 0.18215, measured instead of fixed); ``shift_factor`` is the autoencoder's
+    own (0 for noisecraft's). ``autoencoder`` is the folder, ``sha256`` its identity (config.json
+    and weights); ``shape`` is one latent's (C, H', W').
+    """
+
+    autoencoder: str
+    sha256: str
+    kind: str = "noisecraft"
+    posterior: str = "mean"
+    scale_factor: float = 1.0
+    shift_factor: float = 0.0
+    shape: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in AUTOENCODER_KINDS:
+            raise ValueError(f"autoencoder kind must be one of {', '.join(AUTOENCODER_KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.posterior not in LATENT_POSTERIORS:
+            raise ValueError(f"latent posterior must be one of {', '.join(LATENT_POSTERIORS)}, "
+                             f"got {self.posterior!r}")
+        _finite("scale_factor", self.scale_factor, 0, None, lo_open=True)
+        _finite("shift_factor", self.shift_factor)
+        self.shape = list(self.shape)
+        if len(self.shape) != 3:
+            raise ValueError(f"latent shape must be (C, H, W), got {self.shape!r}")
+        for s in self.shape:
+            _positive_int("latent shape", s)
+
+
 @dataclass
 class RunConfig:
     """Everything ``config.json`` holds. ``net`` is ``nets`` config dict (``net.config``)."""
@@ -152,6 +191,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     version: int = CONFIG_VERSION
+    latent: LatentConfig | None = None
 
     def __post_init__(self) -> None:
         from .denoiser import PREDICTIONS

@@ -113,6 +113,7 @@ class LoadedRun:
     schedule: Any  # noisecraft.Schedule
     preprocess: Any  # noisecraft.data.Preprocess
     step: int
+    autoencoder: Any = None  # noisecraft.autoencoders.LoadedAutoencoder, for latent runs
 
     @property
     def num_classes(self) -> int | None:
@@ -120,7 +121,9 @@ class LoadedRun:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """One example's shape in model space: (C, H, W) or (D,)."""
+        """One example's shape in model space: (C, H, W) or (D,); a latent run's latent shape."""
+        if self.config.latent is not None:
+            return tuple(self.config.latent.shape)
         return tuple(self.preprocess.shape)
 
     def default_labels(self, n: int) -> np.ndarray | None:
@@ -175,12 +178,45 @@ class LoadedRun:
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:
-        """Model-space samples → uint8 pictures (images) or float32 data-unit vectors."""
+        """Model-space samples → uint8 pictures (images) or float32 data-unit vectors; a latent
+        run's latents are decoded first (:meth:`decode`)."""
         from .data import denormalize, to_uint8
+
+        if self.config.latent is not None:
+            x = self.decode(x)
 
         if self.preprocess.kind == "image":
             return to_uint8(x, self.preprocess)
         return denormalize(x, self.preprocess).numpy().astype(np.float32)
+
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Scaled latents (N, C, H', W') → model-space pictures in [−1, 1] on the CPU:
+        x = decode(z_s / scale + shift), with the run's recorded scale and shift."""
+        lat = self.config.latent
+        if lat is None:
+            raise ValueError(f"{self.run_dir} is not a latent run; there is nothing to decode")
+        if self.autoencoder is None:
+            raise RunError(f"{self.run_dir}: a latent run loaded without its autoencoder")
+        dev = self.autoencoder.device
+        parts = [self.autoencoder.decode(z[i:i + batch_size].to(dev, torch.float32)
+                                         / lat.scale_factor + lat.shift_factor).float().cpu()
+                 for i in range(0, len(z), batch_size)]
+        return torch.cat(parts)
+
+
+def load_latent_autoencoder(config: RunConfig, source: Path, device: str | torch.device) -> Any:
+    """The autoencoder a latent run names, refused when it is no longer the one trained with."""
+    from .autoencoders import load_autoencoder
+
+    lat = config.latent
+    assert lat is not None
+    ae = load_autoencoder(lat.autoencoder, device=device)
+    if ae.sha256 != lat.sha256:
+        raise RunError(f"{lat.autoencoder}: the autoencoder changed since {source} was trained "
+                       f"(sha256 {ae.sha256[:12]}…, the run recorded {lat.sha256[:12]}…)")
+    return ae
 
 
 def build_denoiser(net: nn.Module, config: RunConfig) -> tuple[Any, Any]:
@@ -222,5 +258,7 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     weights = checkpoint_file(path, EMA_WEIGHTS if use_ema else MODEL)
     check_step(weights, load_weights(net, weights), state["step"])
     net.to(device).eval().requires_grad_(False)
+    autoencoder = (load_latent_autoencoder(config, path / CONFIG, device)
+                   if config.latent is not None else None)
     return LoadedRun(run_dir=path, config=config, net=net, denoiser=denoiser, schedule=schedule,
-                     preprocess=preprocess, step=state["step"])
+                     preprocess=preprocess, step=state["step"], autoencoder=autoencoder)

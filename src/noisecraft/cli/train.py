@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from ._args import (
@@ -60,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--image-size", type=positive_int, help="resize + centre-crop images to this size")
     a("--channels", type=int, choices=(1, 3, 4), help="convert images to 1, 3 or 4 channels")
     a("--flip", action="store_true", help="random left-right flips")
+    a("--autoencoder", metavar="AE_DIR", help="latent diffusion: train in the latent space of this "
+      "autoencoder (a `noisecraft train-autoencoder` run or a diffusers AutoencoderKL folder); "
+      "latents are encoded once and cached")
+    a("--latent-posterior", choices=("mean", "sample"), help="with --autoencoder: train on the "
+      "posterior mean, or on a fresh posterior draw each time (default mean)")
     a("--seed", type=non_negative_int, help="seed for weights, noise and data order (default 0)")
     a("--sample-every", type=non_negative_int,
       help="write a sample grid every N steps and at the end (default 500; 0 = never)")
@@ -110,7 +116,9 @@ def _check_resume_flags(args: argparse.Namespace, config: Any) -> None:
              "timesteps": config.schedule.get("T"), "prediction": config.prediction,
              "class_cond": d.num_classes is not None, "image_size": d.image_size,
              "channels": d.channels, "flip": bool((d.preprocess or {}).get("flip")),
-             "net": _preset_of(config.net)}
+             "net": _preset_of(config.net),
+             "autoencoder": config.latent.autoencoder if config.latent else None,
+             "latent_posterior": config.latent.posterior if config.latent else None}
     for name, value in _given(args).items():
         if name in RESUMABLE:
             continue
@@ -138,6 +146,34 @@ def _preset_of(net_config: dict[str, Any]) -> str | None:
     return None
 
 
+def _latent_data(spec: str, image_size: int | None, channels: int | None, flip: bool,
+                 posterior: str, *, ae_dir: str | None = None, config: Any = None,
+                 source: Path | None = None, device: str | None = None,
+                 progress: bool = True) -> Any:
+    """The latent dataset of ``spec`` (encoded once, cached): a new run measures the scale factor,
+    a resumed one (``config``) reuses its recorded scale and checks its autoencoder is unchanged."""
+    import torch
+
+    from .. import data as nc_data
+    from ..autoencoders import load_autoencoder
+    from ..data.latents import latent_dataset
+    from ..run import check_device, load_latent_autoencoder
+
+    dev = (check_device(device) if device
+           else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if config is not None:
+        ae = load_latent_autoencoder(config, source, dev)
+    else:
+        ae = load_autoencoder(ae_dir, device=dev)
+    pixels = nc_data.load(spec, image_size=image_size, channels=channels, shuffle=False)
+    dataset = latent_dataset(pixels, ae, posterior=posterior, flip=flip,
+                             scale_factor=config.latent.scale_factor if config is not None else None,
+                             progress=progress)
+    print(f"noisecraft: latents {'from the cache' if dataset.from_cache else 'encoded and cached'} "
+          f"({len(dataset)} × {dataset.latent.shape}, scale factor {dataset.latent.scale_factor:.5f})")
+    return dataset
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -146,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
     from ..train import Trainer, new_run_config
 
     out = args.out
+    if args.autoencoder is not None:  # the run records the resolved folder
+        args.autoencoder = str(Path(args.autoencoder).resolve())
+    if args.latent_posterior is not None and args.autoencoder is None and not args.resume:
+        raise ValueError("--latent-posterior needs --autoencoder")
     if args.resume:
         config = read_config(out)
         _check_resume_flags(args, config)
@@ -155,8 +195,13 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, **updates))
         d = config.data
         flip = bool((d.preprocess or {}).get("flip"))
-        dataset = nc_data.load(d.spec, **({"image_size": d.image_size, "channels": d.channels,
-                                            "flip": flip} if d.kind == "image" else {}))
+        if config.latent is not None:
+            dataset = _latent_data(d.spec, d.image_size, d.channels, flip, config.latent.posterior,
+                                   config=config, source=Path(out) / "config.json", device=args.device,
+                                   progress=not args.no_progress)
+        else:
+            dataset = nc_data.load(d.spec, **({"image_size": d.image_size, "channels": d.channels,
+                                                "flip": flip} if d.kind == "image" else {}))
         if d.preprocess is not None and dataset.preprocess.to_dict() != d.preprocess:
             raise ValueError(f"{d.spec!r} now loads with preprocessing {dataset.preprocess.to_dict()}, "
                              f"but the run was trained with {d.preprocess}")
@@ -171,7 +216,12 @@ def run(args: argparse.Namespace) -> int:
                              "choose a new or empty folder")
         image_opts = {k: v for k, v in (("image_size", args.image_size), ("channels", args.channels),
                                         ("flip", args.flip)) if v}
-        dataset = nc_data.load(args.data, **image_opts)
+        if args.autoencoder is not None:
+            dataset = _latent_data(args.data, args.image_size, args.channels, args.flip,
+                                   args.latent_posterior or "mean", ae_dir=args.autoencoder,
+                                   device=args.device, progress=not args.no_progress)
+        else:
+            dataset = nc_data.load(args.data, **image_opts)
         default_net = "tiny" if dataset.info["kind"] == "image" else "mlp"
         config = new_run_config(dataset, args.data, net=args.net or default_net,
                                 schedule=_value(args, "schedule"), T=_value(args, "timesteps"),

@@ -100,8 +100,10 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
     if class_conditional and not num_classes:
         raise ValueError(f"{spec!r} has no labels, so it cannot train a class-conditional model")
     sched = Schedule.from_name(schedule, T=T)
+    latent = getattr(dataset, "latent", None)  # a LatentDataset: the net sees latent images
     overrides: dict[str, Any] = {"in_channels": info["channels"] if kind == "image" else info["dim"],
-                                 "image_size": pre.height if kind == "image" else None,
+                                 "image_size": (info["height"] if latent is not None else pre.height)
+                                 if kind == "image" else None,
                                  "T": sched.T, "num_classes": num_classes}
     overrides.update(net_overrides or {})
     net_config = nets.build(net, **overrides).config
@@ -109,11 +111,11 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
                       image_size=pre.image_size if kind == "image" else None,
                       channels=pre.channels if kind == "image" else None,
                       preprocess=pre.to_dict())
-    if sampling is None:
-        sampling = (SamplingConfig(clip=(-1.0, 1.0), n=64) if kind == "image"
-                    else SamplingConfig(clip=None, n=2000))
+    if sampling is None:  # latents are not confined to [−1, 1]: no clipping of x̂_0 there
+        sampling = (SamplingConfig(clip=None if latent is not None else (-1.0, 1.0), n=64)
+                    if kind == "image" else SamplingConfig(clip=None, n=2000))
     return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
-                     train=train or TrainConfig(), sampling=sampling)
+                     train=train or TrainConfig(), sampling=sampling, latent=latent)
 
 
 @dataclass
@@ -306,7 +308,8 @@ class Trainer:
         cfg = self.config
         denoiser, schedule = build_denoiser(ema_net, cfg)
         pre = Preprocess.from_dict(cfg.data.preprocess or {})
-        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step)
+        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step,
+                        autoencoder=getattr(self.dataset, "autoencoder", None))
         was_training = ema_net.training
         ema_net.eval()
         try:
