@@ -29,12 +29,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .config import DataConfig, _build
+from .config import DataConfig, Settings, _build, registry, setting
 from .errors import RunError
 from .io import checkpoint_file, read_json, read_safetensors
 
@@ -47,7 +47,32 @@ RECONSTRUCTION_LOSSES = ("l1", "l2")
 
 # --------------------------------------------------------------------------- a trained AE's config
 @dataclass
-class AutoencoderTrainConfig:
+class AutoencoderBuildConfig(Settings):
+    """What ``noisecraft train-autoencoder`` builds a new autoencoder from (``stored``: where
+    its config.json keeps each, for the resume check)."""
+
+    flag_prefix: ClassVar[str | None] = None  # not `noisecraft train` flags
+
+    data: str | None = setting(None, "image dataset spec (required for a new run; with --resume: "
+                               "the run's own)", stored=lambda c: c.data.spec)
+    preset: str | None = setting(None, "network size: ae32 (28/32 px) or ae64 (64 px) (default: "
+                                 "by image size)", choices=registry("nets.autoencoder",
+                                                                    "AUTOENCODER_PRESETS"),
+                                 stored=lambda c: c.preset)
+    latent_channels: int = setting(4, "latent channels C", range="[1, inf)",
+                                   stored=lambda c: c.net["latent_channels"])
+    factor: int = setting(4, "downsampling factor f", choices=registry("nets.autoencoder", "FACTORS"),
+                          stored=lambda c: c.net["factor"])
+    image_size: int | None = setting(None, "resize + centre-crop images to this size (default: the "
+                                     "data's own)", range="[1, inf)", stored=lambda c: c.data.image_size)
+    channels: int | None = setting(None, "convert images to 1, 3 or 4 channels", choices=(1, 3, 4),
+                                   stored=lambda c: c.data.channels)
+    flip: bool = setting(False, "random left-right flips",
+                         stored=lambda c: bool((c.data.preprocess or {}).get("flip")))
+
+
+@dataclass
+class AutoencoderTrainConfig(Settings):
     """``noisecraft train-autoencoder``'s optimisation settings.
 
     Per example the loss is Σ_pixels rec(x, x̂) + ``kl_weight`` · Σ_latent KL(q(z|x) ‖ N(0, I)),
@@ -55,36 +80,23 @@ class AutoencoderTrainConfig:
     posterior sample (the reparameterisation trick), as in LDM's first stage.
     """
 
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 100
-    kl_weight: float = 1e-4
-    reconstruction: str = "l1"
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 500
-    num_workers: int = 0
+    flag_prefix: ClassVar[str | None] = None
 
-    def __post_init__(self) -> None:
-        from .config import _finite, _positive_int
-
-        _positive_int("steps", self.steps)
-        _positive_int("batch_size", self.batch_size)
-        _finite("lr", self.lr, 0, None, lo_open=True)
-        _positive_int("warmup", self.warmup, 0)
-        _finite("kl_weight", self.kl_weight, 0)
-        if self.reconstruction not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"reconstruction must be one of {', '.join(RECONSTRUCTION_LOSSES)}, "
-                             f"got {self.reconstruction!r}")
-        _finite("grad_clip", self.grad_clip, 0)
-        _positive_int("seed", self.seed, 0)
-        _positive_int("log_every", self.log_every)
-        _positive_int("sample_every", self.sample_every, 0)
-        _positive_int("checkpoint_every", self.checkpoint_every, 0)
-        _positive_int("num_workers", self.num_workers, 0)
+    steps: int = setting(2000, "optimizer steps", range="[1, inf)", resumable=True)
+    batch_size: int = setting(64, "examples per step", range="[1, inf)")
+    lr: float = setting(1e-3, "AdamW learning rate", range="(0, inf)")
+    warmup: int = setting(100, "linear LR warm-up steps", range="[0, inf)")
+    kl_weight: float = setting(1e-4, "weight of the KL term against the summed reconstruction "
+                               "error", range="[0, inf)")
+    reconstruction: str = setting("l1", "reconstruction loss", choices=RECONSTRUCTION_LOSSES)
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)", range="[0, inf)")
+    seed: int = setting(0, "seed for weights, noise and data order", range="[0, inf)")
+    log_every: int = setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
+    sample_every: int = setting(500, "write a reconstruction grid every N steps and at the end "
+                                "(0 = never)", range="[0, inf)", resumable=True)
+    checkpoint_every: int = setting(500, "save a checkpoint every N steps (0 = only at the end)",
+                                    range="[0, inf)", resumable=True)
+    num_workers: int = setting(0, "DataLoader workers", range="[0, inf)", resumable=True)
 
 
 @dataclass
@@ -94,6 +106,7 @@ class AutoencoderRunConfig:
     net: dict[str, Any]
     data: DataConfig
     train: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
+    preset: str | None = None
     kind: str = "autoencoder"
     version: int = AE_CONFIG_VERSION
 

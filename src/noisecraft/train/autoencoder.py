@@ -72,7 +72,8 @@ def new_autoencoder_config(dataset: Dataset | IterableDataset, spec: str, *, pre
     data = DataConfig(spec=spec, kind="image", shape=list(pre.shape),
                       num_classes=info.get("num_classes"), image_size=pre.image_size,
                       channels=pre.channels, preprocess=pre.to_dict())
-    return AutoencoderRunConfig(net=net.config, data=data, train=train or AutoencoderTrainConfig())
+    return AutoencoderRunConfig(net=net.config, data=data, train=train or AutoencoderTrainConfig(),
+                                preset=preset)
 
 
 def ae_losses(net: KLAutoencoder, x: Tensor, kl_weight: float, reconstruction: str,
