@@ -4,6 +4,7 @@ from . import data, grids, losses, metrics, nets, noise, process, samplers, viz
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
 from .errors import DataError, NoisecraftError, RunError
+from .guidance import Guided, interval_from_sigma
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
 from .process import q_sample, q_step, reverse_mean_variance
@@ -30,6 +31,7 @@ __all__ = [
     "Denoised",
     "Denoiser",
     "GaussianMixture",
+    "Guided",
     "LoadedRun",
     "ImportanceTimeSampler",
     "NoisecraftError",
@@ -41,6 +43,7 @@ __all__ = [
     "UniformTimeSampler",
     "data",
     "grids",
+    "interval_from_sigma",
     "load_run",
     "losses",
     "metrics",
