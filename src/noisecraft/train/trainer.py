@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import losses, nets
-from ..config import DataConfig, RunConfig, SamplingConfig, TrainConfig
+from ..config import BuildConfig, DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..denoiser import Denoiser
 from ..errors import RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
@@ -79,8 +79,9 @@ def rank_seed(seed: int, rank: int, stream: str) -> int:
 
 
 def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = "tiny",
-                   net_overrides: dict[str, Any] | None = None, schedule: str = "linear",
-                   T: int = 1000, prediction: str = "eps", class_conditional: bool = False,
+                   net_overrides: dict[str, Any] | None = None,
+                   schedule: str = BuildConfig.schedule, T: int = BuildConfig.timesteps,
+                   prediction: str = BuildConfig.prediction, class_conditional: bool = False,
                    train: TrainConfig | None = None, sampling: SamplingConfig | None = None
                    ) -> RunConfig:
     """The config of a new run: preset ``net`` sized to ``dataset`` (``dataset.info``) and the
@@ -188,6 +189,7 @@ class Trainer:
         stream = BatchStream(self.dataset, tc.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                              seed=tc.seed, num_workers=tc.num_workers, pin_memory=dev.type == "cuda")
         self.net, self.ema = net, ema
+        self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
         step, wall = 0, 0.0
         if self.resume:
             step, wall = self._restore(ctx, net, ema, opt, gen, stream)
@@ -196,7 +198,8 @@ class Trainer:
         if ctx.distributed:
             model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         # No clip: clamping x̂_0 is for sampling; the loss reads the raw output.
-        denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction)
+        denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction,
+                            learned_variance=bool(cfg.net.get("learned_variance", False)))
 
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         writer = _tensorboard(self.run_dir) if ctx.is_main else None
@@ -234,7 +237,7 @@ class Trainer:
                     last = micro == tc.accum - 1
                     sync = contextlib.nullcontext() if last or not ctx.distributed else model.no_sync()
                     with sync:
-                        loss = self._loss(denoiser, batch, gen, dev)
+                        loss = self._loss(denoiser, batch, gen, ctx)
                         (loss / tc.accum).backward()
                     sums[0] += loss.detach().double() / tc.accum
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
@@ -274,8 +277,9 @@ class Trainer:
                            examples_per_s=last_rate)
 
     def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
-              dev: torch.device) -> Tensor:
+              ctx: distributed.Context) -> Tensor:
         """The batch mean of the per-example losses (bf16 autocast on CUDA only)."""
+        dev = ctx.device
         x0 = batch["x"].to(dev, non_blocking=True)
         cond: dict[str, Tensor] = {}
         if self.config.data.num_classes is not None:
@@ -286,9 +290,17 @@ class Trainer:
                 drop = torch.rand(labels.shape, generator=gen, device=dev) < p_drop
                 labels = torch.where(drop, torch.full_like(labels, -1), labels)
             cond["labels"] = labels
+        tc = self.config.train
+        t, weights = self.time_sampler.sample(x0.shape[0], generator=gen, device=dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            per_example = losses.simple(denoiser, x0, generator=gen, **cond)
-        return per_example.float().mean()
+            per_example = losses.objective(
+                tc.loss, denoiser, x0, t, generator=gen, discrete=_eight_bit(self.config),
+                min_snr_gamma=tc.min_snr_gamma, hybrid_lambda=tc.hybrid_lambda, **cond).float()
+        if isinstance(self.time_sampler, losses.ImportanceTimeSampler):
+            # Every rank records every rank's (t, loss), so the samplers stay identical.
+            t_all, loss_all = distributed.all_gather_tensors([t, per_example.detach()], ctx)
+            self.time_sampler.update(t_all, loss_all)
+        return (per_example * weights).mean()
 
     # ------------------------------------------------------------------ outputs (rank 0)
     def _log(self, record: dict[str, Any], writer: Any) -> None:
@@ -344,6 +356,7 @@ class Trainer:
             state = {"version": STATE_VERSION, "step": step, "world_size": ctx.world_size,
                      "lr_step": step, "lr": lr_at(max(step - 1, 0), self.config.train),
                      "ema_updates": ema.num_updates, "wall_time_s": wall,
+                     "time_sampler": self.time_sampler.state_dict(),
                      "data": [json.loads(d) for d in data],
                      "rng": {k: [ckpt.encode_rng(_bytes_state(b)) for b in v] for k, v in rng.items()}}
             meta = {"step": str(step)}
@@ -366,6 +379,10 @@ class Trainer:
         check_step(model_file, load_weights(net, model_file), step)
         check_step(ema_file, load_weights(ema.net, ema_file), step)
         ema.num_updates = int(state.get("ema_updates", step))
+        try:
+            self.time_sampler.load_state_dict(state.get("time_sampler", {}))
+        except ValueError as e:
+            raise RunError(f"{d / STATE}: {e}") from None
         opt_state, meta = ckpt.optimizer_state_from_file(opt_file)
         check_step(opt_file, meta, step)
         try:
@@ -406,6 +423,12 @@ class Trainer:
             except json.JSONDecodeError:  # a line cut short by the crash
                 continue
         atomic_write(path, "".join(f"{line}\n" for line in kept))
+
+
+def _eight_bit(config: RunConfig) -> bool:
+    """Whether the data is 8-bit images, for which the bound's decoder is the discretised one."""
+    pre = config.data.preprocess or {}
+    return config.data.kind == "image" and list(pre.get("value_range", [])) == [0.0, 255.0]
 
 
 def _state_bytes(state: Tensor) -> bytes:
