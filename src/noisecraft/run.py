@@ -126,6 +126,32 @@ class LoadedRun:
             return tuple(self.config.latent.shape)
         return tuple(self.preprocess.shape)
 
+    @property
+    def text_conditional(self) -> bool:
+        return self.config.condition.kind == "text"
+
+    def text_encoder(self) -> Any:
+        """The run's frozen text encoder (loaded once, its sha256 checked against config.json)."""
+        from .conditioning import load_text_encoder
+
+        if not self.text_conditional:
+            raise ValueError(f"{self.run_dir} is not text-conditional; prompts do not apply")
+        c = self.config.condition
+        return load_text_encoder(c.text_encoder, sha256=c.text_encoder_sha256)
+
+    def default_prompts(self, n: int) -> list[str] | None:
+        """A text run's prompts when none are given: its caption template over the classes
+        0, 1, …, K−1, 0, … (templated runs), else the empty prompt (unconditional samples);
+        None for runs without text."""
+        if not self.text_conditional:
+            return None
+        c = self.config.condition
+        if c.caption_template is None or not c.class_names:
+            return [""] * n
+        from .data.captions import render
+
+        return render(c.caption_template, [i % len(c.class_names) for i in range(n)], c.class_names)
+
     def default_labels(self, n: int) -> np.ndarray | None:
         """Labels 0, 1, …, K−1, 0, 1, … for a class-conditional run; None otherwise."""
         if self.num_classes is None:
@@ -136,11 +162,15 @@ class LoadedRun:
     def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,
                         labels: np.ndarray | None = None,
-                        device: str | torch.device | None = None) -> torch.Tensor:
+                        device: str | torch.device | None = None,
+                        prompts: list[str] | None = None,
+                        guidance: float | None = None) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
         Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
         size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
+        ``prompts``: one per example (text runs). ``guidance``: the classifier-free guidance scale
+        w (``noisecraft.guidance.Guided``; the empty prompt / label −1 is the unconditional branch).
         """
         from .samplers import sample
 
@@ -154,6 +184,20 @@ class LoadedRun:
                 raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
             if self.num_classes is None:
                 raise ValueError(f"{self.run_dir} is not class-conditional; labels do not apply")
+        encoder = None
+        if prompts is not None:
+            encoder = self.text_encoder()
+            if isinstance(prompts, str) or len(prompts) != n:
+                raise ValueError(f"prompts must be a list of {n} strings, one per sample")
+        denoiser = self.denoiser
+        if guidance is not None:
+            from .conditioning import null_condition
+            from .guidance import Guided
+
+            if labels is None and prompts is None:
+                raise ValueError(f"guidance needs a condition (labels or prompts); {self.run_dir} "
+                                 "is sampled unconditionally")
+            denoiser = Guided(self.denoiser, guidance, null=null_condition)
         dev = torch.device(device) if device is not None else next(self.net.parameters()).device
         self.net.to(dev)
         out = []
@@ -162,7 +206,11 @@ class LoadedRun:
             cond = {}
             if labels is not None:
                 cond["labels"] = torch.as_tensor(labels[start:stop], dtype=torch.long, device=dev)
-            x = sample(self.denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
+            if encoder is not None:
+                from .conditioning import text_condition
+
+                cond.update(text_condition(encoder, list(prompts[start:stop]), dev))
+            x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps,
                        seed=seed, seed_offset=start, device=dev,
                        callback=callback if start == 0 else None, **cond)
@@ -171,10 +219,12 @@ class LoadedRun:
 
     def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
-                 labels: np.ndarray | None = None) -> np.ndarray:
+                 labels: np.ndarray | None = None, prompts: list[str] | None = None,
+                 guidance: float | None = None) -> np.ndarray:
         """``n`` samples as the data's own kind: uint8 (N, H, W, C) pictures for image runs,
         float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`."""
-        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels)
+        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels,
+                                 prompts=prompts, guidance=guidance)
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:
@@ -184,11 +234,9 @@ class LoadedRun:
 
         if self.config.latent is not None:
             x = self.decode(x)
-
         if self.preprocess.kind == "image":
             return to_uint8(x, self.preprocess)
         return denormalize(x, self.preprocess).numpy().astype(np.float32)
-
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

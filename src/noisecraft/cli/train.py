@@ -76,7 +76,7 @@ def _new_config(args: argparse.Namespace, build: Any, dataset: Any) -> Any:
     """A new run's config from the given flags and the dataclasses' defaults."""
     import dataclasses
 
-    from ..config import TrainConfig, flag_sections
+    from ..config import ConditionConfig, TrainConfig, flag_sections
     from ..train import new_run_config
 
     default_net = "tiny" if dataset.info["kind"] == "image" else "mlp"
@@ -85,7 +85,8 @@ def _new_config(args: argparse.Namespace, build: Any, dataset: Any) -> Any:
     config = new_run_config(dataset, build.data, net=build.net or default_net,
                             net_overrides=overrides, schedule=build.schedule, T=build.timesteps,
                             prediction=build.prediction, class_conditional=build.class_cond,
-                            train=TrainConfig(**sections.pop("train", {})))
+                            train=TrainConfig(**sections.pop("train", {})),
+                            condition=ConditionConfig(**sections.pop("condition", {})))
     for attr, given in sections.items():
         if given:
             config = dataclasses.replace(
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         build = BuildConfig(**given_settings(args, BuildConfig))
         if build.data is None:
             raise ValueError("--data is required (unless --resume)")
-        if args.label_dropout and not build.class_cond:
+        if args.label_dropout and not (build.class_cond or args.condition == "class"):
             raise ValueError("--label-dropout needs --class-cond")
         if args.latent_posterior and build.autoencoder is None:
             raise ValueError("--latent-posterior needs --autoencoder")
