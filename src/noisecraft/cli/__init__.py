@@ -17,7 +17,7 @@ from ._args import apply_threads
 
 # Sub-command modules, in the order `--help` lists them.
 COMMAND_MODULES: list[str] = ["train", "sample", "demo", "fid", "evaluate", "data", "nll",
-                              "train_autoencoder"]
+                              "train_autoencoder", "generate"]
 
 
 class _Parser(argparse.ArgumentParser):
