@@ -98,3 +98,43 @@ def test_bad_autoencoder_folder_is_one_line_naming_the_file(latent_run, tmp_path
     err = capsys.readouterr().err
     assert err.startswith("noisecraft: error: ") and err.count("\n") == 1
     assert str(bad) in err and expected in err
+
+
+def test_generate_classes_with_the_stage_figure_and_the_python_pipeline(latent_run, tmp_path, capsys):
+    from noisecraft import Pipeline
+
+    _, run = latent_run
+    out = tmp_path / "g"
+    assert main(["generate", str(run), "--class", "3", "--class", "7", "--n", "2", "--steps", "4",
+                 "--seed", "5", "--out", str(out), "--explain", "--no-progress"]) == 0
+    saved = np.load(out.with_suffix(".npz"))
+    assert list(saved["labels"]) == [3, 3, 7, 7] and saved["images"].shape == (4, 8, 8, 1)
+    assert out.with_suffix(".png").is_file() and (tmp_path / "g_explain.png").is_file()
+    # the Python object gives the same pictures, and the same as `sample`'s path (LoadedRun.generate)
+    pipe = Pipeline.from_run(run)
+    images = pipe(labels=[3, 7], n=2, steps=4, seed=5, progress=False).images
+    assert np.array_equal(images, saved["images"])
+    direct = pipe.run.generate(4, steps=4, seed=5, labels=np.array([3, 3, 7, 7]))
+    assert np.array_equal(direct, saved["images"])
+    # the run was trained without label dropout: there is no unconditional branch to guide with
+    capsys.readouterr()
+    assert main(["generate", str(run), "--class", "3", "--guidance", "3", "--out",
+                 str(tmp_path / "h")]) == 2
+    assert "label-dropout" in capsys.readouterr().err
+
+
+def test_text_to_image_on_latents(latent_run, tmp_path):
+    pytest.importorskip("transformers")
+    ae, _ = latent_run
+    run = tmp_path / "text"
+    assert main(["train", "--data", "digits", "--autoencoder", str(ae), "--out", str(run),
+                 "--condition", "text", "--caption-template", "a handwritten digit {name}",
+                 "--steps", "2", "--batch-size", "16", "--timesteps", "50", "--sample-every", "0",
+                 "--no-progress"]) == 0
+    out = tmp_path / "t"
+    assert main(["generate", str(run), "--prompt", "a handwritten digit seven", "--prompt",
+                 "seven, written by hand", "--n", "2", "--guidance", "4", "--steps", "3",
+                 "--out", str(out), "--explain", "--no-progress"]) == 0
+    saved = np.load(out.with_suffix(".npz"))
+    assert list(saved["prompts"]) == ["a handwritten digit seven"] * 2 + ["seven, written by hand"] * 2
+    assert saved["images"].shape == (4, 8, 8, 1)
