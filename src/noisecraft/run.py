@@ -239,6 +239,20 @@ class LoadedRun:
         return denormalize(x, self.preprocess).numpy().astype(np.float32)
 
     @torch.no_grad()
+    def encode(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Model-space pictures → the scaled posterior means z_s = (mean − shift) · scale a latent
+        run's network models (the inverse direction of :meth:`decode`), on the CPU."""
+        lat = self.config.latent
+        if lat is None:
+            raise ValueError(f"{self.run_dir} is not a latent run; there is nothing to encode")
+        if self.autoencoder is None:
+            raise RunError(f"{self.run_dir}: a latent run loaded without its autoencoder")
+        dev = self.autoencoder.device
+        parts = [(self.autoencoder.encode(x[i:i + batch_size].to(dev, torch.float32))[0].float().cpu()
+                  - lat.shift_factor) * lat.scale_factor for i in range(0, len(x), batch_size)]
+        return torch.cat(parts)
+
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Scaled latents (N, C, H', W') → model-space pictures in [−1, 1] on the CPU:
         x = decode(z_s / scale + shift), with the run's recorded scale and shift."""

@@ -138,3 +138,24 @@ def test_text_to_image_on_latents(latent_run, tmp_path):
     saved = np.load(out.with_suffix(".npz"))
     assert list(saved["prompts"]) == ["a handwritten digit seven"] * 2 + ["seven, written by hand"] * 2
     assert saved["images"].shape == (4, 8, 8, 1)
+
+
+def test_nll_of_a_latent_run_is_in_latent_units(latent_run, capsys):
+    import torch
+
+    from noisecraft import data, nll
+
+    _, run = latent_run
+    assert main(["nll", str(run), "--data", "digits", "--n", "4", "--method", "vlb", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["units"] == "latent bits/dim" and record["convention"].startswith("latent:")
+    # the same number from the library on the encoded pictures: the CLI scored latents, not pixels
+    loaded = load_run(run)
+    x = torch.stack([data.load("digits", split="test")[i]["x"] for i in range(4)])
+    labels = torch.tensor([data.load("digits", split="test")[i]["label"] for i in range(4)])
+    from noisecraft.denoiser import Denoiser
+
+    den = Denoiser(loaded.net, loaded.schedule, loaded.denoiser.prediction, clip=None)
+    bits = nll(den, loaded.encode(x), loaded.schedule, "vlb", discrete=False,
+               generator=torch.Generator().manual_seed(0), labels=labels)
+    assert record["mean"] == pytest.approx(float(bits.mean()), rel=1e-5)
