@@ -108,6 +108,8 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--ae-steps", type=int, default=150)
+    p.add_argument("--ae-cases", default=",".join(f"{f}x{c}" for f, c in AE_CASES),
+                   help="comma-separated fxC pairs (default %(default)s)")
     p.add_argument("--ae-base", type=int, default=16)
     p.add_argument("--budget", type=float, default=120.0, help="CPU seconds of diffusion training")
     p.add_argument("--skip-diffusion", action="store_true")
@@ -120,7 +122,10 @@ def main() -> None:
     rows = ["| f | C | latent | values / image | compression | steps | CPU s | wall s "
             "| test PSNR (dB) |",
             "|---|---|---|---|---|---|---|---|---|"]
-    for f, c in AE_CASES:
+    cases = [tuple(int(v) for v in case.split("x")) for case in args.ae_cases.split(",")]
+    if (4, 4) not in cases and not args.skip_diffusion:
+        cases.append((4, 4))  # part 2 diffuses in this autoencoder's latents
+    for f, c in cases:
         out = root / f"ae-f{f}-c{c}"
         t = train_autoencoder(pixels, args.data, out, f, c, args.ae_steps, args.ae_base)
         side = 32 // f  # 28 px pads to 32
