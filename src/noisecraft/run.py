@@ -164,13 +164,16 @@ class LoadedRun:
                         labels: np.ndarray | None = None,
                         device: str | torch.device | None = None,
                         prompts: list[str] | None = None,
-                        guidance: float | None = None) -> torch.Tensor:
+                        guidance: float | None = None,
+                        options: dict[str, Any] | None = None) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
         Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
         size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
         ``prompts``: one per example (text runs). ``guidance``: the classifier-free guidance scale
         w (``noisecraft.guidance.Guided``; the empty prompt / label −1 is the unconditional branch).
+        ``options`` are the sampler's own (``{"variance": "learned"}`` for ddpm, ``{"eta": 1.0}``
+        for ddim).
         """
         from .samplers import sample
 
@@ -211,7 +214,7 @@ class LoadedRun:
 
                 cond.update(text_condition(encoder, list(prompts[start:stop]), dev))
             x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
-                       steps=steps,
+                       steps=steps, options=options,
                        seed=seed, seed_offset=start, device=dev,
                        callback=callback if start == 0 else None, **cond)
             out.append(x.float().cpu())
@@ -220,11 +223,12 @@ class LoadedRun:
     def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
                  labels: np.ndarray | None = None, prompts: list[str] | None = None,
-                 guidance: float | None = None) -> np.ndarray:
+                 guidance: float | None = None,
+                 options: dict[str, Any] | None = None) -> np.ndarray:
         """``n`` samples as the data's own kind: uint8 (N, H, W, C) pictures for image runs,
         float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`."""
         x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels,
-                                 prompts=prompts, guidance=guidance)
+                                 prompts=prompts, guidance=guidance, options=options)
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:

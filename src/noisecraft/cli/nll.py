@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--probes", type=positive_int, default=1, help="ode: Hutchinson probes per example (default 1)")
     a("--rtol", type=positive_float, default=1e-5, help="ode: relative tolerance (default 1e-5)")
     a("--atol", type=positive_float, default=1e-5, help="ode: absolute tolerance (default 1e-5)")
-    a("--variance", choices=("beta", "beta_tilde", "learned"),
+    from ..process import VARIANCES
+
+    a("--variance", choices=VARIANCES,
       help="vlb: reverse-step variance (default: learned if the net has it, else beta_tilde)")
     a("--continuous", action="store_true", help="treat 8-bit data as continuous values")
     a("--seed", type=non_negative_int, default=0,

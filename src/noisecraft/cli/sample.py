@@ -41,9 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
       help="text runs: a prompt (repeat for several; --n samples each)")
     a("--guidance", type=non_negative_float, metavar="W",
       help="classifier-free guidance scale w (1: conditional, 0: unconditional; default: none)")
+    from ..config import SamplingConfig
+    from ..process import VARIANCES
+
     a("--sampler", help="one of noisecraft.SAMPLERS: ddpm, ddim, euler, heun, dpmpp-2m, sde, ... "
-      "(default: the run's, ddim)")
-    a("--steps", type=positive_int, help="sampling steps (default: the run's, 50)")
+      f"(default: the run's, {SamplingConfig.sampler} unless set otherwise)")
+    a("--steps", type=positive_int,
+      help=f"sampling steps (default: the run's, {SamplingConfig.steps} unless set otherwise)")
+    a("--variance", choices=VARIANCES, help="ddpm: the reverse-step variance (default: learned "
+      "if the run's net has it, else beta_tilde)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
     a("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")
     add_threads(p)
@@ -73,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     steps = args.steps or run_.config.sampling.steps
+    if args.variance is not None and sampler != "ddpm":
+        raise ValueError(f"--variance applies to --sampler ddpm, not {sampler}")
     prompts = _prompts(args, run_)
     n = len(prompts) if prompts is not None else args.n
     labels = run_.default_labels(n)
     out = run_.generate(n, sampler=sampler, steps=steps, seed=args.seed,
                         batch_size=args.batch_size, labels=labels, prompts=prompts,
-                        guidance=args.guidance)
+                        guidance=args.guidance,
+                        options={"variance": args.variance} if args.variance else None)
     arrays = {"images" if run_.preprocess.kind == "image" else "samples": out}
     if labels is not None:
         arrays["labels"] = labels
