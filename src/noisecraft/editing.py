@@ -33,7 +33,8 @@ from torch import Tensor
 from . import grids
 from .denoiser import Denoised, Denoiser
 from .noise import BatchNoise, ExampleNoise, NoiseSource
-from .samplers import SAMPLERS, _as_denoiser
+from .samplers import SAMPLERS
+from .samplers import as_denoiser as _as_denoiser
 from .schedule import Schedule
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
