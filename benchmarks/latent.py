@@ -160,7 +160,9 @@ def main() -> None:
     command = " ".join(["benchmarks/latent.py", *sys.argv[1:]])
     stamp = (f"2-core CPU, shared with other jobs; torch {torch.__version__}, 1 thread; "
              f"{datetime.date.today().isoformat()}; command: `{command}`")
-    text = f"{stamp}\n\nAutoencoder (MNIST test PSNR, first {TEST_IMAGES} test images):\n\n{ae_table}\n"
+    text = (f"## Latent diffusion, MNIST (`benchmarks/latent.py`) — {datetime.date.today().isoformat()}"
+            f"\n\n{stamp}\n\nAutoencoder (MNIST test PSNR, first {TEST_IMAGES} test images):"
+            f"\n\n{ae_table}\n")
     if diff_table:
         text += (f"\nLatent vs pixel diffusion at {args.budget:.0f} CPU s of training each:\n\n"
                  f"{diff_table}\n")
