@@ -6,6 +6,7 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.slow  # importing diffusers alone takes ~12 s of CPU
 
 from noisecraft.autoencoders import load_autoencoder  # noqa: E402
 from noisecraft.errors import RunError  # noqa: E402
