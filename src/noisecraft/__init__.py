@@ -8,6 +8,7 @@ from .errors import DataError, NoisecraftError, RunError
 from .guidance import Guided, interval_from_sigma
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
+from .pipeline import Pipeline
 from .process import q_sample, q_step, reverse_mean_variance
 from .run import LoadedRun, load_run
 from .samplers import SAMPLERS, sample
@@ -36,6 +37,7 @@ __all__ = [
     "LoadedRun",
     "ImportanceTimeSampler",
     "NoisecraftError",
+    "Pipeline",
     "RunError",
     "SAMPLERS",
     "Schedule",

@@ -2,8 +2,12 @@
 
 Image runs write a grid (FILE.png) and ``images``: uint8 (N, H, W, C) in the data's own size and
 channels (FILE.npz); vector runs a scatter plot and ``samples``: float32 (N, D) in data units.
-Class-conditional runs cycle the labels 0, 1, …, K−1 and store them as ``labels``. Example i
-depends only on (--seed, i), not on --batch-size.
+Class-conditional runs cycle the labels 0, 1, …, K−1 and store them as ``labels``. Text runs
+draw --n samples for each --prompt, prompt after prompt (the grid's rows follow the prompts), and
+store them as ``prompts``; without --prompt, a templated run cycles its template over the classes
+and any other text run samples the empty prompt (unconditionally). --guidance w mixes the
+conditional and unconditional predictions (classifier-free guidance). Example i depends only on
+(--seed, i), not on --batch-size.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
+from ._args import (
+    add_run_arguments,
+    add_threads,
+    command_parser,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--out", required=True, metavar="FILE",
       help="output path without extension: writes FILE.png and FILE.npz")
-    a("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    a("--n", type=positive_int, default=64,
+      help="number of samples (default 64); with --prompt, per prompt")
+    a("--prompt", action="append", metavar="TEXT",
+      help="text runs: a prompt (repeat for several; --n samples each)")
+    a("--guidance", type=non_negative_float, metavar="W",
+      help="classifier-free guidance scale w (1: conditional, 0: unconditional; default: none)")
     from ..config import SamplingConfig
     from ..process import VARIANCES
 
@@ -65,19 +81,44 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or run_.config.sampling.steps
     if args.variance is not None and sampler != "ddpm":
         raise ValueError(f"--variance applies to --sampler ddpm, not {sampler}")
-    labels = run_.default_labels(args.n)
-    out = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
-                        batch_size=args.batch_size, labels=labels,
+    prompts = _prompts(args, run_)
+    n = len(prompts) if prompts is not None else args.n
+    labels = run_.default_labels(n)
+    out = run_.generate(n, sampler=sampler, steps=steps, seed=args.seed,
+                        batch_size=args.batch_size, labels=labels, prompts=prompts,
+                        guidance=args.guidance,
                         options={"variance": args.variance} if args.variance else None)
     arrays = {"images" if run_.preprocess.kind == "image" else "samples": out}
     if labels is not None:
         arrays["labels"] = labels
+    if prompts is not None:
+        arrays["prompts"] = np.array(prompts, dtype=str)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write(base.with_suffix(".npz"), buf.getvalue())
     picture = viz.image_grid(out) if run_.preprocess.kind == "image" else viz.scatter(out[:, :2])
     viz.save(picture, base.with_suffix(".png"))
-    print(f"noisecraft: {args.n} samples ({sampler}, {steps} steps, seed {args.seed}, "
+    print(f"noisecraft: {n} samples ({sampler}, {steps} steps, seed {args.seed}, "
           f"{'raw' if args.no_ema else 'EMA'} weights of step {run_.step}) -> "
           f"{base.with_suffix('.png')}, {base.with_suffix('.npz')}")
     return 0
+
+
+def _prompts(args: argparse.Namespace, run_: object) -> list[str] | None:
+    """One prompt per sample: --n of each --prompt in turn, or the run's defaults; and the
+    checks that make --prompt and --guidance meaningful for this run."""
+    condition = run_.config.condition  # type: ignore[attr-defined]
+    if args.prompt and condition.kind != "text":
+        raise ValueError(f"--prompt needs a text-conditional run; {args.run_dir} is conditioned "
+                         f"on {condition.kind!r}")
+    if args.guidance is not None:
+        if condition.kind == "none":
+            raise ValueError(f"--guidance needs a conditional run; {args.run_dir} is unconditional")
+        if condition.kind == "text" and not condition.caption_dropout:
+            raise ValueError(f"--guidance needs a run trained with caption dropout (the "
+                             f"unconditional prediction); {args.run_dir} has caption_dropout 0")
+    if condition.kind != "text":
+        return None
+    if not args.prompt:
+        return run_.default_prompts(args.n)  # type: ignore[attr-defined]
+    return [p for p in args.prompt for _ in range(args.n)]
