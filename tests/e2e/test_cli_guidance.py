@@ -131,3 +131,21 @@ def test_class_cond_training_defaults_to_label_dropout(tmp_path):
     assert read_config(tmp_path / "a").train.label_dropout == CLASS_COND_LABEL_DROPOUT == 0.1
     assert main([*args, "--label-dropout", "0", "--out", str(tmp_path / "b")]) == 0
     assert read_config(tmp_path / "b").train.label_dropout == 0.0
+
+
+@pytest.mark.slow  # loads the text encoder
+def test_prompts_are_guided_with_the_empty_prompt_as_null(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    common = ["--data", "digits", "--condition", "text", "--caption-template",
+              "a handwritten digit {name}", "--steps", "2", "--batch-size", "8", "--net", "tiny",
+              "--timesteps", "20", "--sample-every", "0", "--no-progress"]
+    assert main(["train", *common, "--out", str(tmp_path / "text")]) == 0
+    assert sample(tmp_path / "text", tmp_path / "a", "--n", 2, "--prompt", "seven",
+                  "--guidance", 3, "--guidance-rescale", 0.5) == 0
+    want = load_run(tmp_path / "text").generate(2, steps=3, prompts=["seven", "seven"],
+                                                guidance=3.0, guidance_rescale=0.5)
+    np.testing.assert_array_equal(npz(tmp_path / "a.npz")["images"], want)
+    assert main(["train", *common, "--caption-dropout", "0", "--out", str(tmp_path / "nodrop")]) == 0
+    capsys.readouterr()
+    assert sample(tmp_path / "nodrop", tmp_path / "b", "--prompt", "seven", "--guidance", 3) == 2
+    assert "trained without caption dropout" in capsys.readouterr().err
