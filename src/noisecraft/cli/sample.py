@@ -2,12 +2,12 @@
 
 Image runs write a grid (FILE.png) and ``images``: uint8 (N, H, W, C) in the data's own size and
 channels (FILE.npz); vector runs a scatter plot and ``samples``: float32 (N, D) in data units.
-Class-conditional runs cycle the labels 0, 1, …, K−1 and store them as ``labels``. Text runs
-draw --n samples for each --prompt, prompt after prompt (the grid's rows follow the prompts), and
-store them as ``prompts``; without --prompt, a templated run cycles its template over the classes
-and any other text run samples the empty prompt (unconditionally). --guidance w mixes the
-conditional and unconditional predictions (classifier-free guidance). Example i depends only on
-(--seed, i), not on --batch-size.
+Class-conditional runs cycle the labels 0, 1, …, K−1 (or the --class list) and store them as
+``labels``. Text runs draw --n samples for each --prompt, prompt after prompt (the grid's rows
+follow the prompts), and store them as ``prompts``; without --prompt, a templated run cycles its
+template over the classes and any other text run samples the empty prompt (unconditionally).
+--guidance W mixes the conditional and unconditional predictions (classifier-free guidance; or
+autoguidance with --autoguide). Example i depends only on (--seed, i), not on --batch-size.
 """
 
 from __future__ import annotations
@@ -18,14 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._args import (
-    add_run_arguments,
-    add_threads,
-    command_parser,
-    non_negative_float,
-    non_negative_int,
-    positive_int,
-)
+from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
+from ._guidance import add_guidance_arguments, describe, guidance_kwargs, labels_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,13 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
       help="number of samples (default 64); with --prompt, per prompt")
     a("--prompt", action="append", metavar="TEXT",
       help="text runs: a prompt (repeat for several; --n samples each)")
-    a("--guidance", type=non_negative_float, metavar="W",
-      help="classifier-free guidance scale w (1: conditional, 0: unconditional; default: none)")
+    from ..config import SamplingConfig
+    from ..process import VARIANCES
+
     a("--sampler", help="one of noisecraft.SAMPLERS: ddpm, ddim, euler, heun, dpmpp-2m, sde, ... "
-      "(default: the run's, ddim)")
-    a("--steps", type=positive_int, help="sampling steps (default: the run's, 50)")
+      f"(default: the run's, {SamplingConfig.sampler} unless set otherwise)")
+    a("--steps", type=positive_int,
+      help=f"sampling steps (default: the run's, {SamplingConfig.steps} unless set otherwise)")
+    a("--variance", choices=VARIANCES, help="ddpm: the reverse-step variance (default: learned "
+      "if the run's net has it, else beta_tilde)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
     a("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")
+    add_guidance_arguments(p)
     add_threads(p)
     p.set_defaults(func=run)
 
@@ -73,12 +72,16 @@ def run(args: argparse.Namespace) -> int:
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     steps = args.steps or run_.config.sampling.steps
+    if args.variance is not None and sampler != "ddpm":
+        raise ValueError(f"--variance applies to --sampler ddpm, not {sampler}")
     prompts = _prompts(args, run_)
     n = len(prompts) if prompts is not None else args.n
-    labels = run_.default_labels(n)
+    labels = labels_from_args(run_, args, n)
+    guidance = guidance_kwargs(run_, args)
     out = run_.generate(n, sampler=sampler, steps=steps, seed=args.seed,
                         batch_size=args.batch_size, labels=labels, prompts=prompts,
-                        guidance=args.guidance)
+                        options={"variance": args.variance} if args.variance else None,
+                        **guidance)
     arrays = {"images" if run_.preprocess.kind == "image" else "samples": out}
     if labels is not None:
         arrays["labels"] = labels
@@ -89,25 +92,20 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(base.with_suffix(".npz"), buf.getvalue())
     picture = viz.image_grid(out) if run_.preprocess.kind == "image" else viz.scatter(out[:, :2])
     viz.save(picture, base.with_suffix(".png"))
-    print(f"noisecraft: {n} samples ({sampler}, {steps} steps, seed {args.seed}, "
+    print(f"noisecraft: {n} samples ({sampler}, {steps} steps, seed {args.seed}"
+          f"{describe(guidance)}, "
           f"{'raw' if args.no_ema else 'EMA'} weights of step {run_.step}) -> "
           f"{base.with_suffix('.png')}, {base.with_suffix('.npz')}")
     return 0
 
 
 def _prompts(args: argparse.Namespace, run_: object) -> list[str] | None:
-    """One prompt per sample: --n of each --prompt in turn, or the run's defaults; and the
-    checks that make --prompt and --guidance meaningful for this run."""
+    """One prompt per sample: --n of each --prompt in turn, or the run's defaults (--guidance is
+    checked by ``noisecraft.guidance.guide_run``)."""
     condition = run_.config.condition  # type: ignore[attr-defined]
     if args.prompt and condition.kind != "text":
         raise ValueError(f"--prompt needs a text-conditional run; {args.run_dir} is conditioned "
                          f"on {condition.kind!r}")
-    if args.guidance is not None:
-        if condition.kind == "none":
-            raise ValueError(f"--guidance needs a conditional run; {args.run_dir} is unconditional")
-        if condition.kind == "text" and not condition.caption_dropout:
-            raise ValueError(f"--guidance needs a run trained with caption dropout (the "
-                             f"unconditional prediction); {args.run_dir} has caption_dropout 0")
     if condition.kind != "text":
         return None
     if not args.prompt:

@@ -1,10 +1,11 @@
 """The training loop: AdamW, warm-up, clipping, EMA, accumulation, checkpoints, DDP.
 
 One optimizer step draws ``accum`` micro-batches x_0, for each a per-example loss
-(``losses.simple``: t uniform on {1, …, T}, ε ~ N(0, I), the Denoiser's regression target),
-averages it over the batch and the micro-batches, clips the gradient norm, steps AdamW and moves
-the EMA. Under ``torchrun`` the network is wrapped in DistributedDataParallel, which averages
-the gradients over ranks; everything else is the same code. Only rank 0 writes files.
+(``losses.objective(config.train.loss)``, t from ``config.train.time_sampler`` with its importance
+weights, ε ~ N(0, I)), averages it over the batch and the micro-batches, clips the gradient
+norm, steps AdamW and moves the EMA. Under ``torchrun`` the network is wrapped in
+DistributedDataParallel, which averages the gradients over ranks; everything else is the same
+code. Only rank 0 writes files.
 
 Reproducibility: on the CPU a run is a function of its config. All randomness comes from a
 per-rank training generator (t, ε, label dropout), torch's global RNG (dropout, flips) and the
@@ -113,8 +114,10 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
     if class_conditional and not num_classes:
         raise ValueError(f"{spec!r} has no labels, so it cannot train a class-conditional model")
     sched = Schedule.from_name(schedule, T=T)
+    latent = getattr(dataset, "latent", None)  # a LatentDataset: the net sees latent images
     overrides: dict[str, Any] = {"in_channels": info["channels"] if kind == "image" else info["dim"],
-                                 "image_size": pre.height if kind == "image" else None,
+                                 "image_size": (info["height"] if latent is not None else pre.height)
+                                 if kind == "image" else None,
                                  "T": sched.T, "num_classes": num_classes}
     overrides.update(text_overrides)
     overrides.update(net_overrides or {})
@@ -123,11 +126,12 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
                       image_size=pre.image_size if kind == "image" else None,
                       channels=pre.channels if kind == "image" else None,
                       preprocess=pre.to_dict())
-    if sampling is None:
-        sampling = (SamplingConfig(clip=(-1.0, 1.0), n=64) if kind == "image"
-                    else SamplingConfig(clip=None, n=2000))
+    if sampling is None:  # latents are not confined to [−1, 1]: no clipping of x̂_0 there
+        sampling = (SamplingConfig(clip=None if latent is not None else (-1.0, 1.0), n=64)
+                    if kind == "image" else SamplingConfig(clip=None, n=2000))
     return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
-                     train=train or TrainConfig(), sampling=sampling, condition=condition)
+                     train=train or TrainConfig(), sampling=sampling, condition=condition,
+                     latent=latent)
 
 
 def _text_condition(condition: ConditionConfig, dataset: Any, spec: str
@@ -370,7 +374,8 @@ class Trainer:
         cfg = self.config
         denoiser, schedule = build_denoiser(ema_net, cfg)
         pre = Preprocess.from_dict(cfg.data.preprocess or {})
-        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step)
+        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step,
+                        autoencoder=getattr(self.dataset, "autoencoder", None))
         was_training = ema_net.training
         ema_net.eval()
         try:
