@@ -20,7 +20,7 @@ from .errors import RunError
 
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
-DATA_KINDS = ("image", "vector")
+DATA_KINDS = ("image", "vector", "audio")  # as Preprocess.KINDS
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:

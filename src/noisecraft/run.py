@@ -133,11 +133,13 @@ class LoadedRun:
     def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,
                         labels: np.ndarray | None = None,
-                        device: str | torch.device | None = None) -> torch.Tensor:
+                        device: str | torch.device | None = None,
+                        progress: bool = False) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
         Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
-        size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
+        size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only. ``progress``
+        draws a tqdm bar on stderr counting sampler steps over all batches, with an ETA.
         """
         from .samplers import sample
 
@@ -153,8 +155,9 @@ class LoadedRun:
                 raise ValueError(f"{self.run_dir} is not class-conditional; labels do not apply")
         dev = torch.device(device) if device is not None else next(self.net.parameters()).device
         self.net.to(dev)
+        bar = _step_bar(-(-n // batch_size), steps) if progress else None
         out = []
-        for start in range(0, n, batch_size):
+        for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(n, start + batch_size)
             cond = {}
             if labels is not None:
@@ -162,25 +165,78 @@ class LoadedRun:
             x = sample(self.denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps,
                        seed=seed, seed_offset=start, device=dev,
-                       callback=callback if start == 0 else None, **cond)
+                       callback=_with_bar(callback if start == 0 else None, bar), **cond)
             out.append(x.float().cpu())
+            if bar is not None:  # in step with the batches even if a sampler reports fewer steps
+                bar.update((batch + 1) * steps - bar.n)
+        if bar is not None:
+            bar.close()
         return torch.cat(out)
 
     def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
-                 labels: np.ndarray | None = None) -> np.ndarray:
+                 labels: np.ndarray | None = None, progress: bool = False) -> np.ndarray:
         """``n`` samples as the data's own kind: uint8 (N, H, W, C) pictures for image runs,
-        float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`."""
-        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels)
+        float32 (N, 1, n_mels, frames) log-mel spectrograms in [−1, 1] for audio runs (waveforms:
+        :meth:`to_audio`), float32 (N, D) vectors in data units for vector runs. See
+        :meth:`generate_tensor`."""
+        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels,
+                                 progress=progress)
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:
-        """Model-space samples → uint8 pictures (images) or float32 data-unit vectors."""
+        """Model-space samples → uint8 pictures (images), float32 spectrograms (audio, the
+        model's own [−1, 1] log-mel units, which :meth:`to_audio` inverts) or float32 vectors."""
         from .data import denormalize, to_uint8
 
         if self.preprocess.kind == "image":
             return to_uint8(x, self.preprocess)
+        if self.preprocess.kind == "audio":
+            return torch.as_tensor(x).detach().cpu().float().clamp(-1, 1).numpy()
         return denormalize(x, self.preprocess).numpy().astype(np.float32)
+
+    @property
+    def audio_config(self) -> Any:
+        """The run's :class:`noisecraft.data.audio.AudioConfig` (sample rate, mels, hop, frames,
+        dB range), rebuilt from config.json; ValueError for runs that are not audio."""
+        from .data.audio import AudioConfig
+
+        if self.preprocess.kind != "audio":
+            raise ValueError(f"{self.run_dir} models {self.preprocess.kind} data, not audio")
+        return AudioConfig.from_dict(self.preprocess.audio)
+
+    def to_audio(self, spectrograms: np.ndarray | torch.Tensor, n_iter: int | None = None
+                 ) -> np.ndarray:
+        """Spectrograms from :meth:`generate` → float32 waveforms (N, (frames − 1) · hop) at
+        ``audio_config.sample_rate``: inverse mel (non-negative least squares) + fast
+        Griffin-Lim (``noisecraft.data.audio.spectrogram_to_audio``; ``n_iter`` None: its
+        default), initial phases seed 0."""
+        from .data.audio import GRIFFIN_LIM_ITERS, spectrogram_to_audio
+
+        x = torch.as_tensor(np.asarray(spectrograms), dtype=torch.float32)
+        return spectrogram_to_audio(x, self.audio_config, n_iter=n_iter or GRIFFIN_LIM_ITERS).numpy()
+
+
+def _step_bar(batches: int, steps: int) -> Any:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=batches * steps, desc="sample", unit="step", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _with_bar(callback: Callable[..., Any] | None, bar: Any) -> Callable[..., Any] | None:
+    """``callback`` that also advances ``bar`` by one sampler step (either may be None)."""
+    if bar is None:
+        return callback
+
+    def step(*args: Any) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(*args)
+
+    return step
 
 
 def build_denoiser(net: nn.Module, config: RunConfig) -> tuple[Any, Any]:

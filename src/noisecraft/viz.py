@@ -74,6 +74,25 @@ def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2,
     return Image.fromarray(canvas)
 
 
+def spectrogram_pictures(spectrograms: np.ndarray) -> np.ndarray:
+    """Log-mel spectrograms (N, 1, n_mels, frames) in [−1, 1] → uint8 (N, n_mels, frames, 1)
+    pictures, loud bright and the lowest mel band at the bottom row, as spectrograms are read."""
+    x = np.asarray(spectrograms, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"spectrograms must have shape (N, 1, n_mels, frames), got {x.shape}")
+    v = np.rint((np.clip(x[:, 0], -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    return np.ascontiguousarray(v[:, ::-1, :, None])
+
+
+def spectrogram_grid(spectrograms: np.ndarray, nrow: int | None = None) -> Image.Image:
+    """A grid of log-mel spectrograms (see :func:`spectrogram_pictures`), at most four per row
+    by default: they are wide (frames) and short (mels)."""
+    pictures = spectrogram_pictures(spectrograms)
+    return image_grid(pictures, nrow=nrow or min(len(pictures), 4))
+
+
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=12)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--resume", action="store_true", help="continue the run in RUN_DIR up to --steps, restoring "
       "weights, EMA, optimizer, LR schedule, RNG and data order")
     a("--net", metavar="PRESET", help=f"network preset: {', '.join(PRESETS)} "
-      "(default: tiny for images, mlp for vectors)")
+      "(default: tiny for images, audio for spectrograms, mlp for vectors)")
     a("--steps", type=positive_int, help="total optimizer steps (default 2000)")
     a("--batch-size", type=positive_int, help="examples per process per micro-batch (default 128)")
     a("--lr", type=positive_float, help="peak AdamW learning rate (default 2e-4)")
@@ -155,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, **updates))
         d = config.data
         flip = bool((d.preprocess or {}).get("flip"))
-        dataset = nc_data.load(d.spec, **({"image_size": d.image_size, "channels": d.channels,
-                                            "flip": flip} if d.kind == "image" else {}))
+        options = ({"image_size": d.image_size, "channels": d.channels, "flip": flip}
+                   if d.kind == "image" else (d.preprocess or {}).get("audio", {}))
+        dataset = nc_data.load(d.spec, **options)
         if d.preprocess is not None and dataset.preprocess.to_dict() != d.preprocess:
             raise ValueError(f"{d.spec!r} now loads with preprocessing {dataset.preprocess.to_dict()}, "
                              f"but the run was trained with {d.preprocess}")
@@ -172,8 +173,10 @@ def run(args: argparse.Namespace) -> int:
         image_opts = {k: v for k, v in (("image_size", args.image_size), ("channels", args.channels),
                                         ("flip", args.flip)) if v}
         dataset = nc_data.load(args.data, **image_opts)
-        default_net = "tiny" if dataset.info["kind"] == "image" else "mlp"
-        config = new_run_config(dataset, args.data, net=args.net or default_net,
+        from ..nets import DEFAULT_PRESETS
+
+        config = new_run_config(dataset, args.data,
+                                net=args.net or DEFAULT_PRESETS[dataset.info["kind"]],
                                 schedule=_value(args, "schedule"), T=_value(args, "timesteps"),
                                 prediction=_value(args, "prediction"), class_conditional=args.class_cond,
                                 train=_train_config(args))

@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from . import mel
+from .mel import GRIFFIN_LIM_ITERS
 
 NO_LABEL = -1
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -276,7 +277,7 @@ def spectrogram_to_mel_power(x: torch.Tensor, config: AudioConfig) -> torch.Tens
     return 10.0 ** (db / 10.0)
 
 
-def spectrogram_to_audio(x: torch.Tensor, config: AudioConfig, n_iter: int = 64, *,
+def spectrogram_to_audio(x: torch.Tensor, config: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERS, *,
                          momentum: float = 0.99,
                          generator: torch.Generator | None = None) -> torch.Tensor:
     """(1, n_mels, F) or (batch, 1, n_mels, F) spectrograms in [−1, 1] → waveforms (n,) or (batch, n).
@@ -335,7 +336,7 @@ class AudioDataset(Dataset):
         return {"x": self.x[i], "label": self.labels[i], "caption": self.captions[i],
                 "key": self.keys[i]}
 
-    def to_audio(self, x: torch.Tensor, n_iter: int = 64) -> torch.Tensor:
+    def to_audio(self, x: torch.Tensor, n_iter: int = GRIFFIN_LIM_ITERS) -> torch.Tensor:
         """Spectrogram(s) shaped like ``x`` items → waveform(s) at ``audio_config.sample_rate``."""
         return spectrogram_to_audio(x, self.audio_config, n_iter=n_iter)
 
@@ -559,6 +560,7 @@ def _features(clips: list[_Clip], config: AudioConfig, skip_bad: bool, bad: list
 
 
 __all__ = [
+    "GRIFFIN_LIM_ITERS",
     "AudioConfig",
     "AudioDataset",
     "audio_to_spectrogram",

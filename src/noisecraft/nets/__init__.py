@@ -7,11 +7,12 @@ name with :func:`build` and rebuild it from JSON with :func:`from_config` (``net
 from .layers import AttentionBlock, LabelEmbedding, ResBlock, TimeEmbedding, sinusoidal_embedding
 from .linear import LinearDenoiser
 from .mlp import MLP
-from .presets import ARCHITECTURES, PRESETS, build, from_config
+from .presets import ARCHITECTURES, DEFAULT_PRESETS, PRESETS, build, from_config
 from .unet import UNet
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_PRESETS",
     "PRESETS",
     "AttentionBlock",
     "LabelEmbedding",
