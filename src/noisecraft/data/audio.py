@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from . import mel
 from .mel import GRIFFIN_LIM_ITERS
+from .transforms import Preprocess
 
 NO_LABEL = -1
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -309,7 +310,8 @@ class AudioDataset(Dataset):
     """Log-mel spectrograms held in memory (decoded once): items ``{"x", "label", "caption", "key"}``.
 
     ``x`` is float32 (1, n_mels, frames) in [−1, 1]; ``label`` −1 means none; ``caption`` "" none.
-    ``audio_config`` rebuilds the features (record it in config.json); ``info`` sizes the net;
+    ``audio_config`` rebuilds the features and ``preprocess`` (a ``Preprocess`` of kind "audio"
+    holding it) records them in config.json; ``info`` sizes the net;
     ``skipped`` counts the files left out by ``skip_bad``.
     """
 
@@ -323,6 +325,10 @@ class AudioDataset(Dataset):
         self.audio_config = audio_config
         self.source = source
         self.skipped = skipped
+        # One record for every kind, so a run stores the audio settings as it stores image ones.
+        self.preprocess = Preprocess(kind="audio", channels=1, height=audio_config.n_mels,
+                                     width=audio_config.frames, value_range=(-1.0, 1.0),
+                                     audio=audio_config.to_dict())
         self.info: dict[str, Any] = {
             "kind": "audio", "channels": 1, "image_size": (audio_config.n_mels, audio_config.frames),
             "height": audio_config.n_mels, "width": audio_config.frames, "num_classes": num_classes,
