@@ -149,7 +149,8 @@ def test_evaluate_writes_metrics_json(tmp_path, capsys):
                  "--timesteps", "20", "--warmup", "1", "--sample-every", "0", "--no-progress"]) == 0
     assert main(["evaluate", str(run_dir), "--data", "digits", "--n", "24", "--steps", "3",
                  "--features", "digits", "--seed", "5"]) == 0
-    assert "sample" in capsys.readouterr().err   # the sampling progress bar (3 steps, 1 batch)
+    captured = capsys.readouterr()
+    assert "sample" in captured.err and "3/3" in captured.err  # sampling progress: 1 batch, 3 steps
     record = json.loads((run_dir / "metrics.json").read_text())
     for key in ("fid", "kid", "kid_std", "precision", "recall", "memorization", "classifier",
                 "reference", "feature_space", "sampler", "steps", "seed", "n", "weights", "step"):
@@ -159,6 +160,6 @@ def test_evaluate_writes_metrics_json(tmp_path, capsys):
     assert record["reference"]["count"] == 24 and len(record["reference"]["content_sha256"]) == 64
     assert 0 <= record["precision"] <= 1 and 0 <= record["recall"] <= 1
     assert (run_dir / "metrics-memorization.png").is_file()
-    assert "fid" in capsys.readouterr().out
+    assert "fid" in captured.out
     assert main(["evaluate", str(run_dir), "--data", "digits", "--metrics", "fid,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
