@@ -259,7 +259,9 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     """
     from . import nets
     from .data import Preprocess
+    from .threads import apply_default_threads
 
+    apply_default_threads()  # the CLI's CPU-thread default, once (see noisecraft.threads)
     device = check_device(device)
     path = check_run_dir(run_dir)
     config = read_config(path)

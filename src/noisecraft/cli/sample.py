@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "png":
         written.append(write_numbered(base, picture_array(out, kind), ".png"))
     else:
-        written.append(write_picture(base, out, kind))
+        written.append(write_picture(base, out, kind, reference_points(run_) if kind == "vector"
+                                     else None))
     if fmt == "wav":
         written.append(write_wavs(run_, base, out, args.griffin_lim_iters))
     print(f"noisecraft: {args.n} samples ({sampler}, {steps} steps, seed {args.seed}, "
@@ -127,11 +128,34 @@ def picture_array(out: np.ndarray, kind: str) -> np.ndarray:
     return viz.spectrogram_pictures(out) if kind == "audio" else out
 
 
-def write_picture(base: Path, out: np.ndarray, kind: str) -> str:
+def reference_points(run_: Any, n: int = 2000) -> np.ndarray | None:
+    """Up to ``n`` points of a vector run's training data (first two coordinates, data units),
+    drawn under the samples; None, with a note, when the data cannot be read any more."""
+    import sys
+
+    import torch
+
+    from .. import data
+    from ..errors import NoisecraftError
+
+    spec = run_.config.data.spec
+    try:
+        dataset = data.load(spec, shuffle=False)
+    except (NoisecraftError, ValueError, OSError) as e:
+        print(f"noisecraft: note: scatter plot without the data ({e})", file=sys.stderr)
+        return None
+    x = torch.stack([dataset[i]["x"][:2] for i in range(min(n, len(dataset)))])
+    return data.denormalize(x, run_.preprocess).numpy()
+
+
+def write_picture(base: Path, out: np.ndarray, kind: str, reference: np.ndarray | None = None
+                  ) -> str:
     from .. import viz
 
     if kind == "vector":
-        picture, what = viz.scatter(out[:, :2]), "scatter plot of the first two coordinates"
+        picture = viz.scatter(out[:, :2], reference=reference)
+        what = "scatter plot of the first two coordinates" + (
+            " over the training data, on the data's range" if reference is not None else "")
     elif kind == "audio":
         picture, what = viz.spectrogram_grid(out), "spectrogram grid (time →, mel ↑)"
     else:

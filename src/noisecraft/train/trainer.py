@@ -150,6 +150,9 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, dataset: Dataset | IterableDataset,
                  *, resume: bool = False, device: str | torch.device | None = None,
                  progress: bool = True):
+        from ..threads import apply_default_threads
+
+        apply_default_threads()  # the CLI's CPU-thread default, once (see noisecraft.threads)
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset = dataset
