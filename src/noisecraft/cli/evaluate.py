@@ -83,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
         args.data, split=args.split, image_size=size, channels=channels)
     reference = reference[:args.ref_n or args.n]
     classifier = classifier_for(args.data, reference)
-    if classifier is not None:
-        prepare_classifier(classifier, data=args.data)  # trains once (MNIST: < 1 min), then cached
     if metrics is None:
         metrics = DEFAULT_METRICS + (("classifier",) if classifier else ())
+    if classifier is not None and ("classifier" in metrics or args.features == classifier):
+        prepare_classifier(classifier, data=args.data)  # trains once (MNIST: < 1 min), then cached
     samples = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
                             batch_size=args.batch_size, labels=run_.default_labels(args.n),
                             progress=not args.no_progress)
