@@ -204,6 +204,9 @@ def test_audio_run_trains_from_the_cli_and_samples_wav_files(tmp_path):
     # The features are recorded in full, so sampling can invert them.
     assert recorded["kind"] == "audio" and recorded["num_classes"] == 3
     assert recorded["preprocess"]["audio"] == AudioConfig().to_dict()
+    # a resumed audio run reads the data with the recorded features
+    assert main(["train", "--out", str(run), "--steps", "2", "--resume", "--no-progress"]) == 0
+    assert json.loads((run / "state.json").read_text())["step"] == 2
     out = tmp_path / "s"
     assert sample(run, out, "--n", 4, "--steps", 2, "--no-progress", "--griffin-lim-iters", 4) == 0
     config = AudioConfig()
