@@ -27,7 +27,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,latent]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 
 def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None, help: str,
@@ -94,3 +95,76 @@ def apply_threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- flags from settings
+def _converter(kind: type, f: Any) -> Any:
+    """argparse ``type=`` for a setting: parse the text, then check it as the dataclass would,
+    so a bad value is a usage error naming the flag (same wording as the dataclass's check)."""
+    from ..config import Interval
+
+    rng = Interval.parse(f.metadata["range"]) if f.metadata.get("range") else None
+    if kind is str:
+        return str
+
+    def convert(text: str) -> Any:
+        value = _number(text, kind)
+        if rng is not None and value not in rng:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rng.describe(kind is int)}")
+        return kind(value)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per :func:`noisecraft.config.setting` field of ``cls``: type, choices, range and
+    help from the field; argparse's default is None so that a given value (0 and False
+    included) can be told from an absent one; the help shows the dataclass's default."""
+    import dataclasses
+    import typing
+
+    from ..config import choices_of, default_of, flag_name, settings_of, value_kind
+
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (noisecraft.config)")
+    for f in settings_of(cls):
+        kind, length, _ = value_kind(hints[f.name])
+        default = default_of(f)
+        text = f.metadata["help"]
+        if default is not None and default is not dataclasses.MISSING:
+            text += f" (default {_show(default)})"
+        flag = flag_name(cls, f)
+        kw: dict[str, Any] = {"dest": flag.replace("-", "_"), "default": None, "help": text}
+        if f.metadata.get("metavar") is not None:
+            kw["metavar"] = f.metadata["metavar"]
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _converter(kind, f)
+            choices = choices_of(f)
+            if choices is not None:
+                kw["choices"] = choices
+            if length is not None:
+                kw["nargs"] = length
+        group.add_argument("--" + flag, **kw)
+
+
+def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The settings of ``cls`` the user gave on the command line (tuples as tuples)."""
+    from ..config import flag_name, settings_of
+
+    out = {}
+    for f in settings_of(cls):
+        value = getattr(args, flag_name(cls, f).replace("-", "_"), None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out

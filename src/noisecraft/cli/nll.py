@@ -57,7 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--probes", type=positive_int, default=1, help="ode: Hutchinson probes per example (default 1)")
     a("--rtol", type=positive_float, default=1e-5, help="ode: relative tolerance (default 1e-5)")
     a("--atol", type=positive_float, default=1e-5, help="ode: absolute tolerance (default 1e-5)")
-    a("--variance", choices=("beta", "beta_tilde", "learned"),
+    from ..process import VARIANCES
+
+    a("--variance", choices=VARIANCES,
       help="vlb: reverse-step variance (default: learned if the net has it, else beta_tilde)")
     a("--continuous", action="store_true", help="treat 8-bit data as continuous values")
     a("--seed", type=non_negative_int, default=0,
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
     pre = run_.preprocess
     eight_bit = pre.kind == "image" and tuple(pre.value_range) == (0.0, 255.0)
-    discrete = eight_bit and not args.continuous
+    latent = run_.config.latent is not None  # scored in the autoencoder's latent space
+    discrete = eight_bit and not args.continuous and not latent
     den = run_.denoiser
     denoiser = Denoiser(den.net, run_.schedule, den.prediction, clip=None,
                         learned_variance=den.learned_variance)
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         from ..likelihood import nll
 
         cond = {} if labels is None else {"labels": labels.to(args.device)}
+        if latent:
+            x = run_.encode(x)
         kw: dict[str, Any] = {"discrete": discrete, "generator": generator,
                               "batch_size": args.batch_size}
         if args.method == "ode":
@@ -103,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
     record: dict[str, Any] = {
         "run_dir": str(run_.run_dir), "step": run_.step, "weights": "raw" if args.no_ema else "EMA",
-        "method": args.method, "units": "bits/dim",
+        "method": args.method, "units": "latent bits/dim" if latent else "bits/dim",
         "convention": ("8-bit: -log2 P(k)/D, " + ("uniform dequantisation" if args.method == "ode"
                                                   else "discretised decoder")) if discrete
+        else "latent: -log2 p(z)/D of the scaled posterior mean z, D latent values per example; "
+        "not comparable with pixel bits/dim" if latent
         else "continuous: -log2 p(x)/D in the model's [-1, 1] units",
         "seed": args.seed,
     }
@@ -156,7 +163,7 @@ def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any) -> 
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="nll", unit="example", file=sys.stderr, dynamic_ncols=True)
-    shape = tuple(run_.shape)
+    shape = tuple(pre.shape)  # the data's shape (a latent run encodes it in score())
     conditional = run_.num_classes is not None
     out, xs, labels = [], [], []
 
@@ -222,8 +229,8 @@ def _report(record: dict[str, Any], as_json: bool) -> None:
     print(f"noisecraft: {method} ({detail}), {record['weights']} weights of step {record['step']}; "
           f"{record['convention']}")
     print(f"{record['data']} [{record['split']}], n = {record['n']}: {record['mean']:.4f} ± "
-          f"{record['standard_error']:.4f} bits/dim (mean ± standard error)")
+          f"{record['standard_error']:.4f} {record['units']} (mean ± standard error)")
     if "image" in record:
-        print(f"{record['image']}: {record['image_bits_per_dim']:.4f} bits/dim, percentile "
+        print(f"{record['image']}: {record['image_bits_per_dim']:.4f} {record['units']}, percentile "
               f"{record['percentile']:.1f} among the {record['n']} examples above "
               "(share with NLL at or below it; ~50 is typical, ~100 unusually unlikely)")

@@ -10,7 +10,12 @@
 FILE.npz holds ``images``: uint8 (N, H, W, C) in the data's own size and channels (image runs),
 ``spectrograms``: float32 (N, 1, n_mels, frames) log-mel in [−1, 1] (audio runs) or ``samples``:
 float32 (N, D) in data units (vector runs). Class-conditional runs cycle the labels 0, 1, …, K−1
-and store them as ``labels``. Example i depends only on (--seed, i), not on --batch-size.
+(or the --class list) and store them as ``labels``. Text runs draw --n samples for each --prompt,
+prompt after prompt (the grid's rows follow the prompts), and store them as ``prompts``; without
+--prompt, a templated run cycles its template over the classes and any other text run samples
+the empty prompt (unconditionally). --guidance W mixes the conditional and unconditional
+predictions (classifier-free guidance; or autoguidance with --autoguide). Example i depends only
+on (--seed, i), not on --batch-size.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
+from ._guidance import add_guidance_arguments, describe, guidance_kwargs, labels_from_args
 
 FORMATS = ("grid", "png", "wav")
 
@@ -36,10 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--out", required=True, metavar="FILE",
       help="output path without extension: FILE.npz plus FILE.png and/or the folder FILE/")
-    a("--n", type=positive_int, default=64, help="number of samples (default 64)")
+    a("--n", type=positive_int, default=64,
+      help="number of samples (default 64); with --prompt, per prompt")
+    a("--prompt", action="append", metavar="TEXT",
+      help="text runs: a prompt (repeat for several; --n samples each)")
+    from ..config import SamplingConfig
+    from ..process import VARIANCES
+
     a("--sampler", help="one of noisecraft.SAMPLERS: ddpm, ddim, euler, heun, dpmpp-2m, sde, ... "
-      "(default: the run's, ddim)")
-    a("--steps", type=positive_int, help="sampling steps (default: the run's, 50)")
+      f"(default: the run's, {SamplingConfig.sampler} unless set otherwise)")
+    a("--steps", type=positive_int,
+      help=f"sampling steps (default: the run's, {SamplingConfig.steps} unless set otherwise)")
+    a("--variance", choices=VARIANCES, help="ddpm: the reverse-step variance (default: learned "
+      "if the run's net has it, else beta_tilde)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
     a("--batch-size", type=positive_int, default=256, help="samples per forward pass (default 256)")
     a("--format", choices=FORMATS, help="grid: FILE.png grid; png: a folder of numbered PNGs; "
@@ -48,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--griffin-lim-iters", type=positive_int, metavar="N",
       help=f"--format wav: Griffin-Lim iterations that rebuild the phase (default {GRIFFIN_LIM_ITERS})")
     a("--no-progress", action="store_true", help="no progress bar")
+    add_guidance_arguments(p)
     add_threads(p)
     p.set_defaults(func=run)
 
@@ -89,10 +105,18 @@ def run(args: argparse.Namespace) -> int:
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     steps = args.steps or run_.config.sampling.steps
-    labels = run_.default_labels(args.n)
-    out = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
-                        batch_size=args.batch_size, labels=labels, progress=not args.no_progress)
-    written = [write_npz(base, out, kind, labels)]
+    if args.variance is not None and sampler != "ddpm":
+        raise ValueError(f"--variance applies to --sampler ddpm, not {sampler}")
+    prompts = _prompts(args, run_)
+    n = len(prompts) if prompts is not None else args.n
+    labels = labels_from_args(run_, args, n)
+    guidance = guidance_kwargs(run_, args)
+    out = run_.generate(n, sampler=sampler, steps=steps, seed=args.seed,
+                        batch_size=args.batch_size, labels=labels, prompts=prompts,
+                        options={"variance": args.variance} if args.variance else None,
+                        progress=not args.no_progress, **guidance)
+    extra = {"prompts": np.array(prompts, dtype=str)} if prompts is not None else {}
+    written = [write_npz(base, out, kind, labels, extra)]
     if fmt == "png":
         written.append(write_numbered(base, picture_array(out, kind), ".png"))
     else:
@@ -100,25 +124,28 @@ def run(args: argparse.Namespace) -> int:
                                      else None))
     if fmt == "wav":
         written.append(write_wavs(run_, base, out, args.griffin_lim_iters))
-    print(f"noisecraft: {args.n} samples ({sampler}, {steps} steps, seed {args.seed}, "
-          f"{'raw' if args.no_ema else 'EMA'} weights of step {run_.step})")
+    print(f"noisecraft: {n} samples ({sampler}, {steps} steps, seed {args.seed}"
+          f"{describe(guidance)}, {'raw' if args.no_ema else 'EMA'} weights of step {run_.step})")
     for line in written:
         print(f"  {line}")
     return 0
 
 
-def write_npz(base: Path, out: np.ndarray, kind: str, labels: np.ndarray | None) -> str:
+def write_npz(base: Path, out: np.ndarray, kind: str, labels: np.ndarray | None,
+              extra: dict[str, np.ndarray]) -> str:
     from ..io import atomic_write
 
     key = {"image": "images", "audio": "spectrograms"}.get(kind, "samples")
     arrays = {key: out}
     if labels is not None:
         arrays["labels"] = labels
+    arrays.update(extra)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path = base.with_suffix(".npz")
     atomic_write(path, buf.getvalue())
-    return f"{path}: {key} {out.dtype} {tuple(out.shape)}" + (", labels" if labels is not None else "")
+    names = [f"{key} {out.dtype} {tuple(out.shape)}", *list(arrays)[1:]]  # labels, prompts
+    return f"{path}: {', '.join(names)}"
 
 
 def picture_array(out: np.ndarray, kind: str) -> np.ndarray:
@@ -204,3 +231,17 @@ def write_wavs(run_: Any, base: Path, spectrograms: np.ndarray, n_iter: int | No
     return (f"{folder}/: {len(paths)} WAV files {paths[0].name} … {paths[-1].name}, 16-bit mono, "
             f"{config.sample_rate} Hz, {waveforms.shape[-1]} samples ({seconds:.2f} s) each; "
             f"inverse mel + {n_iter} Griffin-Lim iterations")
+
+
+def _prompts(args: argparse.Namespace, run_: object) -> list[str] | None:
+    """One prompt per sample: --n of each --prompt in turn, or the run's defaults (--guidance is
+    checked by ``noisecraft.guidance.guide_run``)."""
+    condition = run_.config.condition  # type: ignore[attr-defined]
+    if args.prompt and condition.kind != "text":
+        raise ValueError(f"--prompt needs a text-conditional run; {args.run_dir} is conditioned "
+                         f"on {condition.kind!r}")
+    if condition.kind != "text":
+        return None
+    if not args.prompt:
+        return run_.default_prompts(args.n)  # type: ignore[attr-defined]
+    return [p for p in args.prompt for _ in range(args.n)]
