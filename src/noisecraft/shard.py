@@ -161,15 +161,23 @@ def iter_batches(items: Iterator, batch_size: int, ranks: Ranks) -> Iterator[tup
 
 
 def generate(run: object, n: int, *, batch_size: int, ranks: Ranks,
-             labels: np.ndarray | None = None, **options: object) -> np.ndarray | None:
-    """``run.generate(n, ...)`` sharded: rank 0 gets the same uint8 pictures (or data-unit
-    vectors) as one process, the other ranks None. ``options`` go to
-    :meth:`~noisecraft.run.LoadedRun.generate_tensor` (sampler, steps, seed, …)."""
+             labels: np.ndarray | None = None, prompts: list[str] | None = None,
+             **options: object) -> np.ndarray | None:
+    """``run.generate(n, ...)`` sharded: rank 0 gets the same pictures (or spectrograms, or
+    data-unit vectors) as one process, the other ranks None. ``options`` go to
+    :meth:`~noisecraft.run.LoadedRun.generate_tensor` (sampler, steps, seed, guidance, …);
+    ``labels`` and ``prompts`` are per example and are cut with the batches. Under torchrun the
+    progress bar is off (one bar per rank's batch would interleave)."""
+    if not ranks.distributed:
+        return run.generate(n, batch_size=batch_size, labels=labels, prompts=prompts,  # type: ignore[attr-defined]
+                            **options)
+    options["progress"] = False
 
     def one_batch(start: int, stop: int) -> torch.Tensor:
-        part = None if labels is None else labels[start:stop]
-        return run.generate_tensor(stop - start, batch_size=batch_size, labels=part,  # type: ignore[attr-defined]
-                                   offset=start, **options)
+        return run.generate_tensor(  # type: ignore[attr-defined]
+            stop - start, batch_size=batch_size, offset=start,
+            labels=None if labels is None else labels[start:stop],
+            prompts=None if prompts is None else list(prompts[start:stop]), **options)
 
     x = map_batches(one_batch, n, batch_size, ranks)
     return None if x is None else run.to_output(torch.from_numpy(x))  # type: ignore[attr-defined]

@@ -84,3 +84,16 @@ def mean_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
 def gather_bytes(blob: bytes, ctx: Context) -> list[bytes]:
     """Every rank's ``blob``, in rank order (all ranks call it; blobs may differ in length)."""
     return shard.gather_bytes(blob, shard.Ranks(ctx.rank, ctx.world_size, ctx.local_rank))
+
+
+def all_gather_tensors(tensors: list[torch.Tensor], ctx: Context) -> list[torch.Tensor]:
+    """Each tensor concatenated over all ranks along dim 0, in rank order (equal shapes on every
+    rank; all ranks call it)."""
+    if not ctx.distributed:
+        return [t.detach() for t in tensors]
+    out = []
+    for t in tensors:
+        parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, t.detach().contiguous())
+        out.append(torch.cat(parts))
+    return out
