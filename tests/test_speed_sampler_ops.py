@@ -92,7 +92,7 @@ def test_the_unused_velocity_is_never_computed():
     d = Denoiser(lambda x, t: torch.ones_like(x), schedule, "eps")(x, 500.0)
     with FullSizeOps(NUMEL) as mode:
         x0, eps = d.x0, d.eps       # ε̂ is the output itself; x̂_0 = (x_t − σ ε̂)/α
-    assert mode.ops == ["addcmul", "div"]
+    assert mode.ops == ["addcmul", "div_"]
     with FullSizeOps(NUMEL) as mode:
         v, again = d.v, d.v         # kept, not derived twice
     assert mode.ops == ["mul", "addcmul"] and v is again and d.x0 is x0 and d.eps is eps

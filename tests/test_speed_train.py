@@ -40,7 +40,7 @@ def test_compile_mode_resolution_and_config_check():
     assert not accel.use_compile("auto", cpu) and accel.use_compile("auto", cuda)
     assert accel.use_compile("on", cpu) and not accel.use_compile("off", cuda)
     assert TrainConfig().compile == "auto"
-    with pytest.raises(ValueError, match="compile must be one of auto, on, off, got 'yes'"):
+    with pytest.raises(ValueError, match="unknown compile 'yes'; choose one of auto, on, off"):
         TrainConfig(compile="yes")
 
 
