@@ -104,8 +104,14 @@ class BatchStream:
             return batch
 
     def _loader(self, dataset: Dataset | IterableDataset, **kwargs: Any) -> DataLoader:
+        # Each iterator draws its workers' base seed from ``generator``; without one it draws from
+        # torch's global RNG, which the trainer checkpoints for dropout: a loader built at resume
+        # would then shift every later dropout mask. A generator of the epoch's own keeps the
+        # global stream untouched and the workers' seeds a function of (seed, rank, epoch).
+        gen = torch.Generator().manual_seed(derive_seed("noisecraft-loader", self.seed, self.rank,
+                                                        self.epoch))
         return DataLoader(dataset, num_workers=self.num_workers, collate_fn=collate,
-                          pin_memory=self.pin_memory, **kwargs)
+                          pin_memory=self.pin_memory, generator=gen, **kwargs)
 
     def _open_epoch(self) -> Iterator[dict[str, Any]]:
         if self.map_style:

@@ -33,6 +33,7 @@ from ..config import DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..denoiser import Denoiser
 from ..errors import RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
+from ..lock import RunLock
 from ..run import (
     CONFIG,
     EMA_WEIGHTS,
@@ -149,13 +150,16 @@ class Trainer:
         self.resume = resume
         self.device = device
         self.progress = progress
-        if resume and not has_checkpoint(self.run_dir):
-            raise RunError(f"{self.run_dir / STATE}: missing; nothing to resume in {self.run_dir}")
-        if not resume and has_checkpoint(self.run_dir):
-            raise ValueError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
-                             "it or choose another --out")
+        self._check_checkpoint()
         self.net: nn.Module | None = None  # the trained network and its EMA, set by fit()
         self.ema: EMA | None = None
+
+    def _check_checkpoint(self) -> None:
+        if self.resume and not has_checkpoint(self.run_dir):
+            raise RunError(f"{self.run_dir / STATE}: missing; nothing to resume in {self.run_dir}")
+        if not self.resume and has_checkpoint(self.run_dir):
+            raise RunError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
+                           "it or choose another --out")
 
     # ------------------------------------------------------------------ public
     def fit(self, stop_at: int | None = None) -> TrainResult:
@@ -163,9 +167,32 @@ class Trainer:
         interrupted run) and save a checkpoint there."""
         ctx = distributed.setup(self.device)
         try:
-            return self._fit(ctx, stop_at)
+            with self._writer_lock(ctx):
+                return self._fit(ctx, stop_at)
         finally:
             distributed.teardown(ctx)
+
+    @contextlib.contextmanager
+    def _writer_lock(self, ctx: distributed.Context) -> Any:
+        """Hold the run directory's writer lock (``noisecraft.lock``) on rank 0 for the whole
+        fit; every rank raises the same one-line error when another process holds it."""
+        lock, error = RunLock(self.run_dir), None
+        if ctx.is_main:
+            try:
+                lock.acquire()
+                self._check_checkpoint()  # again: another writer may have saved since __init__
+            except RunError as e:
+                lock.release()
+                error = e
+        refusal = distributed.gather_bytes(str(error).encode() if error else b"", ctx)[0]
+        if error is not None:
+            raise error
+        if refusal:
+            raise RunError(refusal.decode())
+        try:
+            yield
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ set-up
     def _fit(self, ctx: distributed.Context, stop_at: int | None) -> TrainResult:
@@ -174,6 +201,8 @@ class Trainer:
         if ctx.is_main:
             (self.run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
             atomic_write(self.run_dir / CONFIG, cfg.to_json())
+            if not self.resume:  # a fresh run: drop the log of one killed before its first save
+                self._truncate_log(0)
         distributed.barrier(ctx)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -401,10 +430,12 @@ class Trainer:
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by the crash
                 continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                    and record["step"] <= step:
+                kept.append(line)  # anything else is not one of our records: dropped
         atomic_write(path, "".join(f"{line}\n" for line in kept))
 
 
