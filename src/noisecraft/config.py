@@ -28,6 +28,16 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+# torch.manual_seed takes a 64-bit integer; a larger seed fails deep inside with an overflow.
+MAX_SEED = 2**63 - 1
+
+
+def _at_most(name: str, value: int, limit: int, why: str) -> None:
+    """A size bound, checked before anything is allocated or seeded from ``value``."""
+    if value > limit:
+        raise ValueError(f"{name} {value} is too large: at most {limit} ({why})")
+
+
 def _finite(name: str, value: Any, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, hi_open: bool = False) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -117,6 +127,7 @@ class TrainConfig:
             raise ValueError(f"ema_warmup must be true or false, got {self.ema_warmup!r}")
         _finite("label_dropout", self.label_dropout, 0, 1, hi_open=True)
         _positive_int("seed", self.seed, 0)
+        _at_most("seed", self.seed, MAX_SEED, "a 64-bit seed")
         _positive_int("log_every", self.log_every)
         _positive_int("sample_every", self.sample_every, 0)  # 0: never
         _positive_int("checkpoint_every", self.checkpoint_every, 0)  # 0: only at the end

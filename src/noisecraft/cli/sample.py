@@ -46,6 +46,21 @@ def output_base(out: str) -> Path:
     return path
 
 
+def _check_n(n: int, shape: tuple[int, ...]) -> None:
+    """All n samples are held at once (float32, then the uint8/float output, the .npz and the
+    grid): refuse before sampling when that cannot fit in this machine's memory."""
+    import math
+
+    from ..data.limits import human, physical_memory
+
+    need = n * math.prod(shape) * (4 + 4 + 4)  # model space, output array, .npz buffer
+    memory = physical_memory()
+    if memory is not None and need > memory // 2:
+        raise ValueError(f"--n {n} samples of shape {tuple(shape)} need about {human(need)} of "
+                         f"memory, over half of this machine's {human(memory)}; draw them in "
+                         "several runs with different --seed")
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import samplers, viz
     from ..io import atomic_write
@@ -57,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     steps = args.steps or run_.config.sampling.steps
+    _check_n(args.n, run_.shape)
     labels = run_.default_labels(args.n)
     out = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
                         batch_size=args.batch_size, labels=labels)

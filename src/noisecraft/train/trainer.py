@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, IterableDataset
 from .. import losses, nets
 from ..config import DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..denoiser import Denoiser
-from ..errors import RunError
+from ..errors import DataError, RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
 from ..lock import RunLock
 from ..run import (
@@ -308,7 +308,9 @@ class Trainer:
         x0 = batch["x"].to(dev, non_blocking=True)
         cond: dict[str, Tensor] = {}
         if self.config.data.num_classes is not None:
-            labels = batch["label"].to(dev, non_blocking=True)
+            labels = batch["label"]
+            _check_labels(labels, self.config.data.num_classes, batch.get("key"))
+            labels = labels.to(dev, non_blocking=True)
             p_drop = self.config.train.label_dropout
             if p_drop > 0:
                 # Classifier-free guidance: some examples train the null condition (label −1).
@@ -437,6 +439,18 @@ class Trainer:
                     and record["step"] <= step:
                 kept.append(line)  # anything else is not one of our records: dropped
         atomic_write(path, "".join(f"{line}\n" for line in kept))
+
+
+def _check_labels(labels: Tensor, num_classes: int, keys: Any) -> None:
+    """Class-conditional training needs a label in 0..K-1 on every example: a sample without
+    one (label -1, e.g. a shard sample with no .cls) would silently train the null class."""
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        key = keys[i] if isinstance(keys, (list, tuple)) and i < len(keys) else f"#{i} of a batch"
+        what = "has no label" if int(labels[i]) < 0 else f"has label {int(labels[i])}"
+        raise DataError(f"training example {key!r} {what}, but this class-conditional run needs "
+                        f"one in 0..{num_classes - 1} on every example")
 
 
 def _state_bytes(state: Tensor) -> bytes:
