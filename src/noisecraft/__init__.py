@@ -1,15 +1,19 @@
 """noisecraft: denoising diffusion models in pure PyTorch, exact where others approximate."""
 
-from . import data, grids, losses, metrics, nets, noise, process, samplers, viz
+from . import data, editing, grids, losses, metrics, nets, noise, process, samplers, viz
 from .analytic import GaussianMixture
 from .denoiser import Denoised, Denoiser
+from .editing import decode, encode, inpaint, interpolate, sdedit
 from .errors import DataError, NoisecraftError, RunError
+from .guidance import Guided, interval_from_sigma
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
+from .pipeline import Pipeline
 from .process import q_sample, q_step, reverse_mean_variance
 from .run import LoadedRun, load_run
 from .samplers import SAMPLERS, sample
 from .schedule import Schedule
+from .threads import set_threads  # imported now so the API's lazy default knows torch's own count
 
 __version__ = "0.1.0"
 
@@ -30,9 +34,11 @@ __all__ = [
     "Denoised",
     "Denoiser",
     "GaussianMixture",
+    "Guided",
     "LoadedRun",
     "ImportanceTimeSampler",
     "NoisecraftError",
+    "Pipeline",
     "RunError",
     "SAMPLERS",
     "Schedule",
@@ -40,7 +46,13 @@ __all__ = [
     "Trainer",
     "UniformTimeSampler",
     "data",
+    "decode",
+    "editing",
+    "encode",
     "grids",
+    "inpaint",
+    "interpolate",
+    "interval_from_sigma",
     "load_run",
     "losses",
     "metrics",
@@ -52,7 +64,9 @@ __all__ = [
     "q_step",
     "reverse_mean_variance",
     "sample",
+    "sdedit",
     "samplers",
+    "set_threads",
     "train",
     "viz",
     "__version__",

@@ -6,6 +6,9 @@ For data x_0 ~ Σ_k w_k N(μ_k, s_k² I) in D dimensions and x_t = α x_0 + σ �
     E[x_0 | x_t, k] = μ_k + α s_k² / (α² s_k² + σ²) · (x_t − α μ_k),
     E[x_0 | x_t]   = Σ_k r_k(x_t) E[x_0 | x_t, k],  r_k ∝ w_k N(x_t; α μ_k, (α² s_k² + σ²) I).
 
+Reading the components as classes, E[x_0 | x_t, k] is the exact class-conditional denoiser and
+E[x_0 | x_t] the exact unconditional one: what classifier-free guidance mixes.
+
 So the mixture's ideal x_0-predictor, and its log-density at every t, are closed form: they
 drive every sampler and the likelihood code in the tests without any training.
 """
@@ -82,22 +85,52 @@ class GaussianMixture:
         x = x.reshape(x.shape[0], -1).double()
         return torch.logsumexp(self._log_resp(x, alpha, sigma), dim=1)
 
-    def posterior_mean(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
-        """E[x_0 | x_t] in closed form, shape of x_t, float64."""
+    def _component_means(self, x: Tensor, a: Tensor, sg: Tensor) -> Tensor:
+        """E[x_0 | x_t, k] for every component k, shape (n, K, D)."""
+        _, mu, stds = self._on(x.device)
+        var = a**2 * stds[None] ** 2 + sg**2                               # (n|1, K)
+        gain = a * stds[None] ** 2 / var                                    # (n|1, K)
+        return mu[None] + gain[:, :, None] * (x[:, None, :] - a[:, :, None] * mu[None])
+
+    def posterior_mean(self, x_t: Tensor, alpha: Tensor | float, sigma: Tensor | float,
+                       labels: Tensor | None = None) -> Tensor:
+        """E[x_0 | x_t] in closed form, shape of x_t, float64.
+
+        With ``labels`` (shape (n,)), example i gets E[x_0 | x_t, k = labels[i]], the posterior
+        mean of component k alone (the class-conditional ideal denoiser), or the mixture's
+        E[x_0 | x_t] where labels[i] = −1 (the null condition).
+        """
         shape = x_t.shape
         x = x_t.reshape(shape[0], -1).double()
-        _, mu, stds = self._on(x.device)
         a = torch.as_tensor(alpha, dtype=torch.float64, device=x.device).reshape(-1, 1)
         sg = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1)
         r = torch.softmax(self._log_resp(x, a, sg), dim=1)                   # (n, K)
-        var = a**2 * stds[None] ** 2 + sg**2                               # (n|1, K)
-        gain = a * stds[None] ** 2 / var                                    # (n|1, K)
-        cond_mean = (mu[None] + gain[:, :, None]
-                     * (x[:, None, :] - a[:, :, None] * mu[None]))          # (n, K, D)
-        return (r[:, :, None] * cond_mean).sum(1).reshape(shape)
+        cond_mean = self._component_means(x, a, sg)                         # (n, K, D)
+        mean = (r[:, :, None] * cond_mean).sum(1)
+        if labels is not None:
+            k = self._check_labels(labels, shape[0], x.device)
+            picked = cond_mean[torch.arange(shape[0], device=x.device), k.clamp(min=0)]
+            mean = torch.where((k >= 0)[:, None], picked, mean)
+        return mean.reshape(shape)
+
+    def _check_labels(self, labels: Tensor, n: int, device: torch.device) -> Tensor:
+        k = torch.as_tensor(labels, device=device)
+        if k.shape != (n,) or k.is_floating_point():
+            raise ValueError(f"labels must be integers of shape ({n},), got {k.dtype} "
+                             f"{tuple(k.shape)}")
+        k = k.long()
+        K = self.weights.numel()
+        if ((k < -1) | (k >= K)).any():
+            raise ValueError(f"labels must lie in -1..{K - 1}, got {k.tolist()}")
+        return k
 
     def net(self, schedule: Schedule, prediction: str = "x0") -> nn.Module:
-        """The ideal network for ``schedule``: ``net(x_t, t)`` returns E[x_0|x_t] as ε, x_0 or v."""
+        """The ideal network for ``schedule``: ``net(x_t, t, labels=None)`` returns E[x_0|x_t]
+        (or E[x_0|x_t, k] for ``labels`` k ≥ 0, the mixture's where −1) as ε, x_0 or v.
+
+        Components are the classes: the class-conditional ideal denoiser for classifier-free
+        guidance, with −1 or a missing ``labels`` as the null condition, like the trained nets.
+        """
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of "
                              f"{', '.join(PREDICTIONS)}")
@@ -109,9 +142,9 @@ class _IdealNet(nn.Module):
         super().__init__()
         self.mixture, self.schedule, self.prediction = mixture, schedule, prediction
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         alpha, sigma = self.schedule.marginal(t.double())
-        x0 = self.mixture.posterior_mean(x_t, alpha, sigma)
+        x0 = self.mixture.posterior_mean(x_t, alpha, sigma, labels)
         x = x_t.double()
         a, s = broadcast_to(alpha, x), broadcast_to(sigma, x)
         if self.prediction == "x0":

@@ -50,8 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import process
 from .denoiser import Denoised, Denoiser
-from .process import q_sample, reverse_mean_log_variance
+from .process import q_sample
 from .schedule import Schedule
 
 Weighting = Callable[[Denoiser, Tensor], Tensor]
@@ -85,6 +86,14 @@ class TimeSampler:
 
     def update(self, t: Tensor, losses: Tensor) -> None:
         """Record the per-example losses observed at steps ``t`` (no-op for fixed samplers)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep to continue exactly (JSON-ready; empty when stateless)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
 class UniformTimeSampler(TimeSampler):
@@ -147,6 +156,26 @@ class ImportanceTimeSampler(TimeSampler):
             row = int(step) - 1
             self._losses[row, int(self._counts[row]) % self.history] = loss
             self._counts[row] += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loss history (exact: floats survive JSON) and the count per step."""
+        return {"losses": self._losses.tolist(), "counts": self._counts.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            losses = torch.tensor(state["losses"], dtype=torch.float64)
+            counts = torch.tensor(state["counts"], dtype=torch.int64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not an importance time-sampler state ({e})") from None
+        if losses.shape != self._losses.shape or counts.shape != self._counts.shape:
+            raise ValueError(f"time-sampler state has shape {tuple(losses.shape)}, expected "
+                             f"{tuple(self._losses.shape)} (T × history)")
+        self._losses, self._counts = losses, counts
+
+
+TIME_SAMPLERS: dict[str, type[TimeSampler]] = {"uniform": UniformTimeSampler,
+                                               "importance": ImportanceTimeSampler}
+"""The time samplers by name (``TrainConfig.time_sampler``)."""
 
 
 def _draw_time(schedule: Schedule, x0: Tensor, t: Tensor | float | None,
@@ -300,7 +329,8 @@ def _check_discrete_range(x0: Tensor) -> None:
 def _bound_from_denoised(schedule: Schedule, x0: Tensor, x_t: Tensor, t: Tensor,
                          denoised: Denoised, variance: str | None, discrete: bool) -> Tensor:
     """L_{t−1} (t ≥ 2) or L_0 (t = 1) per example, in nats summed over dimensions."""
-    mean_p, log_var_p = reverse_mean_log_variance(schedule, denoised, x_t, t, variance=variance)
+    mean_p, log_var_p = process.reverse_mean_log_variance(schedule, denoised, x_t, t,
+                                                         variance=variance)
     x0 = x0.to(mean_p.dtype)
     mean_q, var_q = schedule.posterior(x0, x_t, t)
     first = (t == 1).reshape(-1, *([1] * (x0.ndim - 1)))
@@ -377,3 +407,47 @@ def hybrid(denoiser: Denoiser, x0: Tensor, lambda_vlb: float = 0.001, *,
     bound = _bound_from_denoised(schedule, x0, x_t, t, frozen, "learned", discrete)
     bits_per_dim = bound / (x0[0].numel() * math.log(2))
     return (mse + lambda_vlb * schedule.T * bits_per_dim) * weights.to(mse.dtype)
+
+
+# ---------------------------------------------------------------------------- by name
+def _simple_objective(denoiser: Denoiser, x0: Tensor, t: Tensor, generator: torch.Generator | None,
+                      discrete: bool, options: dict[str, float], cond: dict[str, Any]) -> Tensor:
+    return simple(denoiser, x0, t=t, generator=generator, **cond)
+
+
+def _min_snr_objective(denoiser: Denoiser, x0: Tensor, t: Tensor,
+                       generator: torch.Generator | None, discrete: bool,
+                       options: dict[str, float], cond: dict[str, Any]) -> Tensor:
+    return simple(denoiser, x0, t=t, generator=generator,
+                  weighting=min_snr(options.get("min_snr_gamma", 5.0)), **cond)
+
+
+def _vlb_objective(denoiser: Denoiser, x0: Tensor, t: Tensor, generator: torch.Generator | None,
+                   discrete: bool, options: dict[str, float], cond: dict[str, Any]) -> Tensor:
+    return vlb(denoiser, x0, t=t, generator=generator, discrete=discrete, **cond)
+
+
+def _hybrid_objective(denoiser: Denoiser, x0: Tensor, t: Tensor,
+                      generator: torch.Generator | None, discrete: bool,
+                      options: dict[str, float], cond: dict[str, Any]) -> Tensor:
+    return hybrid(denoiser, x0, options.get("hybrid_lambda", 0.001), t=t, generator=generator,
+                  discrete=discrete, **cond)
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {"simple": _simple_objective,
+                                            "min-snr": _min_snr_objective,
+                                            "vlb": _vlb_objective, "hybrid": _hybrid_objective}
+"""The training objectives by name (``TrainConfig.loss``); see :func:`objective`."""
+
+
+def objective(name: str, denoiser: Denoiser, x0: Tensor, t: Tensor, *,
+              generator: torch.Generator | None = None, discrete: bool = True,
+              min_snr_gamma: float = 5.0, hybrid_lambda: float = 0.001, **cond: Any) -> Tensor:
+    """The training loss ``name`` of :data:`LOSSES` at the given steps t, one unweighted value per
+    example: ``simple``, ``min-snr`` (simple weighted by min-SNR-γ), ``vlb`` (bits/dim) or
+    ``hybrid`` (simple + λ·vlb). Multiply by the time sampler's weights before averaging.
+    ``discrete`` picks the bound's decoder (8-bit data) as in :func:`vlb`."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    options = {"min_snr_gamma": min_snr_gamma, "hybrid_lambda": hybrid_lambda}
+    return LOSSES[name](denoiser, x0, t, generator, discrete, options, cond)

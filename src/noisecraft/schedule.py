@@ -29,7 +29,9 @@ from torch import Tensor
 
 TimeLike = Tensor | float | int | Sequence[float]
 
-_KINDS = ("linear", "quadratic", "cosine", "sigmoid", "custom")
+SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid")
+"""The named schedules (:meth:`Schedule.from_name`); ``custom`` ones come from betas."""
+_KINDS = (*SCHEDULES, "custom")
 
 
 def _as_time(t: TimeLike, device: torch.device | None = None) -> Tensor:

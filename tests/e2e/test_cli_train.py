@@ -73,7 +73,7 @@ def test_training_on_vectors_uses_the_mlp_and_scatter_plots(tmp_path, capsys):
     (["--steps", "-3"], "argument --steps: '-3' must be an integer >= 1"),
     (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
     (["--schedule", "zigzag"], "argument --schedule: invalid choice: 'zigzag'"),
-    (["--net", "huge"], "unknown network preset 'huge'"),
+    (["--net", "huge"], "argument --net: invalid choice: 'huge'"),
     (["--net", "tiny", "--data", "moons"], "use --net mlp"),
     (["--data", "no/such/data"], "data 'no/such/data' not found"),
     (["--label-dropout", "0.2"], "--label-dropout needs --class-cond"),

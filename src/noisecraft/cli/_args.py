@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
+from typing import Any
 
 
 def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None, help: str,
@@ -72,22 +72,8 @@ def probability(text: str) -> float:
 
 
 # --------------------------------------------------------------------------- torch threads
-# Measured on this project's 2-CPU machine (noisecraft train on digits, 40 steps at batch 64, and
-# noisecraft sample, 64 images by DDIM-20; scratch timings in the commit message): while other
-# processes used the CPUs, torch's default of one intra-op thread per core was 2–3× slower than
-# one thread, and up to 12× slower beside one extra busy process: an OpenMP team waits for a
-# thread that has no core. With both cores free a second thread gains at most 1.3× (the demo's
-# measurement), so on machines with <= 2 CPUs one thread is the default.
-SMALL_MACHINE_CPUS = 2
-
-
-def default_threads() -> int | None:
-    """1 on a machine with at most SMALL_MACHINE_CPUS CPUs, else None (torch's own default);
-    None also when OMP_NUM_THREADS is set, which is the user's choice."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return None
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 1 if cpus <= SMALL_MACHINE_CPUS else None
+# One rule for the CLI and the Python API: see noisecraft.threads (measurements there).
+from ..threads import SMALL_MACHINE_CPUS, default_threads  # noqa: E402
 
 
 def add_threads(parser: argparse.ArgumentParser, default: int | None = None) -> None:
@@ -109,3 +95,76 @@ def apply_threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- flags from settings
+def _converter(kind: type, f: Any) -> Any:
+    """argparse ``type=`` for a setting: parse the text, then check it as the dataclass would,
+    so a bad value is a usage error naming the flag (same wording as the dataclass's check)."""
+    from ..config import Interval
+
+    rng = Interval.parse(f.metadata["range"]) if f.metadata.get("range") else None
+    if kind is str:
+        return str
+
+    def convert(text: str) -> Any:
+        value = _number(text, kind)
+        if rng is not None and value not in rng:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {rng.describe(kind is int)}")
+        return kind(value)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per :func:`noisecraft.config.setting` field of ``cls``: type, choices, range and
+    help from the field; argparse's default is None so that a given value (0 and False
+    included) can be told from an absent one; the help shows the dataclass's default."""
+    import dataclasses
+    import typing
+
+    from ..config import choices_of, default_of, flag_name, settings_of, value_kind
+
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (noisecraft.config)")
+    for f in settings_of(cls):
+        kind, length, _ = value_kind(hints[f.name])
+        default = default_of(f)
+        text = f.metadata["help"]
+        if default is not None and default is not dataclasses.MISSING:
+            text += f" (default {_show(default)})"
+        flag = flag_name(cls, f)
+        kw: dict[str, Any] = {"dest": flag.replace("-", "_"), "default": None, "help": text}
+        if f.metadata.get("metavar") is not None:
+            kw["metavar"] = f.metadata["metavar"]
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _converter(kind, f)
+            choices = choices_of(f)
+            if choices is not None:
+                kw["choices"] = choices
+            if length is not None:
+                kw["nargs"] = length
+        group.add_argument("--" + flag, **kw)
+
+
+def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The settings of ``cls`` the user gave on the command line (tuples as tuples)."""
+    from ..config import flag_name, settings_of
+
+    out = {}
+    for f in settings_of(cls):
+        value = getattr(args, flag_name(cls, f).replace("-", "_"), None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out

@@ -8,175 +8,168 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
-from ._args import (
-    add_threads,
-    command_parser,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    probability,
-)
-
-SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid")
-PREDICTIONS = ("eps", "x0", "v")
-
-# Flags a resumed run may change; any other flag must repeat the run's own setting.
-RESUMABLE = {"steps", "sample_every", "checkpoint_every", "log_every", "num_workers", "device",
-             "no_progress", "threads"}
+from ._args import add_settings, add_threads, command_parser, given_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..nets import PRESETS
+    from ..config import flag_sections
 
     p = command_parser(sub, "train", __doc__, "train a diffusion model into a run directory",
                        "noisecraft train --data digits --out runs/digits --steps 2000")
     a = p.add_argument
-    a("--data", help="dataset spec: digits, moons, swissroll, gmm8, checkerboard, a folder, .npz, "
-      "IDX folder or shard pattern (default with --resume: the run's own)")
     a("--out", required=True, metavar="RUN_DIR", help="the run directory to write")
     a("--resume", action="store_true", help="continue the run in RUN_DIR up to --steps, restoring "
-      "weights, EMA, optimizer, LR schedule, RNG and data order")
-    a("--net", metavar="PRESET", help=f"network preset: {', '.join(PRESETS)} "
-      "(default: tiny for images, mlp for vectors)")
-    a("--steps", type=positive_int, help="total optimizer steps (default 2000)")
-    a("--batch-size", type=positive_int, help="examples per process per micro-batch (default 128)")
-    a("--lr", type=positive_float, help="peak AdamW learning rate (default 2e-4)")
-    a("--lr-schedule", choices=("constant", "cosine"),
-      help="after warm-up: constant (default) or cosine decay to 0 at --steps")
-    a("--warmup", type=non_negative_int, help="linear LR warm-up steps (default 100)")
-    a("--weight-decay", type=non_negative_float, help="AdamW weight decay (default 0)")
-    a("--grad-clip", type=non_negative_float, help="clip the gradient norm to this (default 1; 0 = off)")
-    a("--accum", type=positive_int, help="micro-batches per optimizer step (default 1)")
-    a("--ema-decay", type=probability, help="EMA decay per step (default 0.999)")
-    a("--schedule", choices=SCHEDULES, help="noise schedule (default linear)")
-    a("--timesteps", type=positive_int, metavar="T", help="diffusion steps T (default 1000)")
-    a("--prediction", choices=PREDICTIONS, help="what the net predicts (default eps)")
-    a("--class-cond", action="store_true", help="condition on the data's labels")
-    a("--label-dropout", type=probability, help="with --class-cond: fraction of labels replaced by "
-      "the null label, for classifier-free guidance (default 0)")
-    a("--image-size", type=positive_int, help="resize + centre-crop images to this size")
-    a("--channels", type=int, choices=(1, 3, 4), help="convert images to 1, 3 or 4 channels")
-    a("--flip", action="store_true", help="random left-right flips")
-    a("--seed", type=non_negative_int, help="seed for weights, noise and data order (default 0)")
-    a("--sample-every", type=non_negative_int,
-      help="write a sample grid every N steps and at the end (default 500; 0 = never)")
-    a("--checkpoint-every", type=non_negative_int,
-      help="save a checkpoint every N steps (default 500; 0 = only at the end)")
-    a("--log-every", type=positive_int, help="log the loss every N steps (default 50)")
-    a("--num-workers", type=non_negative_int, help="DataLoader workers (default 0)")
+      "weights, EMA, optimizer, LR schedule, RNG and data order; a flag that would change one of "
+      "the run's settings is refused, except " + ", ".join(_resumable_flags()))
     a("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     a("--no-progress", action="store_true", help="no progress bar")
     add_threads(p)
+    for _, cls in flag_sections():
+        add_settings(p, cls)
     p.set_defaults(func=run)
 
 
-DEFAULTS: dict[str, Any] = {"steps": 2000, "batch_size": 128, "lr": 2e-4, "lr_schedule": "constant",
-                            "warmup": 100, "weight_decay": 0.0, "grad_clip": 1.0, "accum": 1,
-                            "ema_decay": 0.999, "schedule": "linear", "timesteps": 1000,
-                            "prediction": "eps", "label_dropout": 0.0, "seed": 0, "sample_every": 500,
-                            "checkpoint_every": 500, "log_every": 50, "num_workers": 0}
+def _resumable_flags() -> list[str]:
+    from ..config import flag_name, flag_sections, settings_of
+
+    return ["--" + flag_name(cls, f) for _, cls in flag_sections() for f in settings_of(cls)
+            if f.metadata["resumable"]]
 
 
-def _value(args: argparse.Namespace, name: str) -> Any:
-    value = getattr(args, name)
-    return DEFAULTS.get(name) if value is None else value
+def _check_resume_flags(args: argparse.Namespace, config: Any) -> Any:
+    """The run's config with the resumable flags given applied; any other given flag must equal
+    the run's own value (0 and False included), else ValueError naming the flag and both values."""
+    import dataclasses
+
+    from ..config import flag_name, flag_sections, settings_of, stored_value
+
+    for attr, cls in flag_sections():
+        given = given_settings(args, cls)
+        updates = {}
+        for f in settings_of(cls):
+            if f.name not in given:
+                continue
+            value, saved = given[f.name], stored_value(config, attr, f)
+            if f.metadata["resumable"]:
+                updates[f.name] = value
+            elif value != saved:
+                flag = "--" + flag_name(cls, f)
+                raise ValueError(f"{flag} {_show(value)} conflicts with the run being resumed "
+                                 f"({flag} {_show(saved)}); a resumed run keeps its settings "
+                                 f"except {', '.join(_resumable_flags())}")
+        if updates:
+            config = dataclasses.replace(
+                config, **{attr: dataclasses.replace(getattr(config, attr), **updates)})
+    return config
 
 
-def _train_config(args: argparse.Namespace) -> Any:
-    from ..config import TrainConfig
-
-    names = ("steps", "batch_size", "lr", "lr_schedule", "warmup", "weight_decay", "grad_clip",
-             "accum", "ema_decay", "label_dropout", "seed", "sample_every", "checkpoint_every",
-             "log_every", "num_workers")
-    return TrainConfig(**{n: _value(args, n) for n in names})
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
 
 
-def _given(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags the user actually passed (store_true flags count when set)."""
-    skip = {"func", "command", "out", "resume"}
-    return {k: v for k, v in vars(args).items() if k not in skip and v not in (None, False)}
+def _new_config(args: argparse.Namespace, build: Any, dataset: Any) -> Any:
+    """A new run's config from the given flags and the dataclasses' defaults."""
+    import dataclasses
+
+    from ..config import CLASS_COND_LABEL_DROPOUT, ConditionConfig, TrainConfig, flag_sections
+    from ..nets import DEFAULT_PRESETS
+    from ..train import new_run_config
+
+    default_net = DEFAULT_PRESETS[dataset.info["kind"]]
+    overrides = {"learned_variance": True} if build.learned_variance else None
+    sections = {attr: given_settings(args, cls) for attr, cls in flag_sections() if attr}
+    if build.class_cond or sections.get("condition", {}).get("kind") == "class":
+        sections.setdefault("train", {}).setdefault("label_dropout", CLASS_COND_LABEL_DROPOUT)
+    config = new_run_config(dataset, build.data, net=build.net or default_net,
+                            net_overrides=overrides, schedule=build.schedule, T=build.timesteps,
+                            prediction=build.prediction, class_conditional=build.class_cond,
+                            train=TrainConfig(**sections.pop("train", {})),
+                            condition=ConditionConfig(**sections.pop("condition", {})))
+    for attr, given in sections.items():
+        if given:
+            config = dataclasses.replace(
+                config, **{attr: dataclasses.replace(getattr(config, attr), **given)})
+    return config
 
 
-def _check_resume_flags(args: argparse.Namespace, config: Any) -> None:
-    """A resumed run keeps its settings: a flag that would change them is an error, not ignored."""
-    t, d = config.train, config.data
-    saved = {"data": d.spec, "batch_size": t.batch_size, "lr": t.lr, "lr_schedule": t.lr_schedule,
-             "warmup": t.warmup, "weight_decay": t.weight_decay, "grad_clip": t.grad_clip,
-             "accum": t.accum, "ema_decay": t.ema_decay, "label_dropout": t.label_dropout,
-             "seed": t.seed, "schedule": config.schedule.get("kind"),
-             "timesteps": config.schedule.get("T"), "prediction": config.prediction,
-             "class_cond": d.num_classes is not None, "image_size": d.image_size,
-             "channels": d.channels, "flip": bool((d.preprocess or {}).get("flip")),
-             "net": _preset_of(config.net)}
-    for name, value in _given(args).items():
-        if name in RESUMABLE:
-            continue
-        if saved.get(name) != value:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} {value} conflicts with the run being resumed "
-                             f"({saved.get(name, 'set at creation')}); a resumed run keeps its "
-                             "settings except --steps, --sample-every, --checkpoint-every, "
-                             "--log-every, --num-workers, --device and --threads")
+def _latent_data(spec: str, image_size: int | None, channels: int | None, flip: bool,
+                 posterior: str, *, ae_dir: str | None = None, config: Any = None,
+                 source: Path | None = None, device: str | None = None,
+                 progress: bool = True) -> Any:
+    """The latent dataset of ``spec`` (encoded once, cached): a new run measures the scale factor,
+    a resumed one (``config``) reuses its recorded scale and checks its autoencoder is unchanged."""
+    import torch
 
+    from .. import data as nc_data
+    from ..autoencoders import load_autoencoder
+    from ..data.latents import latent_dataset
+    from ..run import check_device, load_latent_autoencoder
 
-def _preset_of(net_config: dict[str, Any]) -> str | None:
-    """The preset that, sized like this net, gives exactly its config (None: a custom net)."""
-    from ..nets import PRESETS, build
-
-    sizing = {k: net_config.get(k) for k in ("in_channels", "image_size", "T", "num_classes")}
-    for name, preset in PRESETS.items():
-        if preset["arch"] != net_config.get("arch"):
-            continue
-        try:
-            if build(name, **sizing).config == net_config:
-                return name
-        except ValueError:
-            continue
-    return None
+    dev = (check_device(device) if device
+           else torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if config is not None:
+        ae = load_latent_autoencoder(config, source, dev)
+    else:
+        ae = load_autoencoder(ae_dir, device=dev)
+    pixels = nc_data.load(spec, image_size=image_size, channels=channels, shuffle=False)
+    dataset = latent_dataset(pixels, ae, posterior=posterior, flip=flip,
+                             scale_factor=config.latent.scale_factor if config is not None else None,
+                             progress=progress)
+    print(f"noisecraft: latents {'from the cache' if dataset.from_cache else 'encoded and cached'} "
+          f"({len(dataset)} × {dataset.latent.shape}, scale factor {dataset.latent.scale_factor:.5f})")
+    return dataset
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .. import data as nc_data
+    from ..config import BuildConfig
     from ..run import read_config
-    from ..train import Trainer, new_run_config
+    from ..train import Trainer
 
     out = args.out
+    if args.autoencoder is not None:  # the run records the resolved folder
+        args.autoencoder = str(Path(args.autoencoder).resolve())
     if args.resume:
-        config = read_config(out)
-        _check_resume_flags(args, config)
-        updates = {k: getattr(args, k) for k in ("steps", "sample_every", "checkpoint_every",
-                                                 "log_every", "num_workers")
-                   if getattr(args, k) is not None}
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, **updates))
+        config = _check_resume_flags(args, read_config(out))
         d = config.data
         flip = bool((d.preprocess or {}).get("flip"))
-        dataset = nc_data.load(d.spec, **({"image_size": d.image_size, "channels": d.channels,
-                                            "flip": flip} if d.kind == "image" else {}))
+        if config.latent is not None:
+            dataset = _latent_data(d.spec, d.image_size, d.channels, flip, config.latent.posterior,
+                                   config=config, source=Path(out) / "config.json",
+                                   device=args.device, progress=not args.no_progress)
+        else:
+            options = ({"image_size": d.image_size, "channels": d.channels, "flip": flip}
+                       if d.kind == "image" else (d.preprocess or {}).get("audio", {}))
+            dataset = nc_data.load(d.spec, **options)
         if d.preprocess is not None and dataset.preprocess.to_dict() != d.preprocess:
             raise ValueError(f"{d.spec!r} now loads with preprocessing {dataset.preprocess.to_dict()}, "
                              f"but the run was trained with {d.preprocess}")
     else:
-        if args.data is None:
+        build = BuildConfig(**given_settings(args, BuildConfig))
+        if build.data is None:
             raise ValueError("--data is required (unless --resume)")
-        if args.label_dropout and not args.class_cond:
+        if args.label_dropout and not (build.class_cond or args.condition == "class"):
             raise ValueError("--label-dropout needs --class-cond")
+        if args.latent_posterior and build.autoencoder is None:
+            raise ValueError("--latent-posterior needs --autoencoder")
         foreign = not os.path.isfile(os.path.join(out, "config.json"))
         if os.path.isdir(out) and os.listdir(out) and foreign:
             raise ValueError(f"--out {out} is a non-empty folder that is not a run directory; "
                              "choose a new or empty folder")
-        image_opts = {k: v for k, v in (("image_size", args.image_size), ("channels", args.channels),
-                                        ("flip", args.flip)) if v}
-        dataset = nc_data.load(args.data, **image_opts)
-        default_net = "tiny" if dataset.info["kind"] == "image" else "mlp"
-        config = new_run_config(dataset, args.data, net=args.net or default_net,
-                                schedule=_value(args, "schedule"), T=_value(args, "timesteps"),
-                                prediction=_value(args, "prediction"), class_conditional=args.class_cond,
-                                train=_train_config(args))
+        image_opts = {k: v for k, v in (("image_size", build.image_size),
+                                        ("channels", build.channels), ("flip", build.flip)) if v}
+        if build.autoencoder is not None:
+            dataset = _latent_data(build.data, build.image_size, build.channels, build.flip,
+                                   build.latent_posterior, ae_dir=build.autoencoder,
+                                   device=args.device, progress=not args.no_progress)
+        else:
+            dataset = nc_data.load(build.data, **image_opts)
+        config = _new_config(args, build, dataset)
     trainer = Trainer(config, out, dataset, resume=args.resume, device=args.device,
                       progress=not args.no_progress)
     result = trainer.fit()

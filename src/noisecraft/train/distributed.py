@@ -94,3 +94,16 @@ def gather_bytes(blob: bytes, ctx: Context) -> list[bytes]:
     bufs = [torch.zeros_like(buf) for _ in range(ctx.world_size)]
     dist.all_gather(bufs, buf)
     return [bytes(b[: int(s.item())].cpu().numpy().tobytes()) for b, s in zip(bufs, sizes, strict=True)]
+
+
+def all_gather_tensors(tensors: list[torch.Tensor], ctx: Context) -> list[torch.Tensor]:
+    """Each tensor concatenated over all ranks along dim 0, in rank order (equal shapes on every
+    rank; all ranks call it)."""
+    if not ctx.distributed:
+        return [t.detach() for t in tensors]
+    out = []
+    for t in tensors:
+        parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, t.detach().contiguous())
+        out.append(torch.cat(parts))
+    return out

@@ -1,10 +1,11 @@
 """The training loop: AdamW, warm-up, clipping, EMA, accumulation, checkpoints, DDP.
 
 One optimizer step draws ``accum`` micro-batches x_0, for each a per-example loss
-(``losses.simple``: t uniform on {1, …, T}, ε ~ N(0, I), the Denoiser's regression target),
-averages it over the batch and the micro-batches, clips the gradient norm, steps AdamW and moves
-the EMA. Under ``torchrun`` the network is wrapped in DistributedDataParallel, which averages
-the gradients over ranks; everything else is the same code. Only rank 0 writes files.
+(``losses.objective(config.train.loss)``, t from ``config.train.time_sampler`` with its importance
+weights, ε ~ N(0, I)), averages it over the batch and the micro-batches, clips the gradient
+norm, steps AdamW and moves the EMA. Under ``torchrun`` the network is wrapped in
+DistributedDataParallel, which averages the gradients over ranks; everything else is the same
+code. Only rank 0 writes files.
 
 Reproducibility: on the CPU a run is a function of its config. All randomness comes from a
 per-rank training generator (t, ε, label dropout), torch's global RNG (dropout, flips) and the
@@ -16,6 +17,7 @@ random flip has a seed of its own, see ``batches.py``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -29,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import losses, nets
-from ..config import DataConfig, RunConfig, SamplingConfig, TrainConfig
+from ..config import BuildConfig, ConditionConfig, DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..denoiser import Denoiser
 from ..errors import DataError, RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
@@ -80,41 +82,93 @@ def rank_seed(seed: int, rank: int, stream: str) -> int:
 
 
 def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = "tiny",
-                   net_overrides: dict[str, Any] | None = None, schedule: str = "linear",
-                   T: int = 1000, prediction: str = "eps", class_conditional: bool = False,
-                   train: TrainConfig | None = None, sampling: SamplingConfig | None = None
-                   ) -> RunConfig:
+                   net_overrides: dict[str, Any] | None = None,
+                   schedule: str = BuildConfig.schedule, T: int = BuildConfig.timesteps,
+                   prediction: str = BuildConfig.prediction, class_conditional: bool = False,
+                   train: TrainConfig | None = None, sampling: SamplingConfig | None = None,
+                   condition: ConditionConfig | None = None) -> RunConfig:
     """The config of a new run: preset ``net`` sized to ``dataset`` (``dataset.info``) and the
     schedule ``schedule`` with ``T`` steps. Images sample with x̂_0 clipped to [−1, 1] and
-    draw 64-picture grids; vectors sample unclipped and plot 2,000 points."""
+    draw 64-picture grids; audio (log-mel spectrograms) clips too and draws 8; vectors sample
+    unclipped and plot 2,000 points.
+
+    ``condition``: kind "class" is ``class_conditional``; kind "text" loads the text encoder
+    (recording its sha256 and sizing the net's ``text_dim``) and checks the captions' source."""
     info, pre = dataset.info, dataset.preprocess  # type: ignore[union-attr]
     kind = info["kind"]
-    if kind not in ("image", "vector"):
-        raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images and vectors")
+    if kind not in ("image", "vector", "audio"):
+        raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images, audio "
+                         "and vectors")
     if net not in nets.PRESETS:
         raise ValueError(f"unknown network preset {net!r}; valid: {', '.join(nets.PRESETS)}")
     arch = nets.PRESETS[net]["arch"]
     if kind == "vector" and arch == "unet":
         raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a U-Net for images; "
                          "use --net mlp")
+    if kind == "audio" and arch != "unet":
+        raise ValueError(f"{spec!r} is audio data (n_mels × frames spectrograms), but preset {net!r} "
+                         f"is not a U-Net; use --net {nets.DEFAULT_PRESETS['audio']}")
+    condition = condition or ConditionConfig()
+    if condition.kind == "class" or (class_conditional and condition.kind == "none"):
+        class_conditional, condition = True, dataclasses.replace(condition, kind="class")
+    elif class_conditional:
+        raise ValueError(f"--class-cond conflicts with --condition {condition.kind}")
+    text_overrides: dict[str, Any] = {}
+    if condition.kind == "text":
+        condition, text_overrides = _text_condition(condition, dataset, spec)
     num_classes = info.get("num_classes") if class_conditional else None
     if class_conditional and not num_classes:
         raise ValueError(f"{spec!r} has no labels, so it cannot train a class-conditional model")
     sched = Schedule.from_name(schedule, T=T)
-    overrides: dict[str, Any] = {"in_channels": info["channels"] if kind == "image" else info["dim"],
-                                 "image_size": pre.height if kind == "image" else None,
+    latent = getattr(dataset, "latent", None)  # a LatentDataset: the net sees latent images
+    # Spectrograms are one-channel pictures (n_mels × frames); the U-Net is sized by the mel axis.
+    overrides: dict[str, Any] = {"in_channels": info["dim"] if kind == "vector" else info["channels"],
+                                 "image_size": (info["height"] if latent is not None else pre.height)
+                                 if kind != "vector" else None,
                                  "T": sched.T, "num_classes": num_classes}
+    overrides.update(text_overrides)
     overrides.update(net_overrides or {})
     net_config = nets.build(net, **overrides).config
     data = DataConfig(spec=spec, kind=kind, shape=list(pre.shape), num_classes=num_classes,
                       image_size=pre.image_size if kind == "image" else None,
                       channels=pre.channels if kind == "image" else None,
                       preprocess=pre.to_dict())
-    if sampling is None:
-        sampling = (SamplingConfig(clip=(-1.0, 1.0), n=64) if kind == "image"
+    if sampling is None:  # latents are not confined to [−1, 1]: no clipping of x̂_0 there
+        sampling = (SamplingConfig(clip=None if latent is not None else (-1.0, 1.0), n=64)
+                    if kind == "image"
+                    else SamplingConfig(clip=(-1.0, 1.0), n=8) if kind == "audio"
                     else SamplingConfig(clip=None, n=2000))
     return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
-                     train=train or TrainConfig(), sampling=sampling)
+                     train=train or TrainConfig(), sampling=sampling, condition=condition,
+                     latent=latent)
+
+
+def _text_condition(condition: ConditionConfig, dataset: Any, spec: str
+                    ) -> tuple[ConditionConfig, dict[str, Any]]:
+    """A text condition completed from the data and the encoder: the encoder's sha256, the class
+    names a template uses; and the net's ``text_dim``."""
+    from ..conditioning import load_text_encoder
+    from ..data import resolve_format
+    from ..data.captions import check_template, class_names
+
+    info = dataset.info
+    if info["kind"] != "image":
+        raise ValueError(f"{spec!r} is {info['kind']} data; --condition text needs a U-Net on images")
+    names = None
+    if condition.caption_template is not None:
+        if not info.get("num_classes"):
+            raise ValueError(f"--caption-template needs labels, and {spec!r} has none; its own "
+                             "captions are used without a template")
+        names = class_names(info, resolve_format(spec))
+        check_template(condition.caption_template, names)
+    elif isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset) \
+            and not dataset[0]["caption"]:
+        raise ValueError(f"{spec!r} has no captions (its first example has none): pass "
+                         "--caption-template, e.g. 'a picture of {name}'")
+    encoder = load_text_encoder(condition.text_encoder)
+    condition = dataclasses.replace(condition, text_encoder=encoder.name,
+                                    text_encoder_sha256=encoder.sha256, class_names=names)
+    return condition, {"text_dim": encoder.dim}
 
 
 @dataclass
@@ -144,6 +198,9 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, dataset: Dataset | IterableDataset,
                  *, resume: bool = False, device: str | torch.device | None = None,
                  progress: bool = True):
+        from ..threads import apply_default_threads
+
+        apply_default_threads()  # the CLI's CPU-thread default, once (see noisecraft.threads)
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset = dataset
@@ -217,6 +274,7 @@ class Trainer:
         stream = BatchStream(self.dataset, tc.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                              seed=tc.seed, num_workers=tc.num_workers, pin_memory=dev.type == "cuda")
         self.net, self.ema = net, ema
+        self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
         step, wall = 0, 0.0
         if self.resume:
             step, wall = self._restore(ctx, net, ema, opt, gen, stream)
@@ -225,7 +283,8 @@ class Trainer:
         if ctx.distributed:
             model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         # No clip: clamping x̂_0 is for sampling; the loss reads the raw output.
-        denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction)
+        denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction,
+                            learned_variance=bool(cfg.net.get("learned_variance", False)))
 
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         writer = _tensorboard(self.run_dir) if ctx.is_main else None
@@ -263,7 +322,7 @@ class Trainer:
                     last = micro == tc.accum - 1
                     sync = contextlib.nullcontext() if last or not ctx.distributed else model.no_sync()
                     with sync:
-                        loss = self._loss(denoiser, batch, gen, dev)
+                        loss = self._loss(denoiser, batch, gen, ctx)
                         (loss / tc.accum).backward()
                     sums[0] += loss.detach().double() / tc.accum
                 grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
@@ -303,10 +362,13 @@ class Trainer:
                            examples_per_s=last_rate)
 
     def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
-              dev: torch.device) -> Tensor:
+              ctx: distributed.Context) -> Tensor:
         """The batch mean of the per-example losses (bf16 autocast on CUDA only)."""
+        dev = ctx.device
         x0 = batch["x"].to(dev, non_blocking=True)
         cond: dict[str, Tensor] = {}
+        if self.config.condition.kind == "text":
+            cond.update(self._text_condition(batch, gen, dev))
         if self.config.data.num_classes is not None:
             labels = batch["label"]
             _check_labels(labels, self.config.data.num_classes, batch.get("key"))
@@ -317,9 +379,26 @@ class Trainer:
                 drop = torch.rand(labels.shape, generator=gen, device=dev) < p_drop
                 labels = torch.where(drop, torch.full_like(labels, -1), labels)
             cond["labels"] = labels
+        tc = self.config.train
+        t, weights = self.time_sampler.sample(x0.shape[0], generator=gen, device=dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            per_example = losses.simple(denoiser, x0, generator=gen, **cond)
-        return per_example.float().mean()
+            per_example = losses.objective(
+                tc.loss, denoiser, x0, t, generator=gen, discrete=_eight_bit(self.config),
+                min_snr_gamma=tc.min_snr_gamma, hybrid_lambda=tc.hybrid_lambda, **cond).float()
+        if isinstance(self.time_sampler, losses.ImportanceTimeSampler):
+            # Every rank records every rank's (t, loss), so the samplers stay identical.
+            t_all, loss_all = distributed.all_gather_tensors([t, per_example.detach()], ctx)
+            self.time_sampler.update(t_all, loss_all)
+        return (per_example * weights).mean()
+
+    def _text_condition(self, batch: dict[str, Any], gen: torch.Generator,
+                        dev: torch.device) -> dict[str, Tensor]:
+        """Captions (with caption dropout) → text keywords through the embedding cache."""
+        from ..conditioning import load_text_encoder, training_condition
+
+        c = self.config.condition
+        encoder = load_text_encoder(c.text_encoder, sha256=c.text_encoder_sha256)  # loaded once
+        return training_condition(encoder, c, batch, gen, dev)
 
     # ------------------------------------------------------------------ outputs (rank 0)
     def _log(self, record: dict[str, Any], writer: Any) -> None:
@@ -337,17 +416,21 @@ class Trainer:
         cfg = self.config
         denoiser, schedule = build_denoiser(ema_net, cfg)
         pre = Preprocess.from_dict(cfg.data.preprocess or {})
-        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step)
+        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step,
+                        autoencoder=getattr(self.dataset, "autoencoder", None))
         was_training = ema_net.training
         ema_net.eval()
         try:
             out = run.generate(cfg.sampling.n, cfg.sampling.sampler, cfg.sampling.steps,
-                               seed=cfg.train.seed, labels=run.default_labels(cfg.sampling.n))
+                               seed=cfg.train.seed, labels=run.default_labels(cfg.sampling.n),
+                               prompts=run.default_prompts(cfg.sampling.n))
         finally:
             ema_net.train(was_training)
         path = self.run_dir / SAMPLES / f"step_{step:07d}.png"
         if pre.kind == "image":
             viz.save(viz.image_grid(out), path)
+        elif pre.kind == "audio":
+            viz.save(viz.spectrogram_grid(out), path)
         else:
             viz.save(viz.scatter(out[:, :2], reference=self._reference_points()), path)
 
@@ -375,6 +458,7 @@ class Trainer:
             state = {"version": STATE_VERSION, "step": step, "world_size": ctx.world_size,
                      "lr_step": step, "lr": lr_at(max(step - 1, 0), self.config.train),
                      "ema_updates": ema.num_updates, "wall_time_s": wall,
+                     "time_sampler": self.time_sampler.state_dict(),
                      "data": [json.loads(d) for d in data],
                      "rng": {k: [ckpt.encode_rng(_bytes_state(b)) for b in v] for k, v in rng.items()}}
             meta = {"step": str(step)}
@@ -397,6 +481,10 @@ class Trainer:
         check_step(model_file, load_weights(net, model_file), step)
         check_step(ema_file, load_weights(ema.net, ema_file), step)
         ema.num_updates = int(state.get("ema_updates", step))
+        try:
+            self.time_sampler.load_state_dict(state.get("time_sampler", {}))
+        except ValueError as e:
+            raise RunError(f"{d / STATE}: {e}") from None
         opt_state, meta = ckpt.optimizer_state_from_file(opt_file)
         check_step(opt_file, meta, step)
         try:
@@ -451,6 +539,12 @@ def _check_labels(labels: Tensor, num_classes: int, keys: Any) -> None:
         what = "has no label" if int(labels[i]) < 0 else f"has label {int(labels[i])}"
         raise DataError(f"training example {key!r} {what}, but this class-conditional run needs "
                         f"one in 0..{num_classes - 1} on every example")
+
+
+def _eight_bit(config: RunConfig) -> bool:
+    """Whether the data is 8-bit images, for which the bound's decoder is the discretised one."""
+    pre = config.data.preprocess or {}
+    return config.data.kind == "image" and list(pre.get("value_range", [])) == [0.0, 255.0]
 
 
 def _state_bytes(state: Tensor) -> bytes:
