@@ -149,3 +149,24 @@ def test_resume_survives_foreign_lines_in_the_log(tmp_path):
     train(run, config, dataset, resume=True)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+def test_autoencoder_trainer_takes_the_same_lock(tmp_path):
+    from noisecraft import data
+    from noisecraft.autoencoders import AutoencoderTrainConfig
+    from noisecraft.train.autoencoder import AutoencoderTrainer, new_autoencoder_config
+
+    ds = data.load("digits")
+    tc = AutoencoderTrainConfig(steps=1, batch_size=16, sample_every=0, checkpoint_every=0)
+    config = new_autoencoder_config(ds, "digits", latent_channels=2, factor=2, train=tc,
+                                    net_overrides={"base_channels": 8})
+    proc = hold_lock(tmp_path / "ae")
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
+            AutoencoderTrainer(config, tmp_path / "ae", ds, device="cpu", progress=False).fit()
+        assert sorted(os.listdir(tmp_path / "ae")) == [LOCK]
+    finally:
+        proc.kill()
+        proc.wait()
+    AutoencoderTrainer(config, tmp_path / "ae", ds, device="cpu", progress=False).fit()
+    assert not writer_active(tmp_path / "ae")
