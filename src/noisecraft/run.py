@@ -10,6 +10,7 @@ A run directory holds
     state.json             step, RNG states, LR-schedule and data-order positions
     log.jsonl              one JSON object per logged step
     samples/               sample grids written during training
+    .lock                  the writer's lock (``noisecraft.lock``): one trainer at a time
 
 A checkpoint is saved as one transaction of ``noisecraft.io`` with ``state.json`` last (the
 commit point). Each safetensors file also records its step and loading checks it against
