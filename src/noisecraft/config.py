@@ -51,7 +51,7 @@ from .errors import RunError
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules after warm-up (``noisecraft.train.lr_at`` implements them)."""
-DATA_KINDS = ("image", "vector")
+DATA_KINDS = ("image", "vector", "audio")  # as Preprocess.KINDS
 LATENT_POSTERIORS = ("mean", "sample")
 """What a latent run trains on: the posterior mean of each latent, or a fresh draw from q(z|x)."""
 
@@ -248,7 +248,7 @@ class BuildConfig(Settings):
         "folder or shard pattern (required for a new run; with --resume: the run's own)",
         stored=lambda c: c.data.spec)
     net: str | None = setting(
-        None, "network preset (default: tiny for images, mlp for vectors)",
+        None, "network preset (default: tiny for images, audio for spectrograms, mlp for vectors)",
         choices=registry("nets", "PRESETS"), metavar="PRESET", stored=lambda c: _preset_of(c.net))
     schedule: str = setting("linear", "noise schedule", choices=registry("schedule", "SCHEDULES"),
                             stored=lambda c: c.schedule.get("kind"))
@@ -281,6 +281,11 @@ class BuildConfig(Settings):
         stored=lambda c: c.latent.posterior if c.latent else "mean")
 
 
+# The label dropout of `noisecraft train --class-cond` when --label-dropout is not given: a run
+# that cannot be guided (no null condition trained) is a poor default (Ho & Salimans use 0.1-0.2).
+CLASS_COND_LABEL_DROPOUT = 0.1
+
+
 @dataclass
 class TrainConfig(Settings):
     """Optimisation settings. ``steps`` counts optimizer steps (each of ``accum`` micro-batches).
@@ -307,7 +312,9 @@ class TrainConfig(Settings):
     ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n)/(10 + n)) over the first "
                                "updates, so early weights are forgotten")
     label_dropout: float = setting(0.0, "with --class-cond: fraction of labels replaced by the "
-                                   "null label, for classifier-free guidance", range="[0, 1)")
+                                   "null label, for classifier-free guidance; `noisecraft train "
+                                   f"--class-cond` uses {CLASS_COND_LABEL_DROPOUT:g} unless given",
+                                   range="[0, 1)")
     loss: str = setting("simple", "training objective: simple (MSE on the prediction), min-snr "
                         "(min-SNR-gamma weighted MSE), vlb (the variational bound), hybrid "
                         "(simple + lambda vlb; with --learned-variance)",

@@ -328,6 +328,9 @@ def as_denoiser(model: Any, schedule: Schedule, prediction: str | None = None,
     return model
 
 
+_as_denoiser = as_denoiser  # the former private name, for code written against it
+
+
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     try:
         out = tuple(int(n) for n in shape)
