@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "ode":
         record.update(divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol)
     else:
-        record.update(variance=args.variance or "default")
+        from ..process import resolve_variance
+
+        record.update(variance=resolve_variance(args.variance, den.learned_variance))
 
     split_bits = _score_split(run_, spec, args, score)
     record.update(data=spec, split=args.split, n=len(split_bits),
