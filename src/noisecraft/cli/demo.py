@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the demo writes a folder, choose another --out")
     run_dir = out / "run"
     if (run_dir / "state.json").exists():
         raise ValueError(f"{run_dir} already holds a demo run; choose another --out or remove it")
