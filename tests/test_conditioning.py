@@ -218,3 +218,18 @@ def test_training_feeds_the_net_empty_prompts_at_the_caption_dropout_rate(tmp_pa
     assert has_text.numel() == steps * batch
     # Binomial(256, 0.3) null rows: mean 76.8, sd 7.3; ±5 sd (0 when dropout is off)
     assert abs(int((~has_text).sum()) - p * steps * batch) < 5 * (steps * batch * p * (1 - p)) ** 0.5
+
+
+def test_any_local_encoder_folder_can_be_named(encoder, tmp_path):
+    folder = tmp_path / "my-encoder"
+    for path in encoder.path.rglob("*"):
+        if path.is_file():
+            link = folder / path.relative_to(encoder.path)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    other = load_text_encoder(str(folder))
+    assert (other.name, other.sha256, other.dim) == (str(folder), encoder.sha256, encoder.dim)
+    torch.testing.assert_close(encode_prompts(other, ["a red heart"], disk=False)[2],
+                               encode_prompts(encoder, ["a red heart"], disk=False)[2])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_text_encoder(str(tmp_path / "nowhere"))

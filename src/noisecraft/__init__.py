@@ -13,6 +13,7 @@ from .process import q_sample, q_step, reverse_mean_variance
 from .run import LoadedRun, load_run
 from .samplers import SAMPLERS, sample
 from .schedule import Schedule
+from .threads import set_threads  # imported now so the API's lazy default knows torch's own count
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,7 @@ __all__ = [
     "sample",
     "sdedit",
     "samplers",
+    "set_threads",
     "train",
     "viz",
     "__version__",

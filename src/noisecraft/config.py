@@ -51,7 +51,7 @@ from .errors import RunError
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules after warm-up (``noisecraft.train.lr_at`` implements them)."""
-DATA_KINDS = ("image", "vector")
+DATA_KINDS = ("image", "vector", "audio")  # as Preprocess.KINDS
 LATENT_POSTERIORS = ("mean", "sample")
 """What a latent run trains on: the posterior mean of each latent, or a fresh draw from q(z|x)."""
 
@@ -248,7 +248,7 @@ class BuildConfig(Settings):
         "folder or shard pattern (required for a new run; with --resume: the run's own)",
         stored=lambda c: c.data.spec)
     net: str | None = setting(
-        None, "network preset (default: tiny for images, mlp for vectors)",
+        None, "network preset (default: tiny for images, audio for spectrograms, mlp for vectors)",
         choices=registry("nets", "PRESETS"), metavar="PRESET", stored=lambda c: _preset_of(c.net))
     schedule: str = setting("linear", "noise schedule", choices=registry("schedule", "SCHEDULES"),
                             stored=lambda c: c.schedule.get("kind"))

@@ -168,7 +168,8 @@ class LoadedRun:
                         options: dict[str, Any] | None = None, *,
                         guidance_rescale: float = 0.0,
                         guidance_interval: tuple[float, float] | None = None,
-                        autoguide: LoadedRun | None = None) -> torch.Tensor:
+                        autoguide: LoadedRun | None = None,
+                        progress: bool = False) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
         Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
@@ -178,7 +179,8 @@ class LoadedRun:
         with ``guidance_rescale``, ``guidance_interval`` (in t) and ``autoguide`` (another run:
         autoguidance), checked by :func:`noisecraft.guidance.guide_run`.
         ``options`` are the sampler's own (``{"variance": "learned"}`` for ddpm, ``{"eta": 1.0}``
-        for ddim).
+        for ddim). ``progress`` draws a tqdm bar on stderr counting sampler steps over all
+        batches, with an ETA.
         """
         from .samplers import sample
 
@@ -210,8 +212,9 @@ class LoadedRun:
                                  "is sampled unconditionally")
             if autoguide is not None:
                 autoguide.net.to(dev)
+        bar = _step_bar(-(-n // batch_size), steps) if progress else None
         out = []
-        for start in range(0, n, batch_size):
+        for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(n, start + batch_size)
             cond = {}
             if labels is not None:
@@ -223,32 +226,64 @@ class LoadedRun:
             x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps, options=options,
                        seed=seed, seed_offset=start, device=dev,
-                       callback=callback if start == 0 else None, **cond)
+                       callback=_with_bar(callback if start == 0 else None, bar), **cond)
             out.append(x.float().cpu())
+            if bar is not None:  # in step with the batches even if a sampler reports fewer steps
+                bar.update((batch + 1) * steps - bar.n)
+        if bar is not None:
+            bar.close()
         return torch.cat(out)
 
     def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
                  labels: np.ndarray | None = None, prompts: list[str] | None = None,
                  guidance: float | None = None,
-                 options: dict[str, Any] | None = None, **guided: Any) -> np.ndarray:
+                 options: dict[str, Any] | None = None, progress: bool = False,
+                 **guided: Any) -> np.ndarray:
         """``n`` samples as the data's own kind: uint8 (N, H, W, C) pictures for image runs,
-        float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`
-        (``guided``: its guidance_rescale, guidance_interval and autoguide keywords)."""
+        float32 (N, 1, n_mels, frames) log-mel spectrograms in [−1, 1] for audio runs (waveforms:
+        :meth:`to_audio`), float32 (N, D) vectors in data units for vector runs. See
+        :meth:`generate_tensor` (``guided``: its guidance_rescale, guidance_interval and
+        autoguide keywords)."""
         x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels,
-                                 prompts=prompts, guidance=guidance, options=options, **guided)
+                                 prompts=prompts, guidance=guidance, options=options,
+                                 progress=progress, **guided)
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:
-        """Model-space samples → uint8 pictures (images) or float32 data-unit vectors; a latent
-        run's latents are decoded first (:meth:`decode`)."""
+        """Model-space samples → uint8 pictures (images), float32 spectrograms (audio, the
+        model's own [−1, 1] log-mel units, which :meth:`to_audio` inverts) or float32 vectors; a
+        latent run's latents are decoded first (:meth:`decode`)."""
         from .data import denormalize, to_uint8
 
         if self.config.latent is not None:
             x = self.decode(x)
         if self.preprocess.kind == "image":
             return to_uint8(x, self.preprocess)
+        if self.preprocess.kind == "audio":
+            return torch.as_tensor(x).detach().cpu().float().clamp(-1, 1).numpy()
         return denormalize(x, self.preprocess).numpy().astype(np.float32)
+
+    @property
+    def audio_config(self) -> Any:
+        """The run's :class:`noisecraft.data.audio.AudioConfig` (sample rate, mels, hop, frames,
+        dB range), rebuilt from config.json; ValueError for runs that are not audio."""
+        from .data.audio import AudioConfig
+
+        if self.preprocess.kind != "audio":
+            raise ValueError(f"{self.run_dir} models {self.preprocess.kind} data, not audio")
+        return AudioConfig.from_dict(self.preprocess.audio)
+
+    def to_audio(self, spectrograms: np.ndarray | torch.Tensor, n_iter: int | None = None
+                 ) -> np.ndarray:
+        """Spectrograms from :meth:`generate` → float32 waveforms (N, (frames − 1) · hop) at
+        ``audio_config.sample_rate``: inverse mel (non-negative least squares) + fast
+        Griffin-Lim (``noisecraft.data.audio.spectrogram_to_audio``; ``n_iter`` None: its
+        default), initial phases seed 0."""
+        from .data.audio import GRIFFIN_LIM_ITERS, spectrogram_to_audio
+
+        x = torch.as_tensor(np.asarray(spectrograms), dtype=torch.float32)
+        return spectrogram_to_audio(x, self.audio_config, n_iter=n_iter or GRIFFIN_LIM_ITERS).numpy()
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -278,6 +313,28 @@ class LoadedRun:
                                          / lat.scale_factor + lat.shift_factor).float().cpu()
                  for i in range(0, len(z), batch_size)]
         return torch.cat(parts)
+
+
+def _step_bar(batches: int, steps: int) -> Any:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=batches * steps, desc="sample", unit="step", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _with_bar(callback: Callable[..., Any] | None, bar: Any) -> Callable[..., Any] | None:
+    """``callback`` that also advances ``bar`` by one sampler step (either may be None)."""
+    if bar is None:
+        return callback
+
+    def step(*args: Any) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(*args)
+
+    return step
 
 
 def load_latent_autoencoder(config: RunConfig, source: Path, device: str | torch.device) -> Any:
@@ -314,7 +371,9 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     """
     from . import nets
     from .data import Preprocess
+    from .threads import apply_default_threads
 
+    apply_default_threads()  # the CLI's CPU-thread default, once (see noisecraft.threads)
     device = check_device(device)
     path = check_run_dir(run_dir)
     config = read_config(path)

@@ -77,9 +77,10 @@ def _new_config(args: argparse.Namespace, build: Any, dataset: Any) -> Any:
     import dataclasses
 
     from ..config import CLASS_COND_LABEL_DROPOUT, ConditionConfig, TrainConfig, flag_sections
+    from ..nets import DEFAULT_PRESETS
     from ..train import new_run_config
 
-    default_net = "tiny" if dataset.info["kind"] == "image" else "mlp"
+    default_net = DEFAULT_PRESETS[dataset.info["kind"]]
     overrides = {"learned_variance": True} if build.learned_variance else None
     sections = {attr: given_settings(args, cls) for attr, cls in flag_sections() if attr}
     if build.class_cond or sections.get("condition", {}).get("kind") == "class":
@@ -142,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
                                    config=config, source=Path(out) / "config.json",
                                    device=args.device, progress=not args.no_progress)
         else:
-            dataset = nc_data.load(d.spec, **({"image_size": d.image_size, "channels": d.channels,
-                                                "flip": flip} if d.kind == "image" else {}))
+            options = ({"image_size": d.image_size, "channels": d.channels, "flip": flip}
+                       if d.kind == "image" else (d.preprocess or {}).get("audio", {}))
+            dataset = nc_data.load(d.spec, **options)
         if d.preprocess is not None and dataset.preprocess.to_dict() != d.preprocess:
             raise ValueError(f"{d.spec!r} now loads with preprocessing {dataset.preprocess.to_dict()}, "
                              f"but the run was trained with {d.preprocess}")

@@ -15,11 +15,12 @@ from .layers import (
 )
 from .linear import LinearDenoiser
 from .mlp import MLP
-from .presets import ARCHITECTURES, PRESETS, build, from_config
+from .presets import ARCHITECTURES, DEFAULT_PRESETS, PRESETS, build, from_config
 from .unet import UNet
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_PRESETS",
     "PRESETS",
     "AttentionBlock",
     "CrossAttentionBlock",

@@ -88,20 +88,25 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
                    condition: ConditionConfig | None = None) -> RunConfig:
     """The config of a new run: preset ``net`` sized to ``dataset`` (``dataset.info``) and the
     schedule ``schedule`` with ``T`` steps. Images sample with x̂_0 clipped to [−1, 1] and
-    draw 64-picture grids; vectors sample unclipped and plot 2,000 points.
+    draw 64-picture grids; audio (log-mel spectrograms) clips too and draws 8; vectors sample
+    unclipped and plot 2,000 points.
 
     ``condition``: kind "class" is ``class_conditional``; kind "text" loads the text encoder
     (recording its sha256 and sizing the net's ``text_dim``) and checks the captions' source."""
     info, pre = dataset.info, dataset.preprocess  # type: ignore[union-attr]
     kind = info["kind"]
-    if kind not in ("image", "vector"):
-        raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images and vectors")
+    if kind not in ("image", "vector", "audio"):
+        raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images, audio "
+                         "and vectors")
     if net not in nets.PRESETS:
         raise ValueError(f"unknown network preset {net!r}; valid: {', '.join(nets.PRESETS)}")
     arch = nets.PRESETS[net]["arch"]
     if kind == "vector" and arch == "unet":
         raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a U-Net for images; "
                          "use --net mlp")
+    if kind == "audio" and arch != "unet":
+        raise ValueError(f"{spec!r} is audio data (n_mels × frames spectrograms), but preset {net!r} "
+                         f"is not a U-Net; use --net {nets.DEFAULT_PRESETS['audio']}")
     condition = condition or ConditionConfig()
     if condition.kind == "class" or (class_conditional and condition.kind == "none"):
         class_conditional, condition = True, dataclasses.replace(condition, kind="class")
@@ -115,9 +120,10 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
         raise ValueError(f"{spec!r} has no labels, so it cannot train a class-conditional model")
     sched = Schedule.from_name(schedule, T=T)
     latent = getattr(dataset, "latent", None)  # a LatentDataset: the net sees latent images
-    overrides: dict[str, Any] = {"in_channels": info["channels"] if kind == "image" else info["dim"],
+    # Spectrograms are one-channel pictures (n_mels × frames); the U-Net is sized by the mel axis.
+    overrides: dict[str, Any] = {"in_channels": info["dim"] if kind == "vector" else info["channels"],
                                  "image_size": (info["height"] if latent is not None else pre.height)
-                                 if kind == "image" else None,
+                                 if kind != "vector" else None,
                                  "T": sched.T, "num_classes": num_classes}
     overrides.update(text_overrides)
     overrides.update(net_overrides or {})
@@ -128,7 +134,9 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
                       preprocess=pre.to_dict())
     if sampling is None:  # latents are not confined to [−1, 1]: no clipping of x̂_0 there
         sampling = (SamplingConfig(clip=None if latent is not None else (-1.0, 1.0), n=64)
-                    if kind == "image" else SamplingConfig(clip=None, n=2000))
+                    if kind == "image"
+                    else SamplingConfig(clip=(-1.0, 1.0), n=8) if kind == "audio"
+                    else SamplingConfig(clip=None, n=2000))
     return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
                      train=train or TrainConfig(), sampling=sampling, condition=condition,
                      latent=latent)
@@ -189,6 +197,9 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, dataset: Dataset | IterableDataset,
                  *, resume: bool = False, device: str | torch.device | None = None,
                  progress: bool = True):
+        from ..threads import apply_default_threads
+
+        apply_default_threads()  # the CLI's CPU-thread default, once (see noisecraft.threads)
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset = dataset
@@ -387,6 +398,8 @@ class Trainer:
         path = self.run_dir / SAMPLES / f"step_{step:07d}.png"
         if pre.kind == "image":
             viz.save(viz.image_grid(out), path)
+        elif pre.kind == "audio":
+            viz.save(viz.spectrogram_grid(out), path)
         else:
             viz.save(viz.scatter(out[:, :2], reference=self._reference_points()), path)
 
