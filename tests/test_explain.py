@@ -22,6 +22,7 @@ from noisecraft import Denoiser, GaussianMixture, Schedule
 from noisecraft.explain import (
     SECTIONS,
     _bimodal,
+    bound_estimate,
     bound_share,
     count_calls,
     exact_reverse_conditional,
@@ -58,6 +59,26 @@ def test_loss_by_noise_level_is_the_exact_gaussian_mmse_and_kl():
         post = s * s * sg * sg / (a * a * s * s + sg * sg)
         want = c0**2 * post / (2 * var) / math.log(2)
         assert abs(res["bound_bits"][i] - want) < 5 * want * math.sqrt(2 / k), (t, want)
+
+
+def test_bound_estimate_is_unbiased_for_the_full_bound():
+    """Gaussian data, ideal x̂_0, continuous data: the stratified estimate's mean over examples
+    must match the full T-term bound of noisecraft.nll within their joint sampling error."""
+    from noisecraft import nll
+
+    sch = Schedule.linear(200)
+    g = GaussianMixture([1.0], torch.full((1, 4), 0.2), [0.5])
+    den = Denoiser(g.net(sch, "x0"), sch, "x0")
+    x0 = g.sample(300, torch.Generator().manual_seed(0))
+    full = nll(den, x0, sch, "vlb", discrete=False, generator=torch.Generator().manual_seed(1))
+    est = bound_estimate(den, x0, 20, generator=torch.Generator().manual_seed(2))
+    diff = est - full                     # per example: same x_0, independent noise
+    se = diff.std().item() / math.sqrt(diff.numel())
+    assert abs(diff.mean().item()) < 5 * se + 1e-9, (diff.mean().item(), se)
+    # with one stratum per t the estimate is the full bound (up to its noise draws)
+    assert bound_estimate(den, x0[:5], 199).shape == (5,)
+    with pytest.raises(ValueError, match="strata"):
+        bound_estimate(den, x0, 0)
 
 
 def test_bound_share_sums_integer_terms_exactly_for_linear_terms():
