@@ -89,8 +89,10 @@ def test_bound_share_sums_integer_terms_exactly_for_linear_terms():
     assert total == pytest.approx(full.sum())
     assert share[2] == pytest.approx(full[:5].sum() / full.sum())
     assert share[-1] == 1.0
+    share2, total2 = bound_share(t[1:], b[1:])            # from t = 2: the KL terms only
+    assert total2 == pytest.approx(full[1:].sum()) and share2[0] == pytest.approx(full[1] / total2)
     with pytest.raises(ValueError):
-        bound_share(np.array([2, 3]), np.array([1.0, 1.0]))
+        bound_share(np.array([3, 2]), np.array([1.0, 1.0]))
 
 
 def test_exact_posterior_mean_matches_monte_carlo_over_the_forward_process():
