@@ -107,6 +107,9 @@ def test_splits_patterns_and_classes(tmp_path):
         load(str(tmp_path / "train-{0000..0002}.tar.gz"))
     with pytest.raises(DataError, match="no test split"):
         load(pattern, split="test")
+    # test shards named explicitly are a test split (nll and fid read split="test" by default)
+    explicit = load(str(tmp_path / "test-{0000..0000}.tar.gz"), split="test", shuffle=False)
+    assert [it["key"] for it in explicit][:2] == ["test_0000", "test_0001"]
 
 
 def test_corrupt_shard_is_named_or_skipped(tmp_path):

@@ -159,12 +159,16 @@ def test_rescale_matches_a_hand_computation(phi):
     assert torch.allclose(got.eps, (x - a[:, None] * got.x0) / s[:, None], atol=1e-9, rtol=0)
 
 
-def test_clip_applies_once_to_the_guided_x0():
-    x, t, a, s, labels = point()
+@pytest.mark.parametrize("w", [0.5, 3.0])
+def test_clip_applies_once_to_the_guided_x0(w):
+    x, t, a, s, labels = point(t=10.0)
     den = Denoiser(MIX.net(SCHED, "eps"), SCHED, "eps", clip=(-1.0, 1.0))
-    got = Guided(den, 3.0)(x, t, labels=labels).x0
+    got = Guided(den, w)(x, t, labels=labels).x0
     c, u = hand_label(labels, x, a, s), hand_mixture(x, a, s)
-    assert torch.allclose(got, (u + 3.0 * (c - u)).clamp(-1, 1), atol=TOL, rtol=0)
+    assert torch.allclose(got, (u + w * (c - u)).clamp(-1, 1), atol=TOL, rtol=0)
+    # Clipping each branch first would give another answer here (the test can tell them apart).
+    per_branch = (u.clamp(-1, 1) + w * (c.clamp(-1, 1) - u.clamp(-1, 1))).clamp(-1, 1)
+    assert (per_branch - got).abs().max() > 1e-3
 
 
 def test_autoguidance_uses_the_weaker_denoiser_with_the_same_condition():
@@ -252,3 +256,55 @@ def test_per_example_seeds_stay_batch_independent():
     small = sample(den, (2, D), SCHED, sampler="ddpm", steps=10, seed=7, seed_offset=3,
                    labels=labels[3:])
     assert torch.equal(big[3:], small)
+
+
+@pytest.mark.parametrize("p_drop", [0.0, 0.3])
+def test_the_trainer_shows_the_net_null_labels_at_the_label_dropout_rate(tmp_path, monkeypatch,
+                                                                         p_drop):
+    """Count the null labels (−1) the network itself receives during training steps."""
+    from noisecraft import data
+    from noisecraft.nets.layers import LabelEmbedding
+    from noisecraft.train import TrainConfig, Trainer, new_run_config
+
+    seen = []
+    real = LabelEmbedding.forward
+
+    def recording(self, labels, batch, device):
+        seen.append(torch.as_tensor(labels).clone())
+        return real(self, labels, batch, device)
+
+    monkeypatch.setattr(LabelEmbedding, "forward", recording)
+    dataset = data.load("digits")
+    steps, batch = 3, 64
+    config = new_run_config(dataset, "digits", net="tiny", T=20, class_conditional=True,
+                            net_overrides={"base_channels": 8, "attention_resolutions": [],
+                                           "norm_groups": 4},
+                            train=TrainConfig(steps=steps, batch_size=batch, label_dropout=p_drop,
+                                              sample_every=0, checkpoint_every=0))
+    Trainer(config, tmp_path / "run", dataset, device="cpu", progress=False).fit()
+    labels = torch.cat(seen)
+    assert labels.numel() == steps * batch
+    nulls = int((labels == -1).sum())
+    if p_drop == 0:
+        assert nulls == 0
+    else:
+        # Binomial(192, 0.3): mean 57.6, sd 6.3; ±5 sd leaves a false alarm below 1e-6.
+        n = labels.numel()
+        assert abs(nulls - n * p_drop) <= 5 * math.sqrt(n * p_drop * (1 - p_drop))
+    assert ((labels >= 0) & (labels < 10) | (labels == -1)).all()
+
+
+def test_learned_variance_passes_through_from_the_conditional_branch():
+    ideal = MIX.net(SCHED, "eps")
+
+    def net(x, t, labels=None):      # variance channels: +0.5 where the label is given, −0.5 null
+        raw = torch.where(labels[:, None] >= 0, 0.5, -0.5).to(x.dtype).expand_as(x)
+        return torch.cat([ideal(x, t, labels=labels), raw], dim=1)
+
+    den = Denoiser(net, SCHED, "eps", learned_variance=True)
+    x, t, _, _, labels = point()
+    d = Guided(den, 3.0)(x, t, labels=labels)
+    assert torch.equal(d.variance_fraction, torch.full_like(x, 0.75))   # (0.5 + 1) / 2
+    out = sample(Guided(den, 3.0), (4, D), SCHED, sampler="ddpm", steps=5, seed=0,
+                 labels=labels[:4], options={"variance": "learned"})
+    assert torch.isfinite(out).all()

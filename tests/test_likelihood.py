@@ -233,10 +233,15 @@ def test_bad_arguments_give_clear_errors():
         nll(net, x, LINEAR, "ode", batch_size=0)
     with pytest.raises(ValueError, match="shape"):
         nll(net, torch.zeros(3), LINEAR, "ode")
-    with pytest.raises(ValueError, match="was built over"):
+    with pytest.raises(ValueError, match="differs from the Denoiser's own schedule"):
         nll(Denoiser(net, SHORT, "eps"), x, LINEAR, "ode")
-    with pytest.raises(ValueError, match="disagrees"):
+    with pytest.raises(ValueError, match="conflicts with the Denoiser's own prediction"):
         nll(Denoiser(net, LINEAR, "eps"), x, LINEAR, "ode", prediction="v")
+    # "eps" is a value, not "unset": an x0 Denoiser with prediction="eps" is refused, as by sample.
+    with pytest.raises(ValueError, match="prediction='eps' conflicts with the Denoiser's own"):
+        nll(Denoiser(net, LINEAR, "x0"), x, LINEAR, "vlb", prediction="eps")
+    with pytest.raises(ValueError, match="variance='learned' needs a Denoiser built with"):
+        nll(net, x, LINEAR, "vlb", variance="learned")
 
 
 def test_nll_is_exported():

@@ -118,3 +118,33 @@ def test_mnist_cnn_accuracy_coverage_and_classifier_fid(shared_data, tmp_path, m
         assert 20 * fid_from_features(f_test, f_train) < fid_from_features(f_noise, f_train)
     finally:
         load_classifier.cache_clear()
+
+
+def test_spectrogram_classifier_reads_which_band_is_loud():
+    """Class k is a loud band of mel rows 4k..4k+3 over a quiet, noisy floor, heard at a random
+    time: a task any working fit solves; shuffled labels must leave it at chance."""
+    import torch
+
+    from noisecraft.metrics.classifier import fit_spectrogram_classifier
+
+    gen = torch.Generator().manual_seed(0)
+
+    def make(n):
+        labels = torch.arange(n) % 4
+        x = -0.8 + 0.1 * torch.randn(n, 1, 16, 16, generator=gen)
+        for i, k in enumerate(labels.tolist()):
+            start = int(torch.randint(0, 8, (), generator=gen))
+            x[i, 0, 4 * k:4 * k + 4, start:start + 8] = 0.6
+        return x, labels.numpy()
+
+    x, y = make(200)
+    clf = fit_spectrogram_classifier(x, y, epochs=4)
+    x_test, y_test = make(80)
+    probs, feats = clf.predict_spectrograms(x_test)
+    assert (probs.argmax(axis=1) == y_test).mean() == 1.0
+    assert probs.shape == (80, 4) and feats.shape == (80, 128)
+    shuffled = fit_spectrogram_classifier(x, np.random.default_rng(0).permutation(y), epochs=4)
+    # 80 test examples, 4 classes: chance is 0.25 ± 0.05; a learnt rule would give ~1
+    assert (shuffled.predict_spectrograms(x_test)[0].argmax(axis=1) == y_test).mean() < 0.5
+    with pytest.raises(ValueError, match="reads"):
+        clf.predict_spectrograms(torch.zeros(2, 1, 16, 32))

@@ -285,3 +285,90 @@ def test_none_valued_conditions_are_the_null_condition_for_any_net():
     torch.testing.assert_close(net(x, t, labels=None, text=None), net(x, t))
     with pytest.raises(ValueError, match=r"\(batch, 2\)"):
         net(torch.randn(3, 3), t)
+
+
+# --- text conditioning: cross-attention and the pooled embedding -------------------------------
+
+TEXT_DIM = 6
+
+
+def text_net(**overrides):
+    return randomise_(nets.build("tiny", text_dim=TEXT_DIM, **overrides), seed=1)
+
+
+def text_batch(lengths, pad_to, seed=0):
+    """Random token rows of the given lengths, zero-padded to ``pad_to``, with their mask."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(len(lengths), pad_to, TEXT_DIM)
+    mask = torch.zeros(len(lengths), pad_to, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = torch.randn(n, TEXT_DIM, generator=g)
+        mask[i, :n] = True
+    return tokens, mask, torch.randn(len(lengths), TEXT_DIM, generator=g)
+
+
+def test_text_net_places_cross_attention_and_rebuilds_from_its_config():
+    net = nets.build("tiny", text_dim=TEXT_DIM)
+    assert net.config["cross_attention_resolutions"] == net.config["attention_resolutions"] == [4]
+    crossed = [name for name, m in net.named_modules() if isinstance(m, nets.CrossAttentionBlock)]
+    assert crossed and all(n.startswith(("down.2", "up.0", "up.1", "mid")) for n in crossed)
+    config = json.loads(json.dumps(net.config))
+    rebuilt = nets.from_config(config)
+    assert rebuilt.config == net.config
+    assert rebuilt.state_dict().keys() == net.state_dict().keys()
+    assert "text_dim" not in nets.build("tiny").config  # configs without text stay as they were
+    only_mid = nets.build("tiny", text_dim=TEXT_DIM, cross_attention_resolutions=[])
+    assert sum(isinstance(m, nets.CrossAttentionBlock) for m in only_mid.modules()) == 1
+
+
+def test_cross_attention_ignores_padding_tokens():
+    net = text_net()
+    x, t = example_input(net, batch=3)
+    tokens, mask, pooled = text_batch([2, 4, 1], pad_to=4)
+    out = net(x, t, text=tokens, text_mask=mask, text_pooled=pooled)
+    assert out.shape == x.shape
+    # the same prompts padded further, with garbage in the padding: the mask hides it exactly
+    longer = torch.randn(3, 9, TEXT_DIM)
+    longer[:, :4] = tokens
+    longer_mask = torch.zeros(3, 9, dtype=torch.bool)
+    longer_mask[:, :4] = mask
+    out2 = net(x, t, text=longer, text_mask=longer_mask, text_pooled=pooled)
+    torch.testing.assert_close(out2, out, atol=1e-5, rtol=1e-5)
+    # and the tokens do matter: changing a real token changes the output
+    tokens[0, 0] = torch.randn(TEXT_DIM)  # (not a constant shift: the context LayerNorm removes those)
+    assert not torch.allclose(net(x, t, text=tokens, text_mask=mask, text_pooled=pooled), out,
+                              atol=1e-3)
+
+
+def test_missing_text_and_an_all_false_mask_are_the_same_learned_null():
+    net = text_net()
+    x, t = example_input(net, batch=3)
+    tokens, mask, pooled = text_batch([3, 0, 2], pad_to=3)
+    out = net(x, t, text=tokens, text_mask=mask, text_pooled=pooled)
+    null = net(x, t)
+    torch.testing.assert_close(out[1], null[1], atol=1e-5, rtol=1e-5)  # the empty prompt row
+    torch.testing.assert_close(net(x, t, text=None, text_mask=None, text_pooled=None), null)
+    assert not torch.allclose(out[0], null[0], atol=1e-3)
+    # the pooled embedding enters too: same tokens, another pooled vector, another output
+    other = net(x, t, text=tokens, text_mask=mask, text_pooled=pooled.flip(0))
+    assert not torch.allclose(other[0], out[0], atol=1e-3)
+
+
+def test_bad_text_conditions_name_the_problem():
+    net = text_net()
+    x, t = example_input(net, batch=2)
+    tokens, mask, pooled = text_batch([1, 2], pad_to=2)
+    with pytest.raises(ValueError, match="text must have shape"):
+        net(x, t, text=tokens[..., :3], text_mask=mask, text_pooled=pooled)
+    with pytest.raises(ValueError, match="text_pooled"):
+        net(x, t, text=tokens, text_mask=mask)
+    with pytest.raises(ValueError, match="need the text tokens"):
+        net(x, t, text_pooled=pooled)
+    with pytest.raises(ValueError, match="text_mask must be a bool"):
+        net(x, t, text=tokens, text_mask=mask.float(), text_pooled=pooled)
+    with pytest.raises(ValueError, match="cannot use the condition.*text"):
+        nets.build("tiny")(x, t, text=tokens, text_mask=mask, text_pooled=pooled)
+    with pytest.raises(ValueError, match="cross_attention_resolutions needs text_dim"):
+        nets.build("tiny", cross_attention_resolutions=[4])
+    with pytest.raises(ValueError, match="attention resolution 3"):
+        nets.build("tiny", text_dim=4, cross_attention_resolutions=[3])

@@ -1,18 +1,153 @@
-"""The README's Python example must run as printed: a newcomer copies it first."""
+"""The README's examples must run as printed: a newcomer copies them first.
 
+Every line of every ```sh block is a command, and every command appears in ``RUNS`` below with
+the only changes this test makes to it, each for a stated reason (mostly fewer steps, so that the
+whole README runs in minutes on a CPU). A command added to the README without an entry here, or
+an entry whose command left the README, fails ``test_every_readme_command_is_run``.
+
+The commands run in order (later ones read what earlier ones wrote) in a scratch folder laid out
+like a checkout: ``../shared/data`` there is a link to this checkout's ``../shared/data``, so
+the paths are the README's own. ``noisecraft ...`` is called in-process (``noisecraft.cli.main``
+with the same argv), which saves a Python start per command; ``make`` targets are dry-run
+(``make -n``): installing a virtual environment is beyond a test.
+"""
+
+from __future__ import annotations
+
+import os
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SHARED = ROOT.parent / "shared"
+
+# README command → the flags this test changes (flag: new value; appended when absent).
+FEWER_STEPS = "fewer steps: the README trains for real, the test checks the command works"
+RUNS: dict[str, tuple[dict[str, str], str]] = {
+    "make demo": ({}, "dry run (make -n): shows the target exists and what it runs"),
+    "make test": ({}, "dry run (make -n): running the suite from inside the suite would recurse"),
+    "noisecraft train --data digits --out runs/digits --steps 2000": (
+        {"--steps": "3", "--batch-size": "16"}, FEWER_STEPS),
+    "noisecraft sample runs/digits --n 64 --sampler ddim --steps 50 --seed 0 --out samples": (
+        {"--steps": "5"}, FEWER_STEPS),
+    "noisecraft sample runs/digits --n 16 --format png --out pictures": ({}, "as printed"),
+    "noisecraft train --data digits --out runs/digits --steps 3000 --resume": (
+        {"--steps": "5"}, FEWER_STEPS),
+    "noisecraft nll runs/digits --data digits --n 200": (
+        {"--n": "8", "--rtol": "1e-3", "--atol": "1e-3"}, "8 examples and a loose ODE: time"),
+    "noisecraft nll runs/digits --image pictures/000007.png --data digits --n 200": (
+        {"--n": "8", "--rtol": "1e-3", "--atol": "1e-3"}, "8 examples and a loose ODE: time"),
+    "noisecraft train --data ../shared/data/mnist --out runs/mnist --net mnist --steps 20000": (
+        {"--steps": "2", "--batch-size": "8", "--sample-every": "0"},
+        FEWER_STEPS + "; no sample grid (64 MNIST samples cost a minute)"),
+    "noisecraft sample runs/mnist --n 1000 --out samples": (
+        {"--n": "8", "--steps": "2"}, "8 samples of 2 steps: time"),
+    "noisecraft fid samples.npz ../shared/data/mnist --split test": (
+        {"--n": "8"}, "8 images a side: Inception costs ~0.2 s per image on a CPU"),
+    "noisecraft evaluate runs/mnist --data ../shared/data/mnist --n 10000 "
+    "--metrics fid,kid,pr,memorization": (
+        {"--n": "8", "--steps": "2"}, "8 samples of 2 steps (Inception features): time"),
+    "noisecraft train --data ../shared/data/fsdd --out runs/fsdd --class-cond --steps 5000": (
+        {"--steps": "1", "--batch-size": "4", "--sample-every": "0"}, FEWER_STEPS),
+    "noisecraft sample runs/fsdd --n 10 --out speech": ({"--steps": "2"}, FEWER_STEPS),
+    "noisecraft demo --out demo-out": ({"--steps": "3"}, FEWER_STEPS),
+    "noisecraft data download mnist data/mnist": (
+        {"--mirror": (SHARED / "data" / "mnist").as_uri() + "/"},
+        "tests have no network: the same files from the local copy, through the same code"),
+}
+
+
+def readme_commands() -> list[str]:
+    """Every command in the README's ```sh blocks, trailing comments removed, in order."""
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    lines = (line.split("  #")[0].strip() for block in blocks for line in block.splitlines())
+    return [line for line in lines if line]
+
+
+def substitute(command: str, changes: dict[str, str]) -> list[str]:
+    """argv of ``command`` with each flag in ``changes`` set to its new value (or appended)."""
+    argv = shlex.split(command)
+    for flag, value in changes.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    return argv
+
+
+def test_every_readme_command_is_run() -> None:
+    commands = readme_commands()
+    missing = [c for c in commands if c not in RUNS]
+    assert not missing, f"README commands not run by this test (add them to RUNS): {missing}"
+    stale = [c for c in RUNS if c not in commands]
+    assert not stale, f"RUNS holds commands the README no longer shows: {stale}"
+    assert len(commands) == len(set(commands))
+
+
+def test_substitute_only_changes_the_named_flags() -> None:
+    assert substitute("noisecraft x --steps 50 --n 3", {"--steps": "2", "--seed": "1"}) == [
+        "noisecraft", "x", "--steps", "2", "--n", "3", "--seed", "1"]
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """A scratch folder beside a link to ../shared, as the README's commands expect."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"{SHARED / 'data'} not found")
+    (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("NOISECRAFT_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    yield repo
+    torch.set_num_threads(threads)
+
+
+def run_command(command: str, capsys) -> str:
+    from noisecraft.cli import main
+
+    changes, _why = RUNS[command]
+    argv = substitute(command, changes)
+    if argv[0] == "make":
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), *argv[1:]], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+    assert argv[0] == "noisecraft"
+    code = main(argv[1:])
+    out, err = capsys.readouterr()
+    assert code == 0, f"{' '.join(argv)} exited {code}: {err[-2000:]}"
+    return out
 
 
 @pytest.mark.slow
-def test_readme_python_example_runs() -> None:
+def test_readme_shell_examples_run(checkout, capsys) -> None:
+    outputs = {command: run_command(command, capsys) for command in readme_commands()}
+    # What the examples promise, beyond exit code 0:
+    assert "noisecraft demo --out demo-out" in outputs["make demo"]
+    assert "pytest" in outputs["make test"]
+    assert sorted(os.listdir("pictures")) == [f"{i:06d}.png" for i in range(16)]
+    assert (checkout / "samples.npz").is_file() and (checkout / "samples.png").is_file()
+    assert "percentile" in outputs["noisecraft nll runs/digits --image pictures/000007.png "
+                                   "--data digits --n 200"]
+    assert outputs["noisecraft fid samples.npz ../shared/data/mnist --split test"].startswith("FID: ")
+    assert (checkout / "runs" / "mnist" / "metrics.json").is_file()
+    assert sorted(os.listdir("speech")) == [f"{i:06d}.wav" for i in range(10)]
+    assert (checkout / "demo-out" / "summary.txt").is_file()
+    assert sorted(os.listdir("data/mnist")) == sorted(os.listdir(SHARED / "data" / "mnist"))
+
+
+@pytest.mark.slow
+def test_readme_python_examples_run(checkout) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) == 1, "the README should hold exactly one Python example"
+    assert len(blocks) == 2, "the README holds two Python examples: the maths, and runs"
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     # What the example promises: per-example losses reduced to a scalar, samples of the asked
@@ -20,3 +155,9 @@ def test_readme_python_example_runs() -> None:
     assert namespace["loss"].ndim == 0 and torch.isfinite(namespace["loss"])
     assert namespace["x"].shape == (64, 2)
     assert namespace["bpd"].shape == (16,) and torch.isfinite(namespace["bpd"]).all()
+    # The runs example, with one change: steps=2000 → 3 (fewer steps, as for the CLI above).
+    assert blocks[1].count("steps=2000") == 1
+    runs: dict = {}
+    exec(compile(blocks[1].replace("steps=2000", "steps=3"), str(README), "exec"), runs)
+    assert runs["images"].shape == (500, 8, 8, 1) and runs["images"].dtype.name == "uint8"
+    assert runs["fid"] > 0 and (checkout / "runs" / "api-digits" / "ema.safetensors").is_file()

@@ -73,6 +73,18 @@ def test_scatter_maps_points_to_pixels():
         viz.scatter(np.zeros((3, 3)))
 
 
+def test_scatter_uses_the_data_range_and_counts_samples_outside_it():
+    margin, size = 24, 100
+    reference = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    samples = np.array([[0.0, 0.0], [1000.0, 1000.0]])          # one wild sample
+    a = np.asarray(viz.scatter(samples, reference=reference, size=size, radius=2))
+    # limits = the data's box ± 5 %: (0, 0) sits in the centre, not squashed into a corner
+    assert tuple(a[margin + size // 2, margin + size // 2]) == (31, 90, 200)
+    assert tuple(a[margin + 5, margin + size - 5]) == (170, 170, 170)   # data point (1, 1)
+    without = np.asarray(viz.scatter(samples, reference=None, size=size, radius=2))
+    assert not np.array_equal(a, without)
+
+
 def test_save_writes_png_atomically(tmp_path):
     path = tmp_path / "g.png"
     viz.save(viz.image_grid(np.zeros((4, 8, 8, 1), dtype=np.uint8)), path)

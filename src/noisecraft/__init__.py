@@ -8,10 +8,12 @@ from .errors import DataError, NoisecraftError, RunError
 from .guidance import Guided, interval_from_sigma
 from .likelihood import nll
 from .losses import ImportanceTimeSampler, TimeSampler, UniformTimeSampler
+from .pipeline import Pipeline
 from .process import q_sample, q_step, reverse_mean_variance
 from .run import LoadedRun, load_run
 from .samplers import SAMPLERS, sample
 from .schedule import Schedule
+from .threads import set_threads  # imported now so the API's lazy default knows torch's own count
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,7 @@ __all__ = [
     "LoadedRun",
     "ImportanceTimeSampler",
     "NoisecraftError",
+    "Pipeline",
     "RunError",
     "SAMPLERS",
     "Schedule",
@@ -63,6 +66,7 @@ __all__ = [
     "sample",
     "sdedit",
     "samplers",
+    "set_threads",
     "train",
     "viz",
     "__version__",

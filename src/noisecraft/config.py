@@ -51,7 +51,9 @@ from .errors import RunError
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules after warm-up (``noisecraft.train.lr_at`` implements them)."""
-DATA_KINDS = ("image", "vector")
+DATA_KINDS = ("image", "vector", "audio")  # as Preprocess.KINDS
+LATENT_POSTERIORS = ("mean", "sample")
+"""What a latent run trains on: the posterior mean of each latent, or a fresh draw from q(z|x)."""
 
 
 # --------------------------------------------------------------------------- the scheme
@@ -246,7 +248,7 @@ class BuildConfig(Settings):
         "folder or shard pattern (required for a new run; with --resume: the run's own)",
         stored=lambda c: c.data.spec)
     net: str | None = setting(
-        None, "network preset (default: tiny for images, mlp for vectors)",
+        None, "network preset (default: tiny for images, audio for spectrograms, mlp for vectors)",
         choices=registry("nets", "PRESETS"), metavar="PRESET", stored=lambda c: _preset_of(c.net))
     schedule: str = setting("linear", "noise schedule", choices=registry("schedule", "SCHEDULES"),
                             stored=lambda c: c.schedule.get("kind"))
@@ -269,6 +271,19 @@ class BuildConfig(Settings):
                                    stored=lambda c: c.data.channels)
     flip: bool = setting(False, "random left-right flips",
                          stored=lambda c: bool((c.data.preprocess or {}).get("flip")))
+    autoencoder: str | None = setting(
+        None, "latent diffusion: train in the latent space of this autoencoder (a `noisecraft "
+        "train-autoencoder` run or a diffusers AutoencoderKL folder); the latents are encoded once "
+        "and cached", metavar="AE_DIR", stored=lambda c: c.latent.autoencoder if c.latent else None)
+    latent_posterior: str = setting(
+        "mean", "with --autoencoder: train on the posterior mean of each latent, or on a fresh "
+        "draw from the posterior each time", choices=LATENT_POSTERIORS,
+        stored=lambda c: c.latent.posterior if c.latent else "mean")
+
+
+# The label dropout of `noisecraft train --class-cond` when --label-dropout is not given: a run
+# that cannot be guided (no null condition trained) is a poor default (Ho & Salimans use 0.1-0.2).
+CLASS_COND_LABEL_DROPOUT = 0.1
 
 
 @dataclass
@@ -297,7 +312,9 @@ class TrainConfig(Settings):
     ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n)/(10 + n)) over the first "
                                "updates, so early weights are forgotten")
     label_dropout: float = setting(0.0, "with --class-cond: fraction of labels replaced by the "
-                                   "null label, for classifier-free guidance", range="[0, 1)")
+                                   "null label, for classifier-free guidance; `noisecraft train "
+                                   f"--class-cond` uses {CLASS_COND_LABEL_DROPOUT:g} unless given",
+                                   range="[0, 1)")
     loss: str = setting("simple", "training objective: simple (MSE on the prediction), min-snr "
                         "(min-SNR-gamma weighted MSE), vlb (the variational bound), hybrid "
                         "(simple + lambda vlb; with --learned-variance)",
@@ -338,6 +355,109 @@ class SamplingConfig(Settings):
             raise ValueError(f"clip must be (lo, hi) with lo < hi, got {self.clip!r}")
 
 
+CONDITION_KINDS = ("none", "class", "text")
+DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+"""The default frozen text encoder (``noisecraft.conditioning.load_text_encoder``)."""
+DEFAULT_CAPTION_DROPOUT = 0.1
+
+
+@dataclass
+class ConditionConfig(Settings):
+    """What a run is conditioned on, and for text where its captions and embeddings come from.
+
+    ``kind``: none, class (the data's labels; ``--class-cond`` is the same) or text (captions
+    through a frozen encoder, ``noisecraft.conditioning``). For text, config.json also records
+    the encoder's weights hash (``text_encoder_sha256``, checked when sampling), the caption
+    source ("template": ``caption_template`` over the labels with ``class_names``; "data": the
+    data's own captions) and the caption dropout, so a run rebuilds with no network access.
+    """
+
+    kind: str = setting("none", "what the model is conditioned on: none, class (the data's "
+                        "labels, as --class-cond), or text (captions through a frozen text "
+                        "encoder and cross-attention; needs pip install noisecraft[text])",
+                        choices=CONDITION_KINDS, flag="condition")
+    text_encoder: str | None = setting(
+        None, f"with --condition text: the frozen text encoder, {DEFAULT_TEXT_ENCODER} (the "
+        f"default) or a local Hugging Face encoder folder", metavar="NAME_OR_DIR")
+    caption_template: str | None = setting(
+        None, "with --condition text: captions from the labels, e.g. 'a handwritten digit {name}' "
+        "({label}: the integer, {name}: the class name); default: the data's own captions "
+        "(.txt/.json members of shards, .txt sidecars in image folders)", metavar="TEMPLATE")
+    caption_dropout: float | None = setting(
+        None, f"with --condition text: fraction of captions replaced by the empty prompt (the "
+        f"null condition), for classifier-free guidance (default {DEFAULT_CAPTION_DROPOUT})",
+        range="[0, 1)")
+    text_encoder_sha256: str | None = None
+    caption_source: str | None = None
+    class_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind != "text":
+            given = [f for f in ("text_encoder", "caption_template", "caption_dropout",
+                                 "text_encoder_sha256", "caption_source", "class_names")
+                     if getattr(self, f) is not None]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise ValueError(f"{given[0]} ({flag}) applies only to text conditioning "
+                                 f"(--condition text), not to condition {self.kind!r}")
+            return
+        if self.caption_dropout is None:
+            self.caption_dropout = DEFAULT_CAPTION_DROPOUT
+        source = "template" if self.caption_template is not None else "data"
+        if self.caption_source is None:
+            self.caption_source = source
+        if self.caption_source != source:
+            raise ValueError(f"caption_source {self.caption_source!r} does not match "
+                             f"caption_template {self.caption_template!r}")
+        if self.caption_template is not None:
+            from .data.captions import check_template
+
+            check_template(self.caption_template, self.class_names or ["?"])
+
+
+AUTOENCODER_KINDS = ("noisecraft", "diffusers")
+
+
+@dataclass
+class LatentConfig:
+    """A latent run: diffusion on z_s = (z − shift) · scale_factor, z from the autoencoder's
+    posterior q(z|x) (``posterior``: its mean, or a fresh draw each time an example is used).
+
+    ``scale_factor`` is measured on the training latents, 1/std(z), so z_s has unit variance
+    (Stable Diffusion's 0.18215, measured instead of fixed); ``shift_factor`` is the autoencoder's
+    own (0 for noisecraft's). ``autoencoder`` is the folder, ``sha256`` its identity (config.json
+    and weights); ``shape`` is one latent's (C, H', W').
+    """
+
+    autoencoder: str
+    sha256: str
+    kind: str = "noisecraft"
+    posterior: str = "mean"
+    scale_factor: float = 1.0
+    shift_factor: float = 0.0
+    shape: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in AUTOENCODER_KINDS:
+            raise ValueError(f"autoencoder kind must be one of {', '.join(AUTOENCODER_KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.posterior not in LATENT_POSTERIORS:
+            raise ValueError(f"latent posterior must be one of {', '.join(LATENT_POSTERIORS)}, "
+                             f"got {self.posterior!r}")
+        for name, lo in (("scale_factor", 0.0), ("shift_factor", -math.inf)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or not value > lo):
+                raise ValueError(f"{name} must be a finite number{' > 0' if lo == 0 else ''}, "
+                                 f"got {value!r}")
+        self.shape = list(self.shape)
+        if len(self.shape) != 3:
+            raise ValueError(f"latent shape must be (C, H, W), got {self.shape!r}")
+        for s in self.shape:
+            _positive_int("latent shape", s)
+
+
 @dataclass
 class RunConfig:
     """Everything ``config.json`` holds. ``net`` is ``nets`` config dict (``net.config``)."""
@@ -348,7 +468,9 @@ class RunConfig:
     data: DataConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)
     version: int = CONFIG_VERSION
+    latent: LatentConfig | None = None
 
     def __post_init__(self) -> None:
         from .denoiser import PREDICTIONS
@@ -356,6 +478,16 @@ class RunConfig:
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of "
                              f"{', '.join(PREDICTIONS)}")
+        if isinstance(self.condition, ConditionConfig) and isinstance(self.data, DataConfig):
+            labelled = self.data.num_classes is not None
+            if self.condition.kind == "none" and labelled:
+                self.condition.kind = "class"  # configs written before `condition` existed
+            if (self.condition.kind == "class") != labelled:
+                raise ValueError(f"condition {self.condition.kind!r} does not match data."
+                                 f"num_classes {self.data.num_classes!r}")
+            if (self.condition.kind == "text") != isinstance(self.net.get("text_dim"), int):
+                raise ValueError(f"condition {self.condition.kind!r} needs a net with text_dim "
+                                 "exactly when it is 'text'")
         learned = bool(self.net.get("learned_variance", False)) if isinstance(self.net, dict) else False
         loss = self.train.loss if isinstance(self.train, TrainConfig) else None
         if loss == "hybrid" and not learned:
@@ -464,7 +596,7 @@ def _preset_of(net_config: dict[str, Any]) -> str | None:
     from .nets import PRESETS, build
 
     sizing = {k: net_config.get(k) for k in ("in_channels", "image_size", "T", "num_classes",
-                                              "learned_variance") if k in net_config}
+                                              "learned_variance", "text_dim") if k in net_config}
     for name, preset in PRESETS.items():
         if preset["arch"] != net_config.get("arch"):
             continue

@@ -33,7 +33,7 @@ from torch import Tensor
 from . import grids
 from .denoiser import Denoised, Denoiser
 from .noise import BatchNoise, ExampleNoise, NoiseSource
-from .samplers import SAMPLERS, _as_denoiser
+from .samplers import SAMPLERS, as_denoiser
 from .schedule import Schedule
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
@@ -53,7 +53,7 @@ def _denoiser(model: Any, schedule: Schedule) -> Any:
             raise ValueError(f"schedule {schedule!r} differs from the denoiser's own schedule "
                              f"{model.schedule!r}")
         return model
-    return _as_denoiser(model, schedule, None, None)
+    return as_denoiser(model, schedule, None, None)
 
 
 # ---------------------------------------------------------------------------- grids

@@ -14,9 +14,10 @@ does depend on the space is what is *not* affine, and there the choice is x̂_0:
 
 - ``rescale`` = φ (Lin et al. 2024, "Common diffusion noise schedules and sample steps are
   flawed", §3.4) matches the per-example standard deviation of the guided x̂_0 to the
-  conditional one: x̂_0 ← x̂_0 (φ std(x̂_0,c)/std(x̂_0,w) + 1 − φ). Over-saturation is a property
-  of the predicted image, hence x̂_0 (diffusers' ``rescale_noise_cfg`` applies it to ε̂ instead,
-  which differs). ε̂ is then recomputed from the rescaled x̂_0 at the same x_t.
+  conditional one: x̂_0 ← x̂_0 (φ std(x̂_0,c)/std(x̂_0,w) + 1 − φ). The paper applies it to its
+  network's raw prediction (v in its experiments), diffusers' ``rescale_noise_cfg`` to ε̂; here
+  it is applied to x̂_0, the predicted image where over-exposure shows, so that φ means the same
+  for ε-, x_0- and v-networks. ε̂ is then recomputed from the rescaled x̂_0 at the same x_t.
 - ``clip`` (the wrapped denoiser's) is applied once, to the guided x̂_0: clipping each branch
   first would not keep their extrapolation inside the range.
 
@@ -250,9 +251,7 @@ class Guided(Denoiser):
         # ε̂_c + (w − 1)(ε̂_c − ε̂_u): exactly ε̂_c where w is 1 (outside the interval).
         w_ex = broadcast_to(torch.where(inside, w, 1.0), c.eps, dtype)
         eps = c.eps + (w_ex - 1) * (c.eps - u.eps)
-        guided = Denoised(x0=None, eps=eps, v=None, output=None,  # type: ignore[arg-type]
-                          variance_fraction=c.variance_fraction)
-        return self.finish(guided, x_t, t, c)
+        return self.finish(eps, x_t, t, c)
 
     def inside(self, t: Tensor) -> Tensor:
         """Which examples' t lie in the guidance interval (all when there is none)."""
@@ -261,16 +260,15 @@ class Guided(Denoiser):
         lo, hi = self.interval
         return (t >= lo) & (t <= hi)
 
-    def finish(self, d: Denoised, x_t: Tensor, t: Tensor, conditional: Denoised | None
-               ) -> Denoised:
-        """From a guided ε̂: x̂_0, the rescale against the conditional x̂_0, clip, v̂ and output."""
-        eps = d.eps
+    def finish(self, eps: Tensor, x_t: Tensor, t: Tensor, conditional: Denoised) -> Denoised:
+        """From a guided ε̂: x̂_0, the rescale against the conditional x̂_0, clip, v̂ and output
+        (the variance fraction of learned-variance nets is the conditional branch's)."""
         dtype = eps.dtype
         x = x_t.to(dtype)
         alpha, sigma = self.schedule.marginal(t)
         a, s = broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
         x0 = (x - s * eps) / a
-        if self.rescale > 0 and conditional is not None:
+        if self.rescale > 0:
             dims = tuple(range(1, x0.ndim))
             ratio = conditional.x0.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True)
             x0 = x0 * (self.rescale * ratio + (1 - self.rescale))
@@ -281,8 +279,55 @@ class Guided(Denoiser):
             x0 = x0.clamp(*self.clip)
             eps = (x - a * x0) / s
             v = a * eps - s * x0
-        return Denoised(x0=x0, eps=eps, v=v, output=output, variance_fraction=d.variance_fraction)
+        return Denoised(x0=x0, eps=eps, v=v, output=output,
+                        variance_fraction=conditional.variance_fraction)
 
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
         raise TypeError("Guided mixes two predictions; it cannot read one raw network output. "
                         "Call it, or call .inner.read")
+
+
+# --------------------------------------------------------------------------- trained runs
+def guide_run(run: Any, scale: float, *, rescale: float = 0.0,
+              interval: tuple[float, float] | None = None, autoguide: Any = None,
+              null: NullCondition | None = None) -> Denoiser:
+    """The guided Denoiser of a trained run (a :class:`~noisecraft.LoadedRun`), checked.
+
+    Classifier-free guidance needs a class-conditional run trained with label dropout, or a text
+    run trained with caption dropout (else its null condition was never learned and w ≠ 1 mixes
+    in an untrained branch); text runs use the empty prompt (``conditioning.null_condition``).
+    ``autoguide``, a second LoadedRun (a smaller or earlier model of the same data), replaces the
+    null branch and must share the data shape, schedule and classes; it also guides
+    unconditional runs.
+    ``null`` is passed to :class:`Guided` (the text conditioning's empty-prompt hook).
+    """
+    name = run.run_dir
+    condition = run.config.condition
+    if autoguide is None and condition.kind == "text":
+        if scale != 1 and not condition.caption_dropout:
+            raise ValueError(f"{name} was trained without caption dropout, so it has no "
+                             f"unconditional branch to guide with: guidance {scale:g} needs a run "
+                             "trained with --caption-dropout > 0 (or an --autoguide model)")
+        from .conditioning import null_condition
+
+        return Guided(run.denoiser, scale, rescale=rescale, interval=interval,
+                      null=null or null_condition)
+    if autoguide is None:
+        if run.num_classes is None:
+            raise ValueError(f"{name} is not class-conditional: classifier-free guidance needs a "
+                             "run trained with --class-cond or --condition text (or an "
+                             "--autoguide model)")
+        if scale != 1 and run.config.train.label_dropout == 0:
+            raise ValueError(f"{name} was trained without label dropout, so it has no "
+                             f"unconditional branch to guide with: guidance {scale:g} needs a run "
+                             "trained with --label-dropout > 0 (or an --autoguide model)")
+        return Guided(run.denoiser, scale, rescale=rescale, interval=interval, null=null)
+    other = autoguide.run_dir
+    for what, mine, theirs in (("data shape", run.shape, autoguide.shape),
+                               ("schedule", run.config.schedule, autoguide.config.schedule),
+                               ("classes", run.num_classes, autoguide.num_classes)):
+        if mine != theirs:
+            raise ValueError(f"autoguide run {other} has {what} {theirs}, but {name} has {mine}; "
+                             "autoguidance needs a weaker model of the same task")
+    return Guided(run.denoiser, scale, rescale=rescale, interval=interval,
+                  unconditional=autoguide.denoiser)

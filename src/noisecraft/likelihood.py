@@ -69,6 +69,8 @@ from torch import Tensor
 
 from .denoiser import Denoiser
 from .ode import dopri5
+from .process import resolve_variance
+from .samplers import as_denoiser
 from .schedule import Schedule
 
 METHODS = ("vlb", "ode")
@@ -94,7 +96,8 @@ class FlowLogProb:
     nfe: Tensor             # (batch,) network evaluations (forward passes) per example
 
 
-def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb", prediction: str = "eps",
+def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb",
+        prediction: str | None = None,
         discrete: bool = True, *, divergence: str = "rademacher", probes: int = 1,
         rtol: float = 1e-5, atol: float = 1e-5, t_start: float | None = None,
         variance: str | None = None, batch_size: int = 256,
@@ -112,15 +115,16 @@ def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb", predicti
             ``discrete``.
         schedule: the noise schedule the model was trained with.
         method: ``"vlb"`` (the T-term variational bound) or ``"ode"`` (probability-flow ODE).
-        prediction: what a raw network predicts (``"eps"``, ``"x0"`` or ``"v"``). A Denoiser
-            carries its own; then a value other than the default must agree with it.
+        prediction: what a raw network predicts (``"eps"``, ``"x0"`` or ``"v"``; unset: eps).
+            A Denoiser carries its own; then leave it unset or give the same value.
         discrete: 8-bit data (True) or continuous data (False).
         divergence, probes: ``"ode"``: the divergence estimator, ``"rademacher"`` or
             ``"gaussian"`` Hutchinson probes (``probes`` of them, averaged) or ``"exact"``.
         rtol, atol: ``"ode"``: the solver's tolerances.
         t_start: ``"ode"``: where the flow starts (default: σ(t_start) = 10⁻³).
-        variance: ``"vlb"``: the reverse-step variance, ``"beta"``, ``"beta_tilde"`` or
-            ``"learned"`` (default: learned when the network outputs it, else β̃_t).
+        variance: ``"vlb"``: the reverse-step variance, one of
+            :data:`noisecraft.process.VARIANCES` (unset: learned when the network outputs it,
+            else β̃_t; :func:`noisecraft.process.resolve_variance`).
         batch_size: the most rows handed to the network at once (``"vlb"`` packs several t
             into one call; ``"ode"`` solves ``x`` in slices of this size).
         generator: the source of the noise draws (x_t for the bound, probes and dequantisation
@@ -134,7 +138,7 @@ def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb", predicti
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     _check_data(x, discrete)
-    denoiser = _as_denoiser(model, schedule, prediction)
+    denoiser = as_denoiser(model, schedule, prediction)
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     dims = math.prod(x.shape[1:])
@@ -144,6 +148,7 @@ def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb", predicti
         for name, (value, default) in ode_only.items():
             if value != default:
                 raise ValueError(f"{name}={value!r} applies to method='ode' only")
+        variance = resolve_variance(variance, denoiser.learned_variance)
     elif variance is not None:
         raise ValueError(f"variance={variance!r} applies to method='vlb' only; the ODE has no "
                          "reverse-step variance")
@@ -289,20 +294,6 @@ def _ode_interval(schedule: Schedule, t_start: float | None) -> tuple[float, flo
     if not lam_start > lam_end:
         raise ValueError(f"the flow would start at log-SNR {lam_start!r}, not above λ(T) = {lam_end!r}")
     return -lam_start / 2, -lam_end / 2
-
-
-def _as_denoiser(model: Any, schedule: Schedule, prediction: str) -> Denoiser:
-    if isinstance(model, Denoiser):
-        if model.schedule != schedule:
-            raise ValueError(f"the Denoiser was built over {model.schedule!r}, not over the "
-                             f"schedule passed, {schedule!r}")
-        if model.prediction != prediction and prediction != "eps":
-            raise ValueError(f"prediction={prediction!r} disagrees with the Denoiser's own "
-                             f"{model.prediction!r}")
-        return model
-    if not callable(model):
-        raise ValueError(f"model must be a Denoiser or a network, got {type(model).__name__}")
-    return Denoiser(model, schedule, prediction)
 
 
 def _check_data(x: Tensor, discrete: bool) -> None:

@@ -50,8 +50,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import process
 from .denoiser import Denoised, Denoiser
-from .process import q_sample, reverse_mean_log_variance
+from .process import q_sample
 from .schedule import Schedule
 
 Weighting = Callable[[Denoiser, Tensor], Tensor]
@@ -328,7 +329,8 @@ def _check_discrete_range(x0: Tensor) -> None:
 def _bound_from_denoised(schedule: Schedule, x0: Tensor, x_t: Tensor, t: Tensor,
                          denoised: Denoised, variance: str | None, discrete: bool) -> Tensor:
     """L_{t−1} (t ≥ 2) or L_0 (t = 1) per example, in nats summed over dimensions."""
-    mean_p, log_var_p = reverse_mean_log_variance(schedule, denoised, x_t, t, variance=variance)
+    mean_p, log_var_p = process.reverse_mean_log_variance(schedule, denoised, x_t, t,
+                                                         variance=variance)
     x0 = x0.to(mean_p.dtype)
     mean_q, var_q = schedule.posterior(x0, x_t, t)
     first = (t == 1).reshape(-1, *([1] * (x0.ndim - 1)))

@@ -32,6 +32,20 @@ from .denoiser import Denoised
 from .schedule import Schedule, TimeLike, broadcast_to
 
 VARIANCES = ("beta", "beta_tilde", "learned")
+"""The reverse-step variances σ² of p_θ (module docstring); the one list of them."""
+
+
+def resolve_variance(variance: str | None, learned: bool) -> str:
+    """``variance`` checked against :data:`VARIANCES`; ``None`` (unset) means ``"learned"`` when
+    the network outputs a variance (``learned``), else ``"beta_tilde"``: the one default of
+    ``ddpm``, ``nll(method="vlb")`` and the bound's terms."""
+    if variance is None:
+        return "learned" if learned else "beta_tilde"
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    if variance == "learned" and not learned:
+        raise ValueError("variance='learned' needs a Denoiser built with learned_variance=True")
+    return variance
 
 
 def noise_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -116,11 +130,12 @@ def _step_log_variances(schedule: Schedule, t: Tensor, s: Tensor, beta_tilde: Te
 def reverse_mean_log_variance(schedule: Schedule, denoised: Denoised, x_t: Tensor, t: TimeLike,
                               s: TimeLike | None = None, variance: str | None = None
                               ) -> tuple[Tensor, Tensor]:
-    """Like :func:`reverse_mean_variance`, but returns log σ² (exact where σ² would underflow)."""
-    if variance is None:
-        variance = "learned" if denoised.variance_fraction is not None else "beta_tilde"
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    """p_θ(x_s | x_t) = N(mean, exp(log σ²) I): **the** reverse step, used by the ``ddpm``
+    sampler, the bound's terms (:mod:`noisecraft.losses`) and so ``nll(method="vlb")``.
+
+    Arguments as :func:`reverse_mean_variance`; returns log σ² (exact where σ² would underflow).
+    """
+    variance = resolve_variance(variance, denoised.variance_fraction is not None)
     if denoised.x0.shape != x_t.shape:
         raise ValueError(f"denoised.x0 has shape {tuple(denoised.x0.shape)} but x_t has "
                          f"{tuple(x_t.shape)}")
@@ -137,8 +152,7 @@ def reverse_mean_log_variance(schedule: Schedule, denoised: Denoised, x_t: Tenso
     if variance == "beta_tilde":
         return mean, broadcast_to(log_beta_tilde, x_t, dtype)
     f = denoised.variance_fraction
-    if f is None:
-        raise ValueError("variance='learned' needs a Denoiser built with learned_variance=True")
+    assert f is not None  # resolve_variance refused "learned" without it
     hi, lo = broadcast_to(log_var_beta, x_t, dtype), broadcast_to(log_beta_tilde, x_t, dtype)
     return mean, f.to(dtype) * hi + (1 - f.to(dtype)) * lo
 

@@ -113,6 +113,7 @@ class LoadedRun:
     schedule: Any  # noisecraft.Schedule
     preprocess: Any  # noisecraft.data.Preprocess
     step: int
+    autoencoder: Any = None  # noisecraft.autoencoders.LoadedAutoencoder, for latent runs
 
     @property
     def num_classes(self) -> int | None:
@@ -120,8 +121,36 @@ class LoadedRun:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """One example's shape in model space: (C, H, W) or (D,)."""
+        """One example's shape in model space: (C, H, W) or (D,); a latent run's latent shape."""
+        if self.config.latent is not None:
+            return tuple(self.config.latent.shape)
         return tuple(self.preprocess.shape)
+
+    @property
+    def text_conditional(self) -> bool:
+        return self.config.condition.kind == "text"
+
+    def text_encoder(self) -> Any:
+        """The run's frozen text encoder (loaded once, its sha256 checked against config.json)."""
+        from .conditioning import load_text_encoder
+
+        if not self.text_conditional:
+            raise ValueError(f"{self.run_dir} is not text-conditional; prompts do not apply")
+        c = self.config.condition
+        return load_text_encoder(c.text_encoder, sha256=c.text_encoder_sha256)
+
+    def default_prompts(self, n: int) -> list[str] | None:
+        """A text run's prompts when none are given: its caption template over the classes
+        0, 1, …, K−1, 0, … (templated runs), else the empty prompt (unconditional samples);
+        None for runs without text."""
+        if not self.text_conditional:
+            return None
+        c = self.config.condition
+        if c.caption_template is None or not c.class_names:
+            return [""] * n
+        from .data.captions import render
+
+        return render(c.caption_template, [i % len(c.class_names) for i in range(n)], c.class_names)
 
     def default_labels(self, n: int) -> np.ndarray | None:
         """Labels 0, 1, …, K−1, 0, 1, … for a class-conditional run; None otherwise."""
@@ -133,11 +162,25 @@ class LoadedRun:
     def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,
                         labels: np.ndarray | None = None,
-                        device: str | torch.device | None = None) -> torch.Tensor:
+                        device: str | torch.device | None = None,
+                        prompts: list[str] | None = None,
+                        guidance: float | None = None,
+                        options: dict[str, Any] | None = None, *,
+                        guidance_rescale: float = 0.0,
+                        guidance_interval: tuple[float, float] | None = None,
+                        autoguide: LoadedRun | None = None,
+                        progress: bool = False) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
         Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
         size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
+        ``prompts``: one per example (text runs). ``guidance``: the classifier-free guidance scale
+        w (``noisecraft.guidance.Guided``; the empty prompt / label −1 is the unconditional branch),
+        with ``guidance_rescale``, ``guidance_interval`` (in t) and ``autoguide`` (another run:
+        autoguidance), checked by :func:`noisecraft.guidance.guide_run`.
+        ``options`` are the sampler's own (``{"variance": "learned"}`` for ddpm, ``{"eta": 1.0}``
+        for ddim). ``progress`` draws a tqdm bar on stderr counting sampler steps over all
+        batches, with an ETA.
         """
         from .samplers import sample
 
@@ -151,36 +194,160 @@ class LoadedRun:
                 raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
             if self.num_classes is None:
                 raise ValueError(f"{self.run_dir} is not class-conditional; labels do not apply")
+        encoder = None
+        if prompts is not None:
+            encoder = self.text_encoder()
+            if isinstance(prompts, str) or len(prompts) != n:
+                raise ValueError(f"prompts must be a list of {n} strings, one per sample")
         dev = torch.device(device) if device is not None else next(self.net.parameters()).device
         self.net.to(dev)
+        denoiser = self.denoiser
+        if guidance is not None:
+            from .guidance import guide_run
+
+            denoiser = guide_run(self, guidance, rescale=guidance_rescale,
+                                 interval=guidance_interval, autoguide=autoguide)
+            if autoguide is None and labels is None and prompts is None:
+                raise ValueError(f"guidance needs a condition (labels or prompts); {self.run_dir} "
+                                 "is sampled unconditionally")
+            if autoguide is not None:
+                autoguide.net.to(dev)
+        bar = _step_bar(-(-n // batch_size), steps) if progress else None
         out = []
-        for start in range(0, n, batch_size):
+        for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(n, start + batch_size)
             cond = {}
             if labels is not None:
                 cond["labels"] = torch.as_tensor(labels[start:stop], dtype=torch.long, device=dev)
-            x = sample(self.denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
-                       steps=steps,
+            if encoder is not None:
+                from .conditioning import text_condition
+
+                cond.update(text_condition(encoder, list(prompts[start:stop]), dev))
+            x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
+                       steps=steps, options=options,
                        seed=seed, seed_offset=start, device=dev,
-                       callback=callback if start == 0 else None, **cond)
+                       callback=_with_bar(callback if start == 0 else None, bar), **cond)
             out.append(x.float().cpu())
+            if bar is not None:  # in step with the batches even if a sampler reports fewer steps
+                bar.update((batch + 1) * steps - bar.n)
+        if bar is not None:
+            bar.close()
         return torch.cat(out)
 
     def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
-                 labels: np.ndarray | None = None) -> np.ndarray:
+                 labels: np.ndarray | None = None, prompts: list[str] | None = None,
+                 guidance: float | None = None,
+                 options: dict[str, Any] | None = None, progress: bool = False,
+                 **guided: Any) -> np.ndarray:
         """``n`` samples as the data's own kind: uint8 (N, H, W, C) pictures for image runs,
-        float32 (N, D) vectors in data units for vector runs. See :meth:`generate_tensor`."""
-        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels)
+        float32 (N, 1, n_mels, frames) log-mel spectrograms in [−1, 1] for audio runs (waveforms:
+        :meth:`to_audio`), float32 (N, D) vectors in data units for vector runs. See
+        :meth:`generate_tensor` (``guided``: its guidance_rescale, guidance_interval and
+        autoguide keywords)."""
+        x = self.generate_tensor(n, sampler, steps, seed, batch_size, callback, labels,
+                                 prompts=prompts, guidance=guidance, options=options,
+                                 progress=progress, **guided)
         return self.to_output(x)
 
     def to_output(self, x: torch.Tensor) -> np.ndarray:
-        """Model-space samples → uint8 pictures (images) or float32 data-unit vectors."""
+        """Model-space samples → uint8 pictures (images), float32 spectrograms (audio, the
+        model's own [−1, 1] log-mel units, which :meth:`to_audio` inverts) or float32 vectors; a
+        latent run's latents are decoded first (:meth:`decode`)."""
         from .data import denormalize, to_uint8
 
+        if self.config.latent is not None:
+            x = self.decode(x)
         if self.preprocess.kind == "image":
             return to_uint8(x, self.preprocess)
+        if self.preprocess.kind == "audio":
+            return torch.as_tensor(x).detach().cpu().float().clamp(-1, 1).numpy()
         return denormalize(x, self.preprocess).numpy().astype(np.float32)
+
+    @property
+    def audio_config(self) -> Any:
+        """The run's :class:`noisecraft.data.audio.AudioConfig` (sample rate, mels, hop, frames,
+        dB range), rebuilt from config.json; ValueError for runs that are not audio."""
+        from .data.audio import AudioConfig
+
+        if self.preprocess.kind != "audio":
+            raise ValueError(f"{self.run_dir} models {self.preprocess.kind} data, not audio")
+        return AudioConfig.from_dict(self.preprocess.audio)
+
+    def to_audio(self, spectrograms: np.ndarray | torch.Tensor, n_iter: int | None = None
+                 ) -> np.ndarray:
+        """Spectrograms from :meth:`generate` → float32 waveforms (N, (frames − 1) · hop) at
+        ``audio_config.sample_rate``: inverse mel (non-negative least squares) + fast
+        Griffin-Lim (``noisecraft.data.audio.spectrogram_to_audio``; ``n_iter`` None: its
+        default), initial phases seed 0."""
+        from .data.audio import GRIFFIN_LIM_ITERS, spectrogram_to_audio
+
+        x = torch.as_tensor(np.asarray(spectrograms), dtype=torch.float32)
+        return spectrogram_to_audio(x, self.audio_config, n_iter=n_iter or GRIFFIN_LIM_ITERS).numpy()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Model-space pictures → the scaled posterior means z_s = (mean − shift) · scale a latent
+        run's network models (the inverse direction of :meth:`decode`), on the CPU."""
+        lat = self.config.latent
+        if lat is None:
+            raise ValueError(f"{self.run_dir} is not a latent run; there is nothing to encode")
+        if self.autoencoder is None:
+            raise RunError(f"{self.run_dir}: a latent run loaded without its autoencoder")
+        dev = self.autoencoder.device
+        parts = [(self.autoencoder.encode(x[i:i + batch_size].to(dev, torch.float32))[0].float().cpu()
+                  - lat.shift_factor) * lat.scale_factor for i in range(0, len(x), batch_size)]
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Scaled latents (N, C, H', W') → model-space pictures in [−1, 1] on the CPU:
+        x = decode(z_s / scale + shift), with the run's recorded scale and shift."""
+        lat = self.config.latent
+        if lat is None:
+            raise ValueError(f"{self.run_dir} is not a latent run; there is nothing to decode")
+        if self.autoencoder is None:
+            raise RunError(f"{self.run_dir}: a latent run loaded without its autoencoder")
+        dev = self.autoencoder.device
+        parts = [self.autoencoder.decode(z[i:i + batch_size].to(dev, torch.float32)
+                                         / lat.scale_factor + lat.shift_factor).float().cpu()
+                 for i in range(0, len(z), batch_size)]
+        return torch.cat(parts)
+
+
+def _step_bar(batches: int, steps: int) -> Any:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=batches * steps, desc="sample", unit="step", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _with_bar(callback: Callable[..., Any] | None, bar: Any) -> Callable[..., Any] | None:
+    """``callback`` that also advances ``bar`` by one sampler step (either may be None)."""
+    if bar is None:
+        return callback
+
+    def step(*args: Any) -> None:
+        bar.update(1)
+        if callback is not None:
+            callback(*args)
+
+    return step
+
+
+def load_latent_autoencoder(config: RunConfig, source: Path, device: str | torch.device) -> Any:
+    """The autoencoder a latent run names, refused when it is no longer the one trained with."""
+    from .autoencoders import load_autoencoder
+
+    lat = config.latent
+    assert lat is not None
+    ae = load_autoencoder(lat.autoencoder, device=device)
+    if ae.sha256 != lat.sha256:
+        raise RunError(f"{lat.autoencoder}: the autoencoder changed since {source} was trained "
+                       f"(sha256 {ae.sha256[:12]}…, the run recorded {lat.sha256[:12]}…)")
+    return ae
 
 
 def build_denoiser(net: nn.Module, config: RunConfig) -> tuple[Any, Any]:
@@ -204,7 +371,9 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     """
     from . import nets
     from .data import Preprocess
+    from .threads import apply_default_threads
 
+    apply_default_threads()  # the CLI's CPU-thread default, once (see noisecraft.threads)
     device = check_device(device)
     path = check_run_dir(run_dir)
     config = read_config(path)
@@ -223,5 +392,7 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     weights = checkpoint_file(path, EMA_WEIGHTS if use_ema else MODEL)
     check_step(weights, load_weights(net, weights), state["step"])
     net.to(device).eval().requires_grad_(False)
+    autoencoder = (load_latent_autoencoder(config, path / CONFIG, device)
+                   if config.latent is not None else None)
     return LoadedRun(run_dir=path, config=config, net=net, denoiser=denoiser, schedule=schedule,
-                     preprocess=preprocess, step=state["step"])
+                     preprocess=preprocess, step=state["step"], autoencoder=autoencoder)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import grids
+from . import grids, process
 from .denoiser import Denoised, Denoiser
 from .noise import BatchNoise, ExampleNoise, NoiseSource
 from .schedule import Schedule
@@ -117,43 +117,27 @@ def _finish(x: Tensor, x_T: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- DDPM ancestral
-_VARIANCES = ("beta_tilde", "beta", "learned")
-
-
 @_register("ddpm", grid="respaced")
 def ddpm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
          callback: Callback | None = None, cond: dict[str, Any] | None = None,
-         variance: str = "beta_tilde") -> Tensor:
-    """Ancestral sampling (Ho et al. 2020) with the general posterior q(x_s | x_t, x̂_0):
+         variance: str | None = None) -> Tensor:
+    """Ancestral sampling (Ho et al. 2020): x_s ~ p_θ(x_s | x_t) on each grid step t → s,
 
         x_s = c_0 x̂_0 + c_t x_t + ς z,   c_0 = α_s σ²_{t|s}/σ_t²,  c_t = α_{t|s} σ_s²/σ_t²,
 
-    with ς² = β̃_{t|s} (``variance="beta_tilde"``), σ²_{t|s} (``"beta"``; β_t on the full grid)
-    or, for networks with learned variances (Nichol & Dhariwal 2021),
-    log ς² = f log σ²_{t|s} + (1 − f) log β̃_{t|s} with f = ``Denoised.variance_fraction``
-    (``"learned"``). On a respaced grid σ²_{t|s} and β̃_{t|s} are the respaced β and β̃.
-    No noise is added on the step onto s = 0.
+    the mean and ς² from :func:`noisecraft.process.reverse_mean_log_variance` (the one reverse
+    step): ς² = β̃_{t|s} (``variance="beta_tilde"``), σ²_{t|s} (``"beta"``; β_t on the full
+    grid) or the learned interpolation (``"learned"``, Nichol & Dhariwal 2021). Unset: learned
+    when the Denoiser has learned variances, else β̃. No noise is added on the step onto s = 0.
     """
-    if variance not in _VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(_VARIANCES)}")
-    if variance == "learned" and not getattr(denoiser, "learned_variance", False):
-        raise ValueError("variance='learned' needs a Denoiser with learned_variance=True")
+    variance = process.resolve_variance(variance, getattr(denoiser, "learned_variance", False))
     w = _Walk(denoiser, x_T, grid, cond, noise)
-    g = torch.tensor(w.t, dtype=torch.float64)
-    c0s, cts, post_vars = (c.tolist() for c in w.schedule.posterior_coefficients(g[:-1], g[1:]))
     x = x_T.to(w.dtype)
     for i in range(w.steps):
         d = w.denoise(x, i)
-        x_new = c0s[i] * d.x0 + cts[i] * x
-        if w.t[i + 1] > 0:
-            beta = -math.expm1(w.log_alpha_bar[i] - w.log_alpha_bar[i + 1])      # σ²_{t|s}
-            if variance == "learned":
-                f = d.variance_fraction
-                std = torch.exp(0.5 * (f * math.log(beta) + (1 - f) * math.log(post_vars[i])))
-            else:
-                std = math.sqrt(post_vars[i] if variance == "beta_tilde" else beta)
-            x_new = x_new + std * w.randn()
-        x = x_new
+        mean, log_var = process.reverse_mean_log_variance(w.schedule, d, x, w.t[i], w.t[i + 1],
+                                                          variance)
+        x = mean + torch.exp(0.5 * log_var) * w.randn() if w.t[i + 1] > 0 else mean
         if callback is not None:
             callback(i, w.t[i + 1], x, d.x0)
     return _finish(x, x_T)
@@ -321,8 +305,12 @@ def _model_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_denoiser(model: Any, schedule: Schedule, prediction: str | None,
-                 clip: tuple[float, float] | None) -> Denoiser:
+def as_denoiser(model: Any, schedule: Schedule, prediction: str | None = None,
+                clip: tuple[float, float] | None = None) -> Denoiser:
+    """The one coercion to a :class:`Denoiser` (``sample``, ``nll``): a raw network is wrapped as
+    ``Denoiser(model, schedule, prediction or "eps", clip)``; a Denoiser is returned as it is,
+    and then ``prediction`` and ``clip`` must be unset (None) or equal its own, and ``schedule``
+    must be its own."""
     if not isinstance(model, Denoiser):
         if not callable(model):
             raise ValueError(f"model must be a network (a callable) or a Denoiser, got "
@@ -338,6 +326,9 @@ def _as_denoiser(model: Any, schedule: Schedule, prediction: str | None,
         raise ValueError(f"schedule {schedule!r} differs from the Denoiser's own schedule "
                          f"{model.schedule!r}")
     return model
+
+
+_as_denoiser = as_denoiser  # the former private name, for code written against it
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -387,7 +378,7 @@ def sample(model: Any, shape: Sequence[int], schedule: Schedule, sampler: str = 
     shape = _check_shape(shape)
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a noisecraft.Schedule, got {type(schedule).__name__}")
-    denoiser = _as_denoiser(model, schedule, prediction, clip)
+    denoiser = as_denoiser(model, schedule, prediction, clip)
     options = dict(options or {})
     unknown = sorted(set(options) - set(options_of(sampler)))
     if unknown:

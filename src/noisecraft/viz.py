@@ -74,6 +74,25 @@ def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2,
     return Image.fromarray(canvas)
 
 
+def spectrogram_pictures(spectrograms: np.ndarray) -> np.ndarray:
+    """Log-mel spectrograms (N, 1, n_mels, frames) in [−1, 1] → uint8 (N, n_mels, frames, 1)
+    pictures, loud bright and the lowest mel band at the bottom row, as spectrograms are read."""
+    x = np.asarray(spectrograms, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"spectrograms must have shape (N, 1, n_mels, frames), got {x.shape}")
+    v = np.rint((np.clip(x[:, 0], -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    return np.ascontiguousarray(v[:, ::-1, :, None])
+
+
+def spectrogram_grid(spectrograms: np.ndarray, nrow: int | None = None) -> Image.Image:
+    """A grid of log-mel spectrograms (see :func:`spectrogram_pictures`), at most four per row
+    by default: they are wide (frames) and short (mels)."""
+    pictures = spectrogram_pictures(spectrograms)
+    return image_grid(pictures, nrow=nrow or min(len(pictures), 4))
+
+
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=12)
@@ -166,10 +185,13 @@ def _fmt_t(t: float) -> str:
 def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int = 480,
             radius: float = 1.5, limits: tuple[float, float, float, float] | None = None
             ) -> Image.Image:
-    """A square scatter plot of (N, 2) ``points`` (blue) over optional ``reference`` points
-    (grey), with a frame and the axis ranges written in the corners.
+    """A square scatter plot of (N, 2) ``points`` (blue, the samples) over optional
+    ``reference`` points (grey, the data), with a frame and the axis ranges in the corners.
 
-    ``limits = (xmin, xmax, ymin, ymax)`` defaults to the box holding both sets plus 5 %.
+    ``limits = (xmin, xmax, ymin, ymax)`` defaults to the data's range: the reference's box
+    plus 5 % on each side, so a few wild samples cannot shrink the picture of the distribution
+    to a dot. Without a reference it is the box of the central 98 % of the points per axis
+    (1st to 99th percentile) plus 10 %. Points outside are counted in a caption, not drawn.
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2:
@@ -177,16 +199,8 @@ def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int =
     ref = None if reference is None else np.asarray(reference, dtype=np.float64)
     if ref is not None and (ref.ndim != 2 or ref.shape[1] != 2):
         raise ValueError(f"reference must have shape (M, 2), got {ref.shape}")
-    both = pts if ref is None else np.concatenate([pts, ref])
-    both = both[np.isfinite(both).all(axis=1)]
     if limits is None:
-        if both.size == 0:
-            limits = (-1.0, 1.0, -1.0, 1.0)
-        else:
-            lo, hi = both.min(axis=0), both.max(axis=0)
-            span = np.maximum(hi - lo, 1e-9)
-            lo, hi = lo - 0.05 * span, hi + 0.05 * span
-            limits = (lo[0], hi[0], lo[1], hi[1])
+        limits = _data_limits(pts if ref is None else ref, robust=ref is None)
     xmin, xmax, ymin, ymax = (float(v) for v in limits)
     if not (xmax > xmin and ymax > ymin):
         raise ValueError(f"limits must satisfy xmin < xmax and ymin < ymax, got {limits}")
@@ -195,21 +209,28 @@ def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int =
     draw = ImageDraw.Draw(img)
     draw.rectangle([margin, margin, margin + size, margin + size], outline=(0, 0, 0))
 
-    def plot(p: np.ndarray, colour: tuple[int, int, int]) -> None:
-        p = p[np.isfinite(p).all(axis=1)]
-        px = margin + (p[:, 0] - xmin) / (xmax - xmin) * size
-        py = margin + (ymax - p[:, 1]) / (ymax - ymin) * size  # y grows upwards
+    def plot(p: np.ndarray, colour: tuple[int, int, int]) -> int:
+        """Draw the points inside the frame; return how many lie outside (or are not finite)."""
+        finite = p[np.isfinite(p).all(axis=1)]
+        px = margin + (finite[:, 0] - xmin) / (xmax - xmin) * size
+        py = margin + (ymax - finite[:, 1]) / (ymax - ymin) * size  # y grows upwards
         inside = (px >= margin) & (px <= margin + size) & (py >= margin) & (py <= margin + size)
         for x, y in zip(px[inside], py[inside], strict=True):
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour)
+        return len(p) - int(inside.sum())
 
     if ref is not None:
         plot(ref, (170, 170, 170))
-    plot(pts, (31, 90, 200))
+    outside = plot(pts, (31, 90, 200))
     font = _font()
     draw.text((margin, margin + size + 4), f"x: [{xmin:.2f}, {xmax:.2f}]", fill=CAPTION_COLOUR,
               font=font)
-    draw.text((margin, 4), f"y: [{ymin:.2f}, {ymax:.2f}]", fill=CAPTION_COLOUR, font=font)
+    top = f"y: [{ymin:.2f}, {ymax:.2f}]"
+    if ref is not None:
+        top += "   grey: data, blue: samples"
+    if outside:
+        top += f"   {outside} of {len(pts)} samples outside"
+    draw.text((margin, 4), top, fill=CAPTION_COLOUR, font=font)
     return img
 
 
@@ -367,6 +388,20 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _data_limits(p: np.ndarray, robust: bool) -> tuple[float, float, float, float]:
+    """(xmin, xmax, ymin, ymax) for :func:`scatter`: the box of ``p`` (its 1–99 % percentile box
+    when ``robust``) widened by 5 % (10 % when robust) of its span on each side."""
+    p = p[np.isfinite(p).all(axis=1)]
+    if p.size == 0:
+        return (-1.0, 1.0, -1.0, 1.0)
+    lo, hi = (np.percentile(p, 1, axis=0), np.percentile(p, 99, axis=0)) if robust else (
+        p.min(axis=0), p.max(axis=0))
+    span = np.maximum(hi - lo, 1e-9)
+    pad = 0.10 if robust else 0.05
+    lo, hi = lo - pad * span, hi + pad * span
+    return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 
 
 def save(image: Image.Image, path: str | os.PathLike[str]) -> None:

@@ -60,6 +60,74 @@ def test_fid_user_errors_exit_2(tmp_path, capsys):
     assert "sha256" in capsys.readouterr().err
 
 
+def test_fid_split_applies_to_the_reference_only(tmp_path, capsys):
+    """The README's `fid samples.npz DATA --split test`: samples.npz has no splits."""
+    images = _digits_uint8()
+    np.savez(tmp_path / "samples.npz", images=images[:30])
+    np.savez(tmp_path / "split.npz", x_train=images[:1000], x_test=images[1000:1100])
+    assert main(["fid", str(tmp_path / "samples.npz"), str(tmp_path / "split.npz"), "--split", "test",
+                 "--features", "digits", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["a"]["split"], record["a"]["count"]) == ("all", 30)
+    assert (record["b"]["split"], record["b"]["count"]) == ("test", 100)
+
+
+def test_fid_reads_pytorch_fid_statistics_against_a_hand_computed_distance(tmp_path, capsys):
+    from noisecraft.metrics.classifier import classifier_features
+
+    images = _digits_uint8()[:300]
+    np.savez(tmp_path / "a.npz", images=images)
+    feats = classifier_features(images, "digits")
+    mu, sigma = feats.mean(axis=0), np.cov(feats, rowvar=False)   # numpy's own estimator
+    # Against N(mu + v, c² Σ) the Fréchet distance is, by hand,
+    #   |v|² + tr Σ + c² tr Σ − 2 tr (c² Σ²)^{1/2} = |v|² + (1 − c)² tr Σ.
+    v, c = np.linspace(-0.3, 0.5, len(mu)), 1.7
+    np.savez(tmp_path / "stats.npz", mu=mu + v, sigma=c**2 * sigma)
+    expected = v @ v + (1 - c) ** 2 * np.trace(sigma)
+    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "stats.npz"), "--features", "digits",
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    # float64 throughout; the eigen-decompositions of 64×64 matrices agree to ~1e-12 relative
+    assert record["fid"] == pytest.approx(expected, rel=1e-9)
+    assert record["b"]["statistics"] == str(tmp_path / "stats.npz") and record["b"]["dim"] == len(mu)
+    # either side may be a statistics file; two of them need no images at all
+    assert main(["fid", str(tmp_path / "stats.npz"), str(tmp_path / "a.npz"), "--features",
+                 "digits"]) == 0
+    assert _fid_value(capsys) == pytest.approx(expected, abs=5e-5)   # printed to 4 decimals
+    np.savez(tmp_path / "same.npz", mu=mu + v, sigma=c**2 * sigma)
+    assert main(["fid", str(tmp_path / "stats.npz"), str(tmp_path / "same.npz"), "--features",
+                 "digits"]) == 0
+    assert _fid_value(capsys) < 1e-6
+    np.savez(tmp_path / "wrong.npz", mu=np.zeros(5), sigma=np.eye(5))
+    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "wrong.npz"), "--features",
+                 "digits"]) == 2
+    assert "wrong.npz: statistics of 5-d features" in capsys.readouterr().err
+
+
+def test_fid_converts_rgba_and_resizes_on_request(tmp_path, capsys):
+    grey = _digits_uint8()[:40, :, :, 0]
+    alpha = np.random.default_rng(1).integers(0, 256, grey.shape, dtype=np.uint8)
+    folder = tmp_path / "rgba"
+    folder.mkdir()
+    for i, (g, a) in enumerate(zip(grey, alpha, strict=True)):
+        Image.fromarray(np.stack([g, g, g, a], axis=-1), mode="RGBA").save(folder / f"{i:03d}.png")
+    # composited on white by hand: g·a/255 + 255·(1 − a/255), rounded (never a tie: 255 is odd)
+    on_white = np.rint(grey.astype(np.float64) * alpha / 255 + 255 * (1 - alpha / 255))
+    np.savez(tmp_path / "white.npz", images=on_white.astype(np.uint8)[..., None])
+    assert main(["fid", str(folder), str(tmp_path / "white.npz"), "--features", "digits"]) == 2
+    assert "channels" in capsys.readouterr().err           # RGBA is refused unless converted
+    assert main(["fid", str(folder), str(tmp_path / "white.npz"), "--features", "digits",
+                 "--channels", "1"]) == 0
+    assert _fid_value(capsys) < 1e-6                        # the same pictures after conversion
+    Image.fromarray(np.full((10, 12), 200, np.uint8)).save(folder / "zz_big.png")
+    assert main(["fid", str(folder), "digits", "--features", "digits", "--channels", "1"]) == 2
+    assert "image_size" in capsys.readouterr().err          # mixed sizes need --image-size
+    assert main(["fid", str(folder), "digits", "--features", "digits", "--channels", "1",
+                 "--image-size", "8", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["a"]["count"] == 41 and record["image_size"] == 8 and record["channels"] == 1
+
+
 @pytest.mark.slow
 def test_fid_inception_on_a_few_images(tmp_path, capsys):
     try:
@@ -81,6 +149,8 @@ def test_evaluate_writes_metrics_json(tmp_path, capsys):
                  "--timesteps", "20", "--warmup", "1", "--sample-every", "0", "--no-progress"]) == 0
     assert main(["evaluate", str(run_dir), "--data", "digits", "--n", "24", "--steps", "3",
                  "--features", "digits", "--seed", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "sample" in captured.err and "3/3" in captured.err  # sampling progress: 1 batch, 3 steps
     record = json.loads((run_dir / "metrics.json").read_text())
     for key in ("fid", "kid", "kid_std", "precision", "recall", "memorization", "classifier",
                 "reference", "feature_space", "sampler", "steps", "seed", "n", "weights", "step"):
@@ -90,6 +160,6 @@ def test_evaluate_writes_metrics_json(tmp_path, capsys):
     assert record["reference"]["count"] == 24 and len(record["reference"]["content_sha256"]) == 64
     assert 0 <= record["precision"] <= 1 and 0 <= record["recall"] <= 1
     assert (run_dir / "metrics-memorization.png").is_file()
-    assert "fid" in capsys.readouterr().out
+    assert "fid" in captured.out
     assert main(["evaluate", str(run_dir), "--data", "digits", "--metrics", "fid,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err

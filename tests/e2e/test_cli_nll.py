@@ -95,3 +95,21 @@ def test_nll_user_errors_exit_2(run8, tmp_path, capsys):
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(big)
     assert main(["nll", run_dir, "--image", str(big), "--data", spec, "--n", "1", *FAST]) == 2
     assert "(1, 8, 8)" in capsys.readouterr().err
+
+
+def test_image_percentile_uses_a_bounded_reference_set_and_says_so(run8, capsys, monkeypatch):
+    from noisecraft.cli import nll as nll_cli
+
+    run_dir, spec, picture = run8
+    monkeypatch.setattr(nll_cli, "IMAGE_REFERENCE_N", 7)   # the default --n of --image
+    assert main(["nll", run_dir, "--image", picture, "--data", spec, "--json", *FAST]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 7
+    assert "among the first 7 examples" in captured.err
+    assert "nll" in captured.err and "7/7" in captured.err            # the progress bar
+    assert main(["nll", run_dir, "--image", picture, "--data", spec, "--n", "3", "--json",
+                 "--no-progress", *FAST]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 3
+    assert captured.err.strip().splitlines() == [
+        f"noisecraft: ranking {picture} among the first 3 examples of {spec} [test] (--n 3)"]

@@ -144,3 +144,84 @@ def test_threads_flag_sets_torch_threads_and_the_default_follows_the_cpu_count(r
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert _args.default_threads() is None          # the user's environment wins
+
+
+def test_format_png_writes_a_folder_of_numbered_pictures_beside_the_npz(run_dir, tmp_path):
+    assert sample(run_dir, tmp_path / "p", "--n", 5, "--steps", 2, "--format", "png",
+                  "--no-progress") == 0
+    images = np.load(tmp_path / "p.npz")["images"]
+    names = sorted(os.listdir(tmp_path / "p"))
+    assert names == [f"{i:06d}.png" for i in range(5)]
+    for i, name in enumerate(names):  # each file is exactly sample i, grey as the data is
+        picture = Image.open(tmp_path / "p" / name)
+        assert picture.mode == "L"
+        np.testing.assert_array_equal(np.asarray(picture), images[i, :, :, 0])
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_progress_bar_on_stderr_and_no_progress_silences_it(run_dir, tmp_path, capsys):
+    assert sample(run_dir, tmp_path / "a", "--n", 3, "--steps", 4) == 0
+    err = capsys.readouterr().err
+    assert "sample" in err and "4/4" in err  # one batch of 3 samples, 4 sampler steps
+    assert sample(run_dir, tmp_path / "b", "--n", 3, "--steps", 4, "--no-progress") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_wav_format_needs_an_audio_run(run_dir, tmp_path, capsys):
+    assert main(["sample", str(run_dir), "--out", str(tmp_path / "w"), "--format", "wav"]) == 2
+    assert "--format wav needs an audio run" in capsys.readouterr().err
+
+
+def _tone_folder(folder, digits=(0, 1, 2), per_digit=2, rate=8000):
+    """FSDD-style file names (digit_speaker_index.wav) holding tones, one pitch per digit."""
+    import wave
+
+    folder.mkdir()
+    for d in digits:
+        for i in range(per_digit):
+            n = int(rate * (0.3 + 0.1 * i))
+            t = np.arange(n) / rate
+            pcm = np.round(0.3 * np.sin(2 * np.pi * (300 + 200 * d) * t) * 32767).astype("<i2")
+            with wave.open(str(folder / f"{d}_tone_{i}.wav"), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(rate)
+                w.writeframes(pcm.tobytes())
+    return folder
+
+
+def test_audio_run_trains_from_the_cli_and_samples_wav_files(tmp_path):
+    import json
+    import wave
+
+    from noisecraft.data.audio import AudioConfig
+
+    data = _tone_folder(tmp_path / "tones")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--steps", "1", "--batch-size", "2",
+                 "--timesteps", "20", "--sample-every", "0", "--class-cond", "--no-progress"]) == 0
+    recorded = json.loads((run / "config.json").read_text())["data"]
+    # The features are recorded in full, so sampling can invert them.
+    assert recorded["kind"] == "audio" and recorded["num_classes"] == 3
+    assert recorded["preprocess"]["audio"] == AudioConfig().to_dict()
+    # a resumed audio run reads the data with the recorded features
+    assert main(["train", "--out", str(run), "--steps", "2", "--resume", "--no-progress"]) == 0
+    assert json.loads((run / "state.json").read_text())["step"] == 2
+    out = tmp_path / "s"
+    assert sample(run, out, "--n", 4, "--steps", 2, "--no-progress", "--griffin-lim-iters", 4) == 0
+    config = AudioConfig()
+    with np.load(out.with_suffix(".npz")) as f:
+        spectrograms, labels = f["spectrograms"], f["labels"]
+    assert spectrograms.shape == (4, 1, config.n_mels, config.frames)
+    assert labels.tolist() == [0, 1, 2, 0]
+    waveforms = load_run(run).to_audio(spectrograms, n_iter=4)
+    names = sorted(os.listdir(out))
+    assert names == [f"{i:06d}.wav" for i in range(4)]
+    for i, name in enumerate(names):
+        with wave.open(str(out / name), "rb") as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (8000, 1, 2)
+            assert w.getnframes() == (config.frames - 1) * config.hop_length  # 127 hops of 64
+            pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        # the file holds the inverted spectrogram, to 16-bit rounding (half a step of 1/32767)
+        np.testing.assert_allclose(pcm / 32767, np.clip(waveforms[i], -1, 1), atol=0.51 / 32767)
+    assert Image.open(out.with_suffix(".png")).size[0] > config.frames  # a grid of spectrograms

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from typing import Any
 
 
@@ -73,22 +72,8 @@ def probability(text: str) -> float:
 
 
 # --------------------------------------------------------------------------- torch threads
-# Measured on this project's 2-CPU machine (noisecraft train on digits, 40 steps at batch 64, and
-# noisecraft sample, 64 images by DDIM-20; scratch timings in the commit message): while other
-# processes used the CPUs, torch's default of one intra-op thread per core was 2–3× slower than
-# one thread, and up to 12× slower beside one extra busy process: an OpenMP team waits for a
-# thread that has no core. With both cores free a second thread gains at most 1.3× (the demo's
-# measurement), so on machines with <= 2 CPUs one thread is the default.
-SMALL_MACHINE_CPUS = 2
-
-
-def default_threads() -> int | None:
-    """1 on a machine with at most SMALL_MACHINE_CPUS CPUs, else None (torch's own default);
-    None also when OMP_NUM_THREADS is set, which is the user's choice."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return None
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 1 if cpus <= SMALL_MACHINE_CPUS else None
+# One rule for the CLI and the Python API: see noisecraft.threads (measurements there).
+from ..threads import SMALL_MACHINE_CPUS, default_threads  # noqa: E402
 
 
 def add_threads(parser: argparse.ArgumentParser, default: int | None = None) -> None:

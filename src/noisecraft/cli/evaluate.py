@@ -50,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--batch-size", type=positive_int, default=256, help="samples per sampling pass (default 256)")
     a("--feature-batch-size", type=positive_int, default=50, help="images per Inception pass")
     a("--out", metavar="FILE", help="metrics file (default RUN_DIR/metrics.json)")
+    a("--no-progress", action="store_true", help="no progress bars (sampling, features)")
     add_threads(p)
     p.set_defaults(func=run)
 
@@ -82,17 +83,19 @@ def run(args: argparse.Namespace) -> int:
         args.data, split=args.split, image_size=size, channels=channels)
     reference = reference[:args.ref_n or args.n]
     classifier = classifier_for(args.data, reference)
-    if classifier is not None:
-        prepare_classifier(classifier, data=args.data)  # trains once (MNIST: < 1 min), then cached
     if metrics is None:
         metrics = DEFAULT_METRICS + (("classifier",) if classifier else ())
+    if classifier is not None and ("classifier" in metrics or args.features == classifier):
+        prepare_classifier(classifier, data=args.data)  # trains once (MNIST: < 1 min), then cached
     samples = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
-                            batch_size=args.batch_size, labels=run_.default_labels(args.n))
+                            batch_size=args.batch_size, labels=run_.default_labels(args.n),
+                            progress=not args.no_progress)
     figure = out_path.with_name(out_path.stem + "-memorization.png")
     results = evaluate_samples(samples, reference, reference_spec=args.data, reference_split=args.split,
                                metrics=metrics, feature_space=args.features, train_images=train,
                                classifier=classifier, batch_size=args.feature_batch_size,
-                               weights=args.weights, figure=figure, seed=args.seed, progress=True)
+                               weights=args.weights, figure=figure, seed=args.seed,
+                               progress=not args.no_progress)
     record = {
         "run_dir": str(run_.run_dir), "step": run_.step, "weights": "raw" if args.no_ema else "ema",
         "sampler": sampler, "steps": steps, "seed": args.seed, "n": args.n,

@@ -10,8 +10,9 @@ data (digits' 0..16, vectors) is treated as continuous: −log₂ p(x)/D of the 
 [−1, 1] units; --continuous forces that for 8-bit data too. The model is read without the x̂_0
 clipping used for sampling (clipping is a sampler's choice, not part of the density).
 
-The percentile of --image is the share of the split's examples whose NLL is at or below the
-image's: near 50 is typical, near 100 means less likely than almost all of the split. A
+The percentile of --image is the share of the reference examples (the first --n of the split,
+default 1000) whose NLL is at or below the image's: near 50 is typical, near 100 means less
+likely than almost all of them. A
 class-conditional run scores --data with the data's labels, and --image (and its reference
 split) with the null label, since the picture's class is unknown.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 from ._args import (
@@ -32,6 +34,10 @@ from ._args import (
     positive_int,
 )
 
+# --image ranks one picture among this many of the split's examples unless --n says otherwise:
+# enough for a percentile to ±1.6 points (binomial standard error at 50 %), minutes not hours.
+IMAGE_REFERENCE_N = 1000
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = command_parser(sub, "nll", __doc__, "bits/dim of data under a trained run (bound or ODE)",
@@ -42,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
       "default the run's own training spec)")
     a("--image", metavar="FILE", help="score this one picture and rank it among --data's split")
     a("--split", default="test", choices=("train", "test", "all"), help="split (default test)")
-    a("--n", type=positive_int, help="score the first N examples of the split (default: all)")
+    a("--n", type=positive_int, help="score the first N examples of the split (default: all; "
+      f"with --image, the reference set for its percentile, default {IMAGE_REFERENCE_N})")
     a("--method", default="ode", choices=("ode", "vlb"),
       help="ode: probability-flow ODE; vlb: the T-term variational bound (default ode)")
     a("--divergence", default="rademacher", choices=("rademacher", "gaussian", "exact"),
@@ -50,13 +57,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--probes", type=positive_int, default=1, help="ode: Hutchinson probes per example (default 1)")
     a("--rtol", type=positive_float, default=1e-5, help="ode: relative tolerance (default 1e-5)")
     a("--atol", type=positive_float, default=1e-5, help="ode: absolute tolerance (default 1e-5)")
-    a("--variance", choices=("beta", "beta_tilde", "learned"),
+    from ..process import VARIANCES
+
+    a("--variance", choices=VARIANCES,
       help="vlb: reverse-step variance (default: learned if the net has it, else beta_tilde)")
     a("--continuous", action="store_true", help="treat 8-bit data as continuous values")
     a("--seed", type=non_negative_int, default=0,
       help="seed of the probes, dequantisation and x_t draws (default 0)")
     a("--batch-size", type=positive_int, default=64, help="examples per batch (default 64)")
     a("--json", action="store_true", help="print one JSON record instead of text")
+    a("--no-progress", action="store_true", help="no progress bar")
     add_threads(p)
     p.set_defaults(func=run)
 
@@ -74,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
     pre = run_.preprocess
     eight_bit = pre.kind == "image" and tuple(pre.value_range) == (0.0, 255.0)
-    discrete = eight_bit and not args.continuous
+    latent = run_.config.latent is not None  # scored in the autoencoder's latent space
+    discrete = eight_bit and not args.continuous and not latent
     den = run_.denoiser
     denoiser = Denoiser(den.net, run_.schedule, den.prediction, clip=None,
                         learned_variance=den.learned_variance)
@@ -85,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         from ..likelihood import nll
 
         cond = {} if labels is None else {"labels": labels.to(args.device)}
+        if latent:
+            x = run_.encode(x)
         kw: dict[str, Any] = {"discrete": discrete, "generator": generator,
                               "batch_size": args.batch_size}
         if args.method == "ode":
@@ -95,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
 
     record: dict[str, Any] = {
         "run_dir": str(run_.run_dir), "step": run_.step, "weights": "raw" if args.no_ema else "EMA",
-        "method": args.method, "units": "bits/dim",
+        "method": args.method, "units": "latent bits/dim" if latent else "bits/dim",
         "convention": ("8-bit: -log2 P(k)/D, " + ("uniform dequantisation" if args.method == "ode"
                                                   else "discretised decoder")) if discrete
+        else "latent: -log2 p(z)/D of the scaled posterior mean z, D latent values per example; "
+        "not comparable with pixel bits/dim" if latent
         else "continuous: -log2 p(x)/D in the model's [-1, 1] units",
         "seed": args.seed,
     }
@@ -134,8 +149,21 @@ def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any) -> 
     options: dict[str, Any] = {"split": args.split, "shuffle": False}
     if pre.kind == "image":
         options.update(image_size=pre.image_size, channels=pre.channels)
+    elif pre.kind == "audio":
+        options.update(pre.audio)  # the run's own features
     dataset = data.load(spec, **options)
-    shape = tuple(run_.shape)
+    n = args.n if args.n is not None or args.image is None else IMAGE_REFERENCE_N
+    size = len(dataset) if hasattr(dataset, "__len__") else None  # shards: unknown
+    total = n if size is None else size if n is None else min(n, size)
+    if args.image is not None:  # said up front: scoring the reference set is the long part
+        print(f"noisecraft: ranking {args.image} among the first {total} examples of {spec} "
+              f"[{args.split}] (--n {n})", file=sys.stderr)
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="nll", unit="example", file=sys.stderr, dynamic_ncols=True)
+    shape = tuple(pre.shape)  # the data's shape (a latent run encodes it in score())
     conditional = run_.num_classes is not None
     out, xs, labels = [], [], []
 
@@ -143,6 +171,8 @@ def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any) -> 
         if xs:
             lab = torch.tensor(labels, dtype=torch.long) if conditional else None
             out.append(score(torch.stack(xs), lab))
+            if bar is not None:
+                bar.update(len(xs))
             xs.clear()
             labels.clear()
 
@@ -154,15 +184,17 @@ def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any) -> 
                             f"takes {shape}")
         xs.append(x)
         labels.append(int(item.get("label", -1)) if args.image is None else -1)
+        if n is not None and sum(len(o) for o in out) + len(xs) >= n:
+            break
         if len(xs) == args.batch_size:
             flush()
-        if args.n is not None and sum(len(o) for o in out) + len(xs) >= args.n:
-            break
     flush()
+    if bar is not None:
+        bar.close()
     if not out:
         raise DataError(f"{spec}: the {args.split} split is empty")
     bits = torch.cat(out)
-    return bits[:args.n] if args.n is not None else bits
+    return bits[:n] if n is not None else bits
 
 
 def _read_image(path: str, pre: Any) -> Any:
@@ -197,8 +229,8 @@ def _report(record: dict[str, Any], as_json: bool) -> None:
     print(f"noisecraft: {method} ({detail}), {record['weights']} weights of step {record['step']}; "
           f"{record['convention']}")
     print(f"{record['data']} [{record['split']}], n = {record['n']}: {record['mean']:.4f} ± "
-          f"{record['standard_error']:.4f} bits/dim (mean ± standard error)")
+          f"{record['standard_error']:.4f} {record['units']} (mean ± standard error)")
     if "image" in record:
-        print(f"{record['image']}: {record['image_bits_per_dim']:.4f} bits/dim, percentile "
+        print(f"{record['image']}: {record['image_bits_per_dim']:.4f} {record['units']}, percentile "
               f"{record['percentile']:.1f} among the {record['n']} examples above "
               "(share with NLL at or below it; ~50 is typical, ~100 unusually unlikely)")

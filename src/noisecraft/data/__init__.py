@@ -159,11 +159,4 @@ def load(spec: str, *, image_size: int | None = None, channels: int | None = Non
 
     if image_size is not None or channels is not None or flip:
         raise ValueError(f"{spec!r} is audio data; image_size, channels and flip do not apply")
-    dataset = load_audio(path, split=split, skip_bad=skip_bad, **audio_options)
-    if not hasattr(dataset, "preprocess"):
-        # One record for every kind, so the trainer stores audio settings like image ones.
-        config = dataset.audio_config
-        dataset.preprocess = Preprocess(kind="audio", channels=1, height=config.n_mels,
-                                        width=config.frames, value_range=(-1.0, 1.0),
-                                        audio=config.to_dict())
-    return dataset
+    return load_audio(path, split=split, skip_bad=skip_bad, **audio_options)

@@ -42,6 +42,8 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from . import mel
+from .mel import GRIFFIN_LIM_ITERS
+from .transforms import Preprocess
 
 NO_LABEL = -1
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -276,7 +278,7 @@ def spectrogram_to_mel_power(x: torch.Tensor, config: AudioConfig) -> torch.Tens
     return 10.0 ** (db / 10.0)
 
 
-def spectrogram_to_audio(x: torch.Tensor, config: AudioConfig, n_iter: int = 64, *,
+def spectrogram_to_audio(x: torch.Tensor, config: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERS, *,
                          momentum: float = 0.99,
                          generator: torch.Generator | None = None) -> torch.Tensor:
     """(1, n_mels, F) or (batch, 1, n_mels, F) spectrograms in [−1, 1] → waveforms (n,) or (batch, n).
@@ -308,7 +310,8 @@ class AudioDataset(Dataset):
     """Log-mel spectrograms held in memory (decoded once): items ``{"x", "label", "caption", "key"}``.
 
     ``x`` is float32 (1, n_mels, frames) in [−1, 1]; ``label`` −1 means none; ``caption`` "" none.
-    ``audio_config`` rebuilds the features (record it in config.json); ``info`` sizes the net;
+    ``audio_config`` rebuilds the features and ``preprocess`` (a ``Preprocess`` of kind "audio"
+    holding it) records them in config.json; ``info`` sizes the net;
     ``skipped`` counts the files left out by ``skip_bad``.
     """
 
@@ -322,6 +325,10 @@ class AudioDataset(Dataset):
         self.audio_config = audio_config
         self.source = source
         self.skipped = skipped
+        # One record for every kind, so a run stores the audio settings as it stores image ones.
+        self.preprocess = Preprocess(kind="audio", channels=1, height=audio_config.n_mels,
+                                     width=audio_config.frames, value_range=(-1.0, 1.0),
+                                     audio=audio_config.to_dict())
         self.info: dict[str, Any] = {
             "kind": "audio", "channels": 1, "image_size": (audio_config.n_mels, audio_config.frames),
             "height": audio_config.n_mels, "width": audio_config.frames, "num_classes": num_classes,
@@ -335,7 +342,7 @@ class AudioDataset(Dataset):
         return {"x": self.x[i], "label": self.labels[i], "caption": self.captions[i],
                 "key": self.keys[i]}
 
-    def to_audio(self, x: torch.Tensor, n_iter: int = 64) -> torch.Tensor:
+    def to_audio(self, x: torch.Tensor, n_iter: int = GRIFFIN_LIM_ITERS) -> torch.Tensor:
         """Spectrogram(s) shaped like ``x`` items → waveform(s) at ``audio_config.sample_rate``."""
         return spectrogram_to_audio(x, self.audio_config, n_iter=n_iter)
 
@@ -559,6 +566,7 @@ def _features(clips: list[_Clip], config: AudioConfig, skip_bad: bool, bad: list
 
 
 __all__ = [
+    "GRIFFIN_LIM_ITERS",
     "AudioConfig",
     "AudioDataset",
     "audio_to_spectrogram",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 MEL_SCALES = ("slaney", "htk")
+GRIFFIN_LIM_ITERS = 64  # the default: on FSDD the spectral convergence has levelled off by then
 
 _SLANEY_F_BREAK = 1000.0
 _SLANEY_MEL_BREAK = 15.0  # = 1000 Hz · 3 / 200
@@ -134,7 +135,7 @@ def mel_power_to_linear(mel_power: torch.Tensor, filterbank: torch.Tensor,
 
 
 def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop_length: int, win_length: int, length: int,
-                n_iter: int = 64, momentum: float = 0.99,
+                n_iter: int = GRIFFIN_LIM_ITERS, momentum: float = 0.99,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Waveform whose STFT magnitude approaches ``magnitude`` (…, n_fft // 2 + 1, frames).
 

@@ -2,7 +2,8 @@
 
 A sample is the members sharing one key: an image (``.png``, ``.jpg``, ``.jpeg`` or ``.webp``),
 an optional ``.cls`` label (decimal text), an optional ``.txt`` caption and optional ``.json``
-metadata (not read). A ``classes.txt`` beside the shards, one name per line, gives the class names.
+metadata (read only for a caption when there is no ``.txt``: ``captions.json_caption``). A
+``classes.txt`` beside the shards, one name per line, gives the class names.
 
 Spec → shards: a folder (its shards, sorted; with ``train-*``/``test-*`` names a split picks its
 own, ``all`` takes every one; without such names only ``train``/``all`` exist), one shard file, or
@@ -42,6 +43,7 @@ from webdataset.tariterators import base_plus_ext
 
 from ..errors import DataError
 from ..seeding import derive_seed
+from .captions import json_caption
 from .datasets import NO_LABEL, image_info
 from .decode import ImageDecodeError, decode_image
 from .tar import TarFormatError, iter_members
@@ -93,9 +95,11 @@ def select_shards(spec: str, split: str) -> list[str]:
                             f"{', '.join(os.path.basename(s) for s in shards[:4])}")
         return picked
     shards = expand_pattern(spec) if "{" in spec else [spec]
-    if split == "test":
-        raise DataError(f"{spec}: names its shards explicitly, so it has no test split; "
-                        "pass the test shards' own pattern")
+    # Shards named explicitly are what the user asked for; "test" holds when their names say so.
+    if split == "test" and not all(_split_of(s) == "test" for s in shards):
+        raise DataError(f"{spec}: names its shards explicitly and not all are test shards "
+                        "(names starting 'test-'), so it has no test split; pass the test "
+                        "shards' own pattern, or --split train/all")
     return shards
 
 
@@ -256,6 +260,11 @@ class ShardDataset(IterableDataset):
             caption = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
         except UnicodeDecodeError as e:
             raise DataError(f"{where}: .txt caption is not UTF-8: {e}") from None
+        if not caption and "json" in sample:
+            try:
+                caption = json_caption(sample["json"], where)
+            except ValueError as e:
+                raise DataError(str(e)) from None
         x = scale_to_unit(prepare_array(a, self.preprocess), self.preprocess)
         flip_rng = self._flip_rng(epoch, sample["__key__"]) if self.preprocess.flip else None
         return {"x": random_flip(x, self.preprocess, flip_rng), "label": label,

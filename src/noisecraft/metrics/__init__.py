@@ -6,7 +6,7 @@ Every function takes uint8 images (N, H, W, C); features and statistics are floa
 
 from . import classifier
 from .classifier import class_report, classifier_features, classify, load_classifier, prepare_classifier
-from .features import FEATURE_SPACES, extract_features, reference_features
+from .features import FEATURE_SPACES, compute_fid, extract_features, reference_features
 from .fid import feature_statistics, fid_from_features, frechet_distance
 from .inception import inception_features
 from .kid import kid
@@ -20,6 +20,7 @@ __all__ = [
     "classifier",
     "classifier_features",
     "classify",
+    "compute_fid",
     "evaluate_samples",
     "extract_features",
     "feature_statistics",

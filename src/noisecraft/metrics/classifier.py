@@ -68,13 +68,34 @@ class SmallClassifier:
         bilinear up); RGB is averaged to grey.
         """
         images = as_uint8_images(images)
+        batches = (grey_float(images[start:start + batch_size], self.image_size)
+                   for start in range(0, len(images), batch_size))
+        return self._predict_batches(batches)
+
+    @torch.no_grad()
+    def predict_spectrograms(self, x, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Log-mel spectrograms (N, 1, n_mels, frames) in [−1, 1], of the shape the classifier
+        was fitted on (:func:`fit_spectrogram_classifier`) → (probabilities, features)."""
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        expected = tuple(self.meta["input_shape"])
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"spectrograms of shape {tuple(x.shape[1:])}; this classifier reads "
+                             f"{expected}")
+        return self._predict_batches(_unit(x[start:start + batch_size])
+                                     for start in range(0, len(x), batch_size))
+
+    def _predict_batches(self, batches) -> tuple[np.ndarray, np.ndarray]:
         probs, feats = [], []
-        for start in range(0, len(images), batch_size):
-            x = grey_float(images[start:start + batch_size], self.image_size)
+        for x in batches:
             logits, h = self._forward(x)
             probs.append(torch.softmax(logits.double(), dim=1).numpy())
             feats.append(h.double().numpy())
         return np.concatenate(probs), np.concatenate(feats)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] model units → [0, 1], the input range every classifier here is trained on."""
+    return (x.clamp(-1, 1) + 1) / 2
 
 
 def _outlier_images(n: int, in_class: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -173,6 +194,52 @@ def _train_mnist(data: str, seed: int = 0, batch_size: int = 128) -> tuple[dict[
             "held_out_size": int(len(x_test)), "held_out_accuracy": float(accuracy),
             "trained_on": f"{data} (train split, one epoch; accuracy on its test split)"}
     return _as_arrays(conv1=conv1, conv2=conv2, hidden=hidden, out=out), meta
+
+
+def fit_spectrogram_classifier(x, labels, *, epochs: int = 8, batch_size: int = 64,
+                               seed: int = 0, max_shift: int = 4) -> SmallClassifier:
+    """A small CNN (the MNIST one's layout: two stride-2 3×3 convolutions, 128 hidden units)
+    fitted to log-mel spectrograms ``x`` (N, 1, n_mels, frames) in [−1, 1] with integer
+    ``labels`` (N,), by Adam for ``epochs`` passes. Each batch is shifted in time by up to
+    ``max_shift`` frames (circularly), so a word heard a little earlier or later is the same word.
+
+    Not cached: it is fitted to one feature setting (``meta["input_shape"]``), and takes
+    seconds on FSDD. Read it with :meth:`SmallClassifier.predict_spectrograms`.
+    """
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if x.ndim != 4 or x.shape[1] != 1 or len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"need spectrograms (N, 1, n_mels, frames) and N labels, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if y.min() < 0:
+        raise ValueError("labels must be non-negative class indices (−1 means unlabelled)")
+    h, w = x.shape[2], x.shape[3]
+    if h % 4 or w % 4:
+        raise ValueError(f"n_mels and frames must be multiples of 4, got {h}×{w}")
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = int(y.max()) + 1
+    conv1, conv2 = torch.nn.Conv2d(1, 16, 3, 2, 1), torch.nn.Conv2d(16, 32, 3, 2, 1)
+    hidden, out = torch.nn.Linear(32 * (h // 4) * (w // 4), 128), torch.nn.Linear(128, num_classes)
+    _init_from(generator, conv1, conv2, hidden, out)
+    net = torch.nn.Sequential(conv1, torch.nn.ReLU(), conv2, torch.nn.ReLU(), torch.nn.Flatten(),
+                              hidden, torch.nn.ReLU(), out)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    unit = _unit(x)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            shift = int(torch.randint(-max_shift, max_shift + 1, (), generator=generator))
+            loss = F.cross_entropy(net(unit[idx].roll(shift, dims=-1)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    meta = {"arch": "cnn", "image_size": int(h), "input_shape": [1, int(h), int(w)], "seed": seed,
+            "epochs": epochs, "train_size": int(len(x)), "trained_on": "log-mel spectrograms",
+            "version": CLASSIFIER_VERSION}
+    return SmallClassifier(dataset="spectrograms", arch="cnn", image_size=int(h),
+                           weights=_as_arrays(conv1=conv1, conv2=conv2, hidden=hidden, out=out),
+                           meta=meta)
 
 
 def cache_file(dataset: str) -> Path:

@@ -93,3 +93,33 @@ def reference_features(images, dataset: str, split: str, space: str = "inception
     # the networks compute in float32, so storing the features as float32 loses nothing
     save_arrays(path, {"features": feats.astype(np.float32), "mu": mu, "sigma": sigma}, {"key": key})
     return feats, {**key, "cache_file": str(path), "cached": False}
+
+
+def compute_fid(images_a, reference, *, split: str = "train", features: str = "inception",
+                n: int | None = None, image_size: int | None = None, channels: int | None = None,
+                batch_size: int = 50, weights: str | os.PathLike | None = None,
+                progress: bool = False) -> float:
+    """FID in one call, as ``noisecraft fid`` computes it: ``images_a`` is uint8 (N, H, W, C)
+    (what ``load_run(...).generate`` returns) and ``reference`` either such an array or a data
+    spec (``"digits"``, an MNIST folder, shards ...) read with ``split``, whose features are
+    cached. ``n``, ``image_size`` and ``channels`` select and convert a spec's images
+    (``metrics.images.load_image_set``). ``features`` "digits"/"mnist" use the small classifiers.
+    """
+    from .fid import frechet_distance
+    from .images import load_image_set
+
+    _check_space(features)
+    if isinstance(reference, str):
+        if features in ("digits", "mnist"):
+            from .classifier import prepare_classifier
+
+            prepare_classifier(features, data=reference)
+        name = reference
+        reference = load_image_set(reference, n=n, split=split, image_size=image_size,
+                                   channels=channels)
+    else:
+        name = "<array>"
+    options = {"batch_size": batch_size, "weights": weights, "progress": progress}
+    feats_b, _ = reference_features(reference, name, split, features, **options)
+    feats_a = extract_features(images_a, features, **options)
+    return frechet_distance(*feature_statistics(feats_a), *feature_statistics(feats_b))

@@ -24,6 +24,9 @@ def as_uint8_images(images, name: str = "images") -> np.ndarray:
         raise ValueError(f"{name}: expected uint8 pixels, got dtype {images.dtype}")
     if images.ndim == 3:
         images = images[..., None]
+    if images.ndim == 4 and images.shape[-1] == 4:
+        raise ValueError(f"{name}: RGBA images {images.shape}; convert them to 3 channels (alpha "
+                         "composited on white) or 1, e.g. load_image_set(..., channels=3)")
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"{name}: expected shape (N, H, W, C) with C in (1, 3), got {images.shape}")
     if images.shape[0] == 0:

@@ -4,20 +4,31 @@ They know no diffusion maths; :class:`noisecraft.Denoiser` reads their output. B
 name with :func:`build` and rebuild it from JSON with :func:`from_config` (``net.config``).
 """
 
-from .layers import AttentionBlock, LabelEmbedding, ResBlock, TimeEmbedding, sinusoidal_embedding
+from .layers import (
+    AttentionBlock,
+    CrossAttentionBlock,
+    LabelEmbedding,
+    ResBlock,
+    TextEmbedding,
+    TimeEmbedding,
+    sinusoidal_embedding,
+)
 from .linear import LinearDenoiser
 from .mlp import MLP
-from .presets import ARCHITECTURES, PRESETS, build, from_config
+from .presets import ARCHITECTURES, DEFAULT_PRESETS, PRESETS, build, from_config
 from .unet import UNet
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_PRESETS",
     "PRESETS",
     "AttentionBlock",
+    "CrossAttentionBlock",
     "LabelEmbedding",
     "LinearDenoiser",
     "MLP",
     "ResBlock",
+    "TextEmbedding",
     "TimeEmbedding",
     "UNet",
     "build",

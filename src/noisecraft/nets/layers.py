@@ -1,4 +1,5 @@
-"""Building blocks shared by the backbones: time and label embeddings, residual and attention blocks.
+"""Building blocks shared by the backbones: time, label and text embeddings, residual, self- and
+cross-attention blocks.
 
 None of these knows any diffusion maths. Time enters only as the float ``t`` ∈ [0, T] that
 ``Schedule.marginal`` takes; the embedding rescales it to t·1000/T so that a net trained with one
@@ -99,13 +100,75 @@ def take_labels(cond: Mapping[str, Any], num_classes: int | None) -> Tensor | No
 
     A keyword whose value is None is the null condition and is accepted by every net.
     """
-    usable = {"labels"} if num_classes is not None else set()
+    return take_conditions(cond, num_classes, None)["labels"]
+
+
+TEXT_KEYS = ("text", "text_mask", "text_pooled")
+
+
+def take_conditions(cond: Mapping[str, Any], num_classes: int | None,
+                    text_dim: int | None) -> dict[str, Any]:
+    """The conditions a net uses: ``labels`` (with ``num_classes``) and ``text``, ``text_mask``,
+    ``text_pooled`` (with ``text_dim``); any other keyword that is not None is an error naming it.
+    """
+    usable = ({"labels"} if num_classes is not None else set()) | (
+        set(TEXT_KEYS) if text_dim is not None else set())
     unused = sorted(k for k, v in cond.items() if v is not None and k not in usable)
     if unused:
-        accepted = "labels" if num_classes is not None else "no conditions (num_classes is None)"
+        accepted = ", ".join(sorted(usable)) or "no conditions (num_classes and text_dim are None)"
         raise ValueError(f"this network cannot use the condition(s) {', '.join(unused)}; it accepts "
                          f"{accepted}")
-    return cond.get("labels")
+    return {k: cond.get(k) for k in ("labels", *TEXT_KEYS)}
+
+
+class TextEmbedding(nn.Module):
+    """The text condition's two ways in, and the net's own learned null for both.
+
+    - the pooled sentence embedding (batch, D) ↦ a (batch, emb_dim) vector added to the time
+      embedding; rows without text get a learned null vector instead;
+    - the tokens (batch, L, D) become the keys/values of the cross-attention blocks, always
+      preceded by one learned null token, so a row whose mask is all False (the empty prompt, or
+      no text at all) attends to the null token alone and softmax never sees an empty set.
+
+    A missing ``text`` keyword and an all-False mask row are therefore the same null condition.
+    """
+
+    def __init__(self, text_dim: int, emb_dim: int):
+        super().__init__()
+        self.text_dim = text_dim
+        self.pooled_proj = nn.Linear(text_dim, emb_dim)
+        self.null_pooled = nn.Parameter(torch.zeros(emb_dim))
+        self.null_token = nn.Parameter(torch.randn(text_dim) * text_dim ** -0.5)
+
+    def forward(self, text: Tensor | None, text_mask: Tensor | None, text_pooled: Tensor | None,
+                batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(emb (batch, emb_dim), context (batch, 1 + L, D), context_mask (batch, 1 + L) bool)."""
+        dtype = self.pooled_proj.weight.dtype
+        if text is None:
+            if text_mask is not None or text_pooled is not None:
+                raise ValueError("text_mask and text_pooled need the text tokens (text=...) too")
+            text = torch.zeros(batch, 0, self.text_dim, device=device, dtype=dtype)
+            text_mask = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+            text_pooled = torch.zeros(batch, self.text_dim, device=device, dtype=dtype)
+        if text.ndim != 3 or text.shape[0] != batch or text.shape[2] != self.text_dim:
+            raise ValueError(f"text must have shape (batch, L, text_dim) = ({batch}, L, "
+                             f"{self.text_dim}), got {tuple(text.shape)}")
+        if text_pooled is None:
+            raise ValueError("text needs text_pooled (the pooled sentence embedding) too")
+        if text_pooled.shape != (batch, self.text_dim):
+            raise ValueError(f"text_pooled must have shape (batch, text_dim) = ({batch}, "
+                             f"{self.text_dim}), got {tuple(text_pooled.shape)}")
+        if text_mask is None:
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
+        if text_mask.shape != text.shape[:2] or text_mask.dtype != torch.bool:
+            raise ValueError(f"text_mask must be a bool tensor of shape {tuple(text.shape[:2])}, "
+                             f"got {text_mask.dtype} {tuple(text_mask.shape)}")
+        has_text = text_mask.any(dim=1, keepdim=True)
+        emb = torch.where(has_text, self.pooled_proj(text_pooled.to(dtype)), self.null_pooled)
+        null = self.null_token.to(dtype).expand(batch, 1, self.text_dim)
+        context = torch.cat([null, text.to(dtype)], dim=1)
+        context_mask = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=device), text_mask], 1)
+        return emb, context, context_mask
 
 
 def group_norm(channels: int, max_groups: int) -> nn.GroupNorm:
@@ -173,6 +236,37 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(dim=1)  # each (b, heads, h·w, c/heads)
         out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class CrossAttentionBlock(nn.Module):
+    """x + proj(MultiHeadAttention(q = GN(x), k, v = text tokens)), masked to the real tokens.
+
+    Queries are the H·W image positions; keys and values are projected from the context tokens
+    (width ``context_dim``, the text encoder's). ``context_mask`` is False on padding, which then
+    gets zero attention weight, so the output does not depend on how far a prompt was padded.
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int, norm_groups: int):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide the {channels} channels "
+                             f"of a cross-attention block")
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, norm_groups)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = zero_(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        heads = self.num_heads
+        q = self.q(self.norm(x)).reshape(b, heads, c // heads, h * w).transpose(-1, -2)
+        kv = self.kv(self.context_norm(context)).reshape(b, -1, 2, heads, c // heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, heads, tokens, c/heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=context_mask[:, None, None, :])
         out = out.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.proj(out)
 

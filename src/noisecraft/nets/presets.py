@@ -30,11 +30,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ddpm-cifar10": dict(arch="unet", in_channels=3, image_size=32, base_channels=128,
                          channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
                          dropout=0.1, num_heads=1, time_conditioning="add"),
+    # Log-mel spectrograms (1 × n_mels × frames, 64×128 by default). Four levels, few channels
+    # at full resolution (where a spectrogram has many pixels) and self-attention only in the
+    # middle (8×16 at 64×128), so a CPU can train it.
+    "audio": dict(arch="unet", in_channels=1, image_size=64, base_channels=16,
+                  channel_mult=(1, 2, 4, 4), num_res_blocks=1, attention_resolutions=(),
+                  norm_groups=8),
     # 2-D toy data (moons, rings, Gaussian mixtures); in_channels=D for D-column tabular rows.
     "mlp": dict(arch="mlp", in_channels=2, image_size=None, width=128, depth=3),
     # The affine baseline, sized for 8×8 digits; image_size=None for vectors.
     "linear": dict(arch="linear", in_channels=1, image_size=8, num_basis=16),
 }
+
+# The preset a run gets when none is named, by the data's kind (``Preprocess.kind``).
+DEFAULT_PRESETS: dict[str, str] = {"image": "tiny", "audio": "audio", "vector": "mlp"}
 
 
 def config_keys(arch: str) -> list[str]:

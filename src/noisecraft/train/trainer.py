@@ -1,10 +1,11 @@
 """The training loop: AdamW, warm-up, clipping, EMA, accumulation, checkpoints, DDP.
 
 One optimizer step draws ``accum`` micro-batches x_0, for each a per-example loss
-(``losses.simple``: t uniform on {1, …, T}, ε ~ N(0, I), the Denoiser's regression target),
-averages it over the batch and the micro-batches, clips the gradient norm, steps AdamW and moves
-the EMA. Under ``torchrun`` the network is wrapped in DistributedDataParallel, which averages
-the gradients over ranks; everything else is the same code. Only rank 0 writes files.
+(``losses.objective(config.train.loss)``, t from ``config.train.time_sampler`` with its importance
+weights, ε ~ N(0, I)), averages it over the batch and the micro-batches, clips the gradient
+norm, steps AdamW and moves the EMA. Under ``torchrun`` the network is wrapped in
+DistributedDataParallel, which averages the gradients over ranks; everything else is the same
+code. Only rank 0 writes files.
 
 Reproducibility: on the CPU a run is a function of its config. All randomness comes from a
 per-rank training generator (t, ε, label dropout), torch's global RNG (dropout, flips) and the
@@ -16,6 +17,7 @@ random flip has a seed of its own, see ``batches.py``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -29,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import losses, nets
-from ..config import BuildConfig, DataConfig, RunConfig, SamplingConfig, TrainConfig
+from ..config import BuildConfig, ConditionConfig, DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..denoiser import Denoiser
 from ..errors import RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
@@ -82,39 +84,90 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
                    net_overrides: dict[str, Any] | None = None,
                    schedule: str = BuildConfig.schedule, T: int = BuildConfig.timesteps,
                    prediction: str = BuildConfig.prediction, class_conditional: bool = False,
-                   train: TrainConfig | None = None, sampling: SamplingConfig | None = None
-                   ) -> RunConfig:
+                   train: TrainConfig | None = None, sampling: SamplingConfig | None = None,
+                   condition: ConditionConfig | None = None) -> RunConfig:
     """The config of a new run: preset ``net`` sized to ``dataset`` (``dataset.info``) and the
     schedule ``schedule`` with ``T`` steps. Images sample with x̂_0 clipped to [−1, 1] and
-    draw 64-picture grids; vectors sample unclipped and plot 2,000 points."""
+    draw 64-picture grids; audio (log-mel spectrograms) clips too and draws 8; vectors sample
+    unclipped and plot 2,000 points.
+
+    ``condition``: kind "class" is ``class_conditional``; kind "text" loads the text encoder
+    (recording its sha256 and sizing the net's ``text_dim``) and checks the captions' source."""
     info, pre = dataset.info, dataset.preprocess  # type: ignore[union-attr]
     kind = info["kind"]
-    if kind not in ("image", "vector"):
-        raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images and vectors")
+    if kind not in ("image", "vector", "audio"):
+        raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images, audio "
+                         "and vectors")
     if net not in nets.PRESETS:
         raise ValueError(f"unknown network preset {net!r}; valid: {', '.join(nets.PRESETS)}")
     arch = nets.PRESETS[net]["arch"]
     if kind == "vector" and arch == "unet":
         raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a U-Net for images; "
                          "use --net mlp")
+    if kind == "audio" and arch != "unet":
+        raise ValueError(f"{spec!r} is audio data (n_mels × frames spectrograms), but preset {net!r} "
+                         f"is not a U-Net; use --net {nets.DEFAULT_PRESETS['audio']}")
+    condition = condition or ConditionConfig()
+    if condition.kind == "class" or (class_conditional and condition.kind == "none"):
+        class_conditional, condition = True, dataclasses.replace(condition, kind="class")
+    elif class_conditional:
+        raise ValueError(f"--class-cond conflicts with --condition {condition.kind}")
+    text_overrides: dict[str, Any] = {}
+    if condition.kind == "text":
+        condition, text_overrides = _text_condition(condition, dataset, spec)
     num_classes = info.get("num_classes") if class_conditional else None
     if class_conditional and not num_classes:
         raise ValueError(f"{spec!r} has no labels, so it cannot train a class-conditional model")
     sched = Schedule.from_name(schedule, T=T)
-    overrides: dict[str, Any] = {"in_channels": info["channels"] if kind == "image" else info["dim"],
-                                 "image_size": pre.height if kind == "image" else None,
+    latent = getattr(dataset, "latent", None)  # a LatentDataset: the net sees latent images
+    # Spectrograms are one-channel pictures (n_mels × frames); the U-Net is sized by the mel axis.
+    overrides: dict[str, Any] = {"in_channels": info["dim"] if kind == "vector" else info["channels"],
+                                 "image_size": (info["height"] if latent is not None else pre.height)
+                                 if kind != "vector" else None,
                                  "T": sched.T, "num_classes": num_classes}
+    overrides.update(text_overrides)
     overrides.update(net_overrides or {})
     net_config = nets.build(net, **overrides).config
     data = DataConfig(spec=spec, kind=kind, shape=list(pre.shape), num_classes=num_classes,
                       image_size=pre.image_size if kind == "image" else None,
                       channels=pre.channels if kind == "image" else None,
                       preprocess=pre.to_dict())
-    if sampling is None:
-        sampling = (SamplingConfig(clip=(-1.0, 1.0), n=64) if kind == "image"
+    if sampling is None:  # latents are not confined to [−1, 1]: no clipping of x̂_0 there
+        sampling = (SamplingConfig(clip=None if latent is not None else (-1.0, 1.0), n=64)
+                    if kind == "image"
+                    else SamplingConfig(clip=(-1.0, 1.0), n=8) if kind == "audio"
                     else SamplingConfig(clip=None, n=2000))
     return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
-                     train=train or TrainConfig(), sampling=sampling)
+                     train=train or TrainConfig(), sampling=sampling, condition=condition,
+                     latent=latent)
+
+
+def _text_condition(condition: ConditionConfig, dataset: Any, spec: str
+                    ) -> tuple[ConditionConfig, dict[str, Any]]:
+    """A text condition completed from the data and the encoder: the encoder's sha256, the class
+    names a template uses; and the net's ``text_dim``."""
+    from ..conditioning import load_text_encoder
+    from ..data import resolve_format
+    from ..data.captions import check_template, class_names
+
+    info = dataset.info
+    if info["kind"] != "image":
+        raise ValueError(f"{spec!r} is {info['kind']} data; --condition text needs a U-Net on images")
+    names = None
+    if condition.caption_template is not None:
+        if not info.get("num_classes"):
+            raise ValueError(f"--caption-template needs labels, and {spec!r} has none; its own "
+                             "captions are used without a template")
+        names = class_names(info, resolve_format(spec))
+        check_template(condition.caption_template, names)
+    elif isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset) \
+            and not dataset[0]["caption"]:
+        raise ValueError(f"{spec!r} has no captions (its first example has none): pass "
+                         "--caption-template, e.g. 'a picture of {name}'")
+    encoder = load_text_encoder(condition.text_encoder)
+    condition = dataclasses.replace(condition, text_encoder=encoder.name,
+                                    text_encoder_sha256=encoder.sha256, class_names=names)
+    return condition, {"text_dim": encoder.dim}
 
 
 @dataclass
@@ -144,6 +197,9 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, dataset: Dataset | IterableDataset,
                  *, resume: bool = False, device: str | torch.device | None = None,
                  progress: bool = True):
+        from ..threads import apply_default_threads
+
+        apply_default_threads()  # the CLI's CPU-thread default, once (see noisecraft.threads)
         self.config = config
         self.run_dir = Path(run_dir)
         self.dataset = dataset
@@ -282,6 +338,8 @@ class Trainer:
         dev = ctx.device
         x0 = batch["x"].to(dev, non_blocking=True)
         cond: dict[str, Tensor] = {}
+        if self.config.condition.kind == "text":
+            cond.update(self._text_condition(batch, gen, dev))
         if self.config.data.num_classes is not None:
             labels = batch["label"].to(dev, non_blocking=True)
             p_drop = self.config.train.label_dropout
@@ -302,6 +360,15 @@ class Trainer:
             self.time_sampler.update(t_all, loss_all)
         return (per_example * weights).mean()
 
+    def _text_condition(self, batch: dict[str, Any], gen: torch.Generator,
+                        dev: torch.device) -> dict[str, Tensor]:
+        """Captions (with caption dropout) → text keywords through the embedding cache."""
+        from ..conditioning import load_text_encoder, training_condition
+
+        c = self.config.condition
+        encoder = load_text_encoder(c.text_encoder, sha256=c.text_encoder_sha256)  # loaded once
+        return training_condition(encoder, c, batch, gen, dev)
+
     # ------------------------------------------------------------------ outputs (rank 0)
     def _log(self, record: dict[str, Any], writer: Any) -> None:
         with open(self.run_dir / LOG, "a", encoding="utf-8") as f:
@@ -318,17 +385,21 @@ class Trainer:
         cfg = self.config
         denoiser, schedule = build_denoiser(ema_net, cfg)
         pre = Preprocess.from_dict(cfg.data.preprocess or {})
-        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step)
+        run = LoadedRun(self.run_dir, cfg, ema_net, denoiser, schedule, pre, step,
+                        autoencoder=getattr(self.dataset, "autoencoder", None))
         was_training = ema_net.training
         ema_net.eval()
         try:
             out = run.generate(cfg.sampling.n, cfg.sampling.sampler, cfg.sampling.steps,
-                               seed=cfg.train.seed, labels=run.default_labels(cfg.sampling.n))
+                               seed=cfg.train.seed, labels=run.default_labels(cfg.sampling.n),
+                               prompts=run.default_prompts(cfg.sampling.n))
         finally:
             ema_net.train(was_training)
         path = self.run_dir / SAMPLES / f"step_{step:07d}.png"
         if pre.kind == "image":
             viz.save(viz.image_grid(out), path)
+        elif pre.kind == "audio":
+            viz.save(viz.spectrogram_grid(out), path)
         else:
             viz.save(viz.scatter(out[:, :2], reference=self._reference_points()), path)
 
