@@ -34,7 +34,7 @@ def cond_run(tmp_path_factory):
     config = new_run_config(dataset, "digits", net="tiny", T=20, class_conditional=True,
                             net_overrides=SMALL_UNET,
                             train=TrainConfig(steps=1, batch_size=8, sample_every=0,
-                                              checkpoint_every=0))
+                                              checkpoint_every=0, label_dropout=0.1))
     train(path, config, dataset)
     return path
 
