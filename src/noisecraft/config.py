@@ -51,6 +51,8 @@ from .errors import RunError
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules after warm-up (``noisecraft.train.lr_at`` implements them)."""
+COMPILE_MODES = ("auto", "on", "off")
+"""``TrainConfig.compile``: torch.compile the network on CUDA only (auto), always, or never."""
 DATA_KINDS = ("image", "vector", "audio")  # as Preprocess.KINDS
 LATENT_POSTERIORS = ("mean", "sample")
 """What a latent run trains on: the posterior mean of each latent, or a fresh draw from q(z|x)."""
@@ -333,6 +335,10 @@ class TrainConfig(Settings):
     checkpoint_every: int = setting(500, "save a checkpoint every N steps (0 = only at the end)",
                                     range="[0, inf)", resumable=True)
     num_workers: int = setting(0, "DataLoader workers", range="[0, inf)", resumable=True)
+    compile: str = setting("auto", "torch.compile the network: auto (on CUDA only: on a CPU "
+                           "compiling costs more than it saves), on, off; a failed compile "
+                           "falls back to eager with a warning", choices=COMPILE_MODES,
+                           resumable=True)
 
 
 @dataclass

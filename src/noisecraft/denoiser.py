@@ -25,7 +25,10 @@ from .schedule import Schedule, broadcast_to
 PREDICTIONS = ("eps", "x0", "v")
 
 
-@dataclass(frozen=True)
+_DERIVED = ("x0", "eps", "v")
+
+
+@dataclass(frozen=True, init=False, eq=False)
 class Denoised:
     """What a network said about x_t, in every parametrisation.
 
@@ -33,13 +36,42 @@ class Denoised:
     regression losses compare with :meth:`Denoiser.target`. ``variance_fraction`` is set for
     networks with learned variances (Improved DDPM): f ∈ [0, 1] with
     log σ² = f log β_t + (1 − f) log β̃_t for the reverse step.
+
+    ``x0``, ``eps`` and ``v`` are read as attributes. Those not passed to the constructor are
+    derived on first access, once, by ``derive(name, record)`` and then kept: a sampler that
+    reads only x̂_0 and ε̂ never pays for v̂ (a full-size pass over x_t per term), and an
+    ε-prediction reading costs nothing until x̂_0 is asked for. The record is immutable.
     """
 
     x0: Tensor
     eps: Tensor
     v: Tensor
     output: Tensor
-    variance_fraction: Tensor | None = None
+    variance_fraction: Tensor | None
+
+    def __init__(self, x0: Tensor | None = None, eps: Tensor | None = None,
+                 v: Tensor | None = None, output: Tensor | None = None,
+                 variance_fraction: Tensor | None = None, *,
+                 derive: Callable[[str, Denoised], Tensor] | None = None):
+        given = {"x0": x0, "eps": eps, "v": v}
+        if derive is None and any(value is None for value in given.values()):
+            raise ValueError("Denoised needs x0, eps and v, or a derive function for the missing ones")
+        if output is None:
+            raise ValueError("Denoised needs the raw network output")
+        for name, value in given.items():
+            if value is not None:
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "output", output)
+        object.__setattr__(self, "variance_fraction", variance_fraction)
+        object.__setattr__(self, "_derive", derive)
+
+    def __getattr__(self, name: str) -> Tensor:
+        # Called only for attributes not yet set: the derived fields on first access.
+        if name not in _DERIVED:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = self.__dict__["_derive"](name, self)
+        object.__setattr__(self, name, value)
+        return value
 
 
 class Denoiser:
@@ -117,20 +149,9 @@ class Denoiser:
             frac = (raw_var + 1) / 2
         alpha, sigma = self.schedule.marginal(t)
         a, s = broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
-        if self.prediction == "eps":
-            eps = out
-            x0 = (x - s * eps) / a
-        elif self.prediction == "x0":
-            x0 = out
-            eps = (x - a * x0) / s
-        else:  # v
-            x0 = a * x - s * out
-            eps = s * x + a * out
-        if self.clip is not None:
-            x0 = x0.clamp(*self.clip)
-            eps = (x - a * x0) / s
-        v = a * eps - s * x0
-        return Denoised(x0=x0, eps=eps, v=v, output=out, variance_fraction=frac)
+        return Denoised(output=out, variance_fraction=frac,
+                        derive=_Reading(self.prediction, self.clip, x, a, s, out),
+                        **_given(self.prediction, self.clip, out))
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
         """The regression target for this prediction type: ε, x_0 or v = α ε − σ x_0."""
@@ -142,3 +163,44 @@ class Denoiser:
         dtype = torch.promote_types(x0.dtype, torch.float32)
         alpha, sigma = self.schedule.marginal(t)
         return broadcast_to(alpha, x0, dtype) * eps - broadcast_to(sigma, x0, dtype) * x0
+
+
+def _given(prediction: str, clip: tuple[float, float] | None, out: Tensor) -> dict[str, Tensor]:
+    """The field that the network's output already is: ε̂ or x̂_0 unclipped; none for v̂, and
+    none under ``clip`` (x̂_0 is clamped and ε̂ recomputed from it)."""
+    return {prediction: out} if prediction != "v" and clip is None else {}
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """Derives the fields of one reading on request, each from x_t = α x_0 + σ ε:
+
+        x̂_0 = (x_t − σ ε̂)/α  or  α x_t − σ v̂;   ε̂ = (x_t − α x̂_0)/σ  or  σ x_t + α v̂;
+        v̂ = α ε̂ − σ x̂_0.
+
+    With ``clip``, x̂_0 is clamped first and ε̂, v̂ follow from the clamped x̂_0.
+    """
+
+    prediction: str
+    clip: tuple[float, float] | None
+    x: Tensor
+    a: Tensor
+    s: Tensor
+    out: Tensor
+
+    def __call__(self, name: str, d: Denoised) -> Tensor:
+        # addcmul(u, p, q, value=c) = u + c·p·q in one pass over the tensor instead of three.
+        x, a, s, out = self.x, self.a, self.s, self.out
+        if name == "x0":
+            if self.prediction == "eps":
+                x0 = torch.addcmul(x, s, out, value=-1).div_(a)
+            elif self.prediction == "x0":
+                x0 = out
+            else:
+                x0 = torch.addcmul(a * x, s, out, value=-1)
+            return x0.clamp(*self.clip) if self.clip is not None else x0
+        if name == "eps":
+            if self.clip is None and self.prediction == "v":
+                return torch.addcmul(s * x, a, out)
+            return torch.addcmul(x, a, d.x0, value=-1).div_(s)
+        return torch.addcmul(a * d.eps, s, d.x0, value=-1)

@@ -176,11 +176,13 @@ class LoadedRun:
                         guidance_rescale: float = 0.0,
                         guidance_interval: tuple[float, float] | None = None,
                         autoguide: LoadedRun | None = None,
-                        progress: bool = False) -> torch.Tensor:
+                        progress: bool = False, offset: int = 0) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
-        Example i is drawn with the noise stream of index i under ``seed`` whatever the batch
-        size. ``callback(i, t, x_t, x0_hat)`` is called for the first batch only.
+        Example i is drawn with the noise stream of index ``offset`` + i under ``seed`` whatever
+        the batch size (``offset``: where a shard of a larger draw starts, see
+        :mod:`noisecraft.shard`). ``callback(i, t, x_t, x0_hat)`` is called for the first batch
+        only.
         ``prompts``: one per example (text runs). ``guidance``: the classifier-free guidance scale
         w (``noisecraft.guidance.Guided``; the empty prompt / label −1 is the unconditional branch),
         with ``guidance_rescale``, ``guidance_interval`` (in t) and ``autoguide`` (another run:
@@ -232,7 +234,7 @@ class LoadedRun:
                 cond.update(text_condition(encoder, list(prompts[start:stop]), dev))
             x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps, options=options,
-                       seed=seed, seed_offset=start, device=dev,
+                       seed=seed, seed_offset=offset + start, device=dev,
                        callback=_with_bar(callback if start == 0 else None, bar), **cond)
             out.append(x.float().cpu())
             if bar is not None:  # in step with the batches even if a sampler reports fewer steps

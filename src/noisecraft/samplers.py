@@ -27,7 +27,8 @@ Notation: (α_t, σ_t) = ``schedule.marginal(t)`` with x_t = α_t x_0 + σ_t ε;
 β̃_{t|s} = σ²_{t|s} σ_s²/σ_t² (the variance of q(x_s | x_t, x_0)). The step onto s = 0 returns
 x̂_0 in every sampler. The update arithmetic runs in float32 or x_T's dtype when wider; the
 denoiser sees x_t in x_T's dtype and the result is cast back to it. No sampler keeps state
-between calls.
+between calls. Linear combinations a·u + c·w are written ``torch.add(a * u, w, alpha=c)``: one
+full-size pass fewer per term than ``a * u + c * w`` (tests/test_speed_sampler_ops.py counts them).
 """
 
 from __future__ import annotations
@@ -164,9 +165,9 @@ def ddim(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
         a_s, s_s, s_t = w.alpha[i + 1], w.sigma[i + 1], w.sigma[i]
         var_ts = -math.expm1(w.log_alpha_bar[i] - w.log_alpha_bar[i + 1])      # σ²_{t|s}
         stoch = eta**2 * var_ts * s_s**2 / s_t**2                             # η² β̃_{t|s}
-        x = a_s * d.x0 + math.sqrt(max(s_s**2 - stoch, 0.0)) * d.eps
+        x = torch.add(a_s * d.x0, d.eps, alpha=math.sqrt(max(s_s**2 - stoch, 0.0)))
         if stoch > 0:
-            x = x + math.sqrt(stoch) * w.randn()
+            x.add_(w.randn(), alpha=math.sqrt(stoch))
         if callback is not None:
             callback(i, w.t[i + 1], x, d.x0)
     return _finish(x, x_T)
@@ -194,7 +195,7 @@ def euler(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource |
         d = w.denoise(x, i)
         a_t, a_s = w.alpha[i], w.alpha[i + 1]
         ds = w.sigma[i + 1] / a_s - w.sigma[i] / a_t
-        x = a_s * (x / a_t + ds * d.eps)
+        x = torch.add(x * (a_s / a_t), d.eps, alpha=a_s * ds)
         if callback is not None:
             callback(i, w.t[i + 1], x, d.x0)
     return _finish(x, x_T)
@@ -216,11 +217,11 @@ def heun(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
         d = w.denoise(x, i)
         a_t, a_s = w.alpha[i], w.alpha[i + 1]
         ds = w.sigma[i + 1] / a_s - w.sigma[i] / a_t
-        y = x / a_t
-        x_pred = a_s * (y + ds * d.eps)
+        x_scaled = x * (a_s / a_t)                                             # α_s y_t
+        x_pred = torch.add(x_scaled, d.eps, alpha=a_s * ds)
         if w.t[i + 1] > 0:
             eps_s = w.denoise(x_pred, i + 1).eps
-            x = a_s * (y + ds * 0.5 * (d.eps + eps_s))
+            x = torch.add(x_scaled, d.eps + eps_s, alpha=0.5 * a_s * ds)
         else:
             x = x_pred
         if callback is not None:
@@ -252,8 +253,8 @@ def dpmpp_2m(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSourc
                 D = d.x0
             else:
                 r = h_prev / h
-                D = (1 + 0.5 / r) * d.x0 - (0.5 / r) * x0_prev
-            x = (w.sigma[i + 1] / w.sigma[i]) * x - (w.alpha[i + 1] * math.expm1(-h)) * D
+                D = torch.sub((1 + 0.5 / r) * d.x0, x0_prev, alpha=0.5 / r)
+            x = torch.sub((w.sigma[i + 1] / w.sigma[i]) * x, D, alpha=w.alpha[i + 1] * math.expm1(-h))
             x0_prev, h_prev = d.x0, h
         if callback is not None:
             callback(i, w.t[i + 1], x, d.x0)
@@ -282,7 +283,8 @@ def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | N
             x = d.x0
         else:
             B = w.log_alpha_bar[i + 1] - w.log_alpha_bar[i]
-            x = (1 + 0.5 * B) * x - (B / w.sigma[i]) * d.eps + math.sqrt(B) * w.randn()
+            x = torch.sub((1 + 0.5 * B) * x, d.eps, alpha=B / w.sigma[i])
+            x.add_(w.randn(), alpha=math.sqrt(B))
         if callback is not None:
             callback(i, w.t[i + 1], x, d.x0)
     return _finish(x, x_T)

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         f"  mean confidence: {report['mean_confidence']:.3f}",
         f"  classes covered: {report['num_classes_covered']} of {report['num_classes']}",
         f"  predicted class histogram 0-9: {report['class_histogram']}",
+        f"explain it (about 40 s of CPU): noisecraft explain {run_dir} --out {out / 'report.html'}",
     ]
     atomic_write(out / "summary.txt", "\n".join(summary) + "\n")
     print("\n".join(summary))

@@ -22,6 +22,7 @@ import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
 
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
       help="the reference data spec (usually the training data)")
     a("--split", default="train", choices=("train", "test", "all"),
       help="reference split (default train; memorisation always uses the training split)")
-    a("--n", type=positive_int, default=10000, help="number of samples (default 10000)")
+    a("--n", "--count", type=positive_int, default=10000,
+      help="number of samples (default 10000; --count under torchrun, which claims --n)")
     a("--ref-n", type=positive_int, help="reference images (default: --n, capped at the split size)")
     a("--sampler", help="sampler (default: the run's)")
     a("--steps", type=positive_int, help="sampling steps (default: the run's)")
@@ -56,9 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import shard
+
+    ranks = shard.join(args.device)   # under torchrun: each rank draws its share of the samples
+    try:
+        return _run(args, ranks)
+    finally:
+        shard.leave(ranks)
+
+
+def _run(args: argparse.Namespace, ranks: Any) -> int:
     import torch
 
-    from .. import __version__, samplers
+    from .. import __version__, samplers, shard
     from ..io import atomic_write
     from ..metrics.classifier import prepare_classifier
     from ..metrics.images import load_image_set
@@ -69,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     out_path = Path(args.out) if args.out else Path(args.run_dir) / "metrics.json"
     if not out_path.parent.is_dir():
         raise FileNotFoundError(f"--out {out_path}: folder {out_path.parent} does not exist")
-    run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
+    run_ = load_run(args.run_dir, use_ema=not args.no_ema,
+                    device=shard.local_device(args.device, ranks))
     if run_.preprocess.kind != "image":
         raise ValueError(f"{args.run_dir} was trained on {run_.preprocess.kind} data; "
                          "evaluate measures images")
@@ -85,11 +98,14 @@ def run(args: argparse.Namespace) -> int:
     classifier = classifier_for(args.data, reference)
     if metrics is None:
         metrics = DEFAULT_METRICS + (("classifier",) if classifier else ())
-    if classifier is not None and ("classifier" in metrics or args.features == classifier):
+    if classifier is not None and ranks.is_main and (
+            "classifier" in metrics or args.features == classifier):
         prepare_classifier(classifier, data=args.data)  # trains once (MNIST: < 1 min), then cached
-    samples = run_.generate(args.n, sampler=sampler, steps=steps, seed=args.seed,
-                            batch_size=args.batch_size, labels=run_.default_labels(args.n),
-                            progress=not args.no_progress)
+    samples = shard.generate(run_, args.n, sampler=sampler, steps=steps, seed=args.seed,
+                             batch_size=args.batch_size, labels=run_.default_labels(args.n),
+                             progress=not args.no_progress, ranks=ranks)
+    if samples is None:   # not rank 0: rank 0 measures and writes
+        return 0
     figure = out_path.with_name(out_path.stem + "-memorization.png")
     results = evaluate_samples(samples, reference, reference_spec=args.data, reference_split=args.split,
                                metrics=metrics, feature_space=args.features, train_images=train,

@@ -48,8 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
       "default the run's own training spec)")
     a("--image", metavar="FILE", help="score this one picture and rank it among --data's split")
     a("--split", default="test", choices=("train", "test", "all"), help="split (default test)")
-    a("--n", type=positive_int, help="score the first N examples of the split (default: all; "
-      f"with --image, the reference set for its percentile, default {IMAGE_REFERENCE_N})")
+    a("--n", "--count", type=positive_int,
+      help="score the first N examples of the split (default: all; "
+      f"with --image, the reference set for its percentile, default {IMAGE_REFERENCE_N}; "
+      "spell it --count under torchrun, whose own parser claims --n)")
     a("--method", default="ode", choices=("ode", "vlb"),
       help="ode: probability-flow ODE; vlb: the T-term variational bound (default ode)")
     a("--divergence", default="rademacher", choices=("rademacher", "gaussian", "exact"),
@@ -72,15 +74,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import shard
+
+    ranks = shard.join(args.device)   # under torchrun: each rank scores its share of the batches
+    try:
+        return _run(args, ranks)
+    finally:
+        shard.leave(ranks)
+
+
+def _run(args: argparse.Namespace, ranks: Any) -> int:
     import torch
 
+    from .. import shard
     from ..denoiser import Denoiser
     from ..run import load_run
+    from ..seeding import derive_seed
 
     if args.image is None and args.data is None:
         raise ValueError("give --data DATA (score a split) or --image FILE (score one picture)")
     if args.method == "ode" and args.variance is not None:
         raise ValueError("--variance applies to --method vlb only")
+    args.device = shard.local_device(args.device, ranks)
     run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
     pre = run_.preprocess
     eight_bit = pre.kind == "image" and tuple(pre.value_range) == (0.0, 255.0)
@@ -90,11 +105,14 @@ def run(args: argparse.Namespace) -> int:
     denoiser = Denoiser(den.net, run_.schedule, den.prediction, clip=None,
                         learned_variance=den.learned_variance)
     spec = args.data or run_.config.data.spec
-    generator = torch.Generator().manual_seed(args.seed)
 
-    def score(x: Any, labels: Any) -> Any:
+    def score(x: Any, labels: Any, start: int | str) -> Any:
+        """Bits/dim of the batch whose first example is ``start``: its noise (probes,
+        dequantisation, x_t) comes from a generator of (--seed, start) alone, so the figures do
+        not depend on how many ranks share the work."""
         from ..likelihood import nll
 
+        generator = torch.Generator().manual_seed(derive_seed("noisecraft-nll", args.seed, start))
         cond = {} if labels is None else {"labels": labels.to(args.device)}
         if latent:
             x = run_.encode(x)
@@ -119,9 +137,13 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "ode":
         record.update(divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol)
     else:
-        record.update(variance=args.variance or "default")
+        from ..process import resolve_variance
 
-    split_bits = _score_split(run_, spec, args, score)
+        record.update(variance=resolve_variance(args.variance, den.learned_variance))
+
+    split_bits = _score_split(run_, spec, args, score, ranks)
+    if split_bits is None:   # not rank 0: rank 0 reports
+        return 0
     record.update(data=spec, split=args.split, n=len(split_bits),
                   mean=float(split_bits.mean()),
                   standard_error=float(split_bits.std(unbiased=True) / math.sqrt(len(split_bits)))
@@ -131,18 +153,19 @@ def run(args: argparse.Namespace) -> int:
         labels = None
         if run_.num_classes is not None:   # the null label, as for the split: class unknown
             labels = torch.full((1,), -1, dtype=torch.long)
-        bits = float(score(x, labels)[0])
+        bits = float(score(x, labels, "image")[0])
         record.update(image=args.image, image_bits_per_dim=bits,
                       percentile=float(100 * (split_bits <= bits).double().mean()))
     _report(record, args.json)
     return 0
 
 
-def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any) -> Any:
-    """Bits/dim of the first --n examples of the split, in data order."""
+def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any, ranks: Any) -> Any:
+    """Bits/dim of the first --n examples of the split, in data order (on rank 0; None on the
+    others). Every rank reads the split; each scores its share of the batches."""
     import torch
 
-    from .. import data
+    from .. import data, shard
     from ..errors import DataError
 
     pre = run_.preprocess
@@ -159,42 +182,39 @@ def _score_split(run_: Any, spec: str, args: argparse.Namespace, score: Any) -> 
         print(f"noisecraft: ranking {args.image} among the first {total} examples of {spec} "
               f"[{args.split}] (--n {n})", file=sys.stderr)
     bar = None
-    if not args.no_progress:
+    if not args.no_progress and ranks.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="nll", unit="example", file=sys.stderr, dynamic_ncols=True)
     shape = tuple(pre.shape)  # the data's shape (a latent run encodes it in score())
     conditional = run_.num_classes is not None
-    out, xs, labels = [], [], []
+    count = 0
 
-    def flush() -> None:
-        if xs:
-            lab = torch.tensor(labels, dtype=torch.long) if conditional else None
-            out.append(score(torch.stack(xs), lab))
-            if bar is not None:
-                bar.update(len(xs))
-            xs.clear()
-            labels.clear()
+    def examples() -> Any:
+        nonlocal count
+        items = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else dataset
+        for item in items:
+            if n is not None and count >= n:
+                return
+            x = item["x"]
+            if tuple(x.shape) != shape:
+                raise DataError(f"{spec}: examples have shape {tuple(x.shape)}, but the run's "
+                                f"model takes {shape}")
+            count += 1
+            yield x, (int(item.get("label", -1)) if args.image is None else -1)
 
-    items = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") else dataset
-    for item in items:
-        x = item["x"]
-        if tuple(x.shape) != shape:
-            raise DataError(f"{spec}: examples have shape {tuple(x.shape)}, but the run's model "
-                            f"takes {shape}")
-        xs.append(x)
-        labels.append(int(item.get("label", -1)) if args.image is None else -1)
-        if n is not None and sum(len(o) for o in out) + len(xs) >= n:
-            break
-        if len(xs) == args.batch_size:
-            flush()
-    flush()
+    parts = {}
+    for start, chunk in shard.iter_batches(examples(), args.batch_size, ranks):
+        lab = torch.tensor([y for _, y in chunk], dtype=torch.long) if conditional else None
+        parts[start] = score(torch.stack([x for x, _ in chunk]), lab, start).numpy()
+        if bar is not None:
+            bar.update(len(chunk) * ranks.world_size)
     if bar is not None:
         bar.close()
-    if not out:
+    if count == 0:
         raise DataError(f"{spec}: the {args.split} split is empty")
-    bits = torch.cat(out)
-    return bits[:n] if n is not None else bits
+    bits = shard.gather(parts, count, ranks)
+    return None if bits is None else torch.from_numpy(bits)
 
 
 def _read_image(path: str, pre: Any) -> Any:

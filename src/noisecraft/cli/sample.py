@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--out", required=True, metavar="FILE",
       help="output path without extension: FILE.npz plus FILE.png and/or the folder FILE/")
-    a("--n", type=positive_int, default=64,
-      help="number of samples (default 64); with --prompt, per prompt")
+    a("--n", "--count", type=positive_int, default=64,
+      help="number of samples (default 64); with --prompt, per prompt (spell it --count under "
+      "torchrun, whose own parser claims --n)")
     a("--prompt", action="append", metavar="TEXT",
       help="text runs: a prompt (repeat for several; --n samples each)")
     from ..config import SamplingConfig
@@ -107,11 +108,22 @@ def choose_format(requested: str | None, kind: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import samplers
+    from .. import shard
+
+    ranks = shard.join(args.device)   # under torchrun: each rank draws its share of the batches
+    try:
+        return _run(args, ranks)
+    finally:
+        shard.leave(ranks)
+
+
+def _run(args: argparse.Namespace, ranks: Any) -> int:
+    from .. import samplers, shard
     from ..run import load_run
 
     base = output_base(args.out)
-    run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
+    run_ = load_run(args.run_dir, use_ema=not args.no_ema,
+                    device=shard.local_device(args.device, ranks))
     kind = run_.preprocess.kind
     fmt = choose_format(args.format, kind)
     if args.griffin_lim_iters is not None and fmt != "wav":
@@ -127,10 +139,12 @@ def run(args: argparse.Namespace) -> int:
     _check_n(n, run_.shape)
     labels = labels_from_args(run_, args, n)
     guidance = guidance_kwargs(run_, args)
-    out = run_.generate(n, sampler=sampler, steps=steps, seed=args.seed,
-                        batch_size=args.batch_size, labels=labels, prompts=prompts,
-                        options={"variance": args.variance} if args.variance else None,
-                        progress=not args.no_progress, **guidance)
+    out = shard.generate(run_, n, sampler=sampler, steps=steps, seed=args.seed,
+                         batch_size=args.batch_size, labels=labels, prompts=prompts,
+                         options={"variance": args.variance} if args.variance else None,
+                         progress=not args.no_progress, ranks=ranks, **guidance)
+    if out is None:   # not rank 0: rank 0 writes the files
+        return 0
     extra = {"prompts": np.array(prompts, dtype=str)} if prompts is not None else {}
     written = [write_npz(base, out, kind, labels, extra)]
     if fmt == "png":

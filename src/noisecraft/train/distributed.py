@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import shard
 from ..run import check_device
 
 
@@ -82,18 +83,7 @@ def mean_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
 
 def gather_bytes(blob: bytes, ctx: Context) -> list[bytes]:
     """Every rank's ``blob``, in rank order (all ranks call it; blobs may differ in length)."""
-    if not ctx.distributed:
-        return [blob]
-    n = torch.tensor([len(blob)], dtype=torch.int64, device=ctx.device)
-    sizes = [torch.zeros_like(n) for _ in range(ctx.world_size)]
-    dist.all_gather(sizes, n)
-    longest = int(max(s.item() for s in sizes))
-    buf = torch.zeros(longest, dtype=torch.uint8, device=ctx.device)
-    if blob:
-        buf[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(ctx.device)
-    bufs = [torch.zeros_like(buf) for _ in range(ctx.world_size)]
-    dist.all_gather(bufs, buf)
-    return [bytes(b[: int(s.item())].cpu().numpy().tobytes()) for b, s in zip(bufs, sizes, strict=True)]
+    return shard.gather_bytes(blob, shard.Ranks(ctx.rank, ctx.world_size, ctx.local_rank))
 
 
 def all_gather_tensors(tensors: list[torch.Tensor], ctx: Context) -> list[torch.Tensor]:

@@ -53,8 +53,8 @@ from ..run import (
 )
 from ..schedule import Schedule
 from ..seeding import derive_seed
+from . import accel, distributed
 from . import checkpoint as ckpt
-from . import distributed
 from .batches import BatchStream
 from .ema import EMA
 
@@ -263,10 +263,10 @@ class Trainer:
         distributed.barrier(ctx)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        net = nets.from_config(cfg.net).to(dev)
+        net = nets.from_config(cfg.net).to(dev, memory_format=accel.memory_format(dev))
         ema = EMA(net, tc.ema_decay, tc.ema_warmup)
-        opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tc.adam_betas,
-                                weight_decay=tc.weight_decay)
+        opt = accel.optimizer(net.parameters(), dev, lr=tc.lr, betas=tc.adam_betas,
+                              weight_decay=tc.weight_decay)
         gen = torch.Generator(device=dev).manual_seed(rank_seed(tc.seed, ctx.rank, "train"))
         torch.manual_seed(rank_seed(tc.seed, ctx.rank, "global"))
         if dev.type == "cuda":
@@ -282,6 +282,8 @@ class Trainer:
         model: nn.Module = net
         if ctx.distributed:
             model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if accel.use_compile(tc.compile, dev):
+            model = accel.CompiledOrEager(model)
         # No clip: clamping x̂_0 is for sampling; the loss reads the raw output.
         denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction,
                             learned_variance=bool(cfg.net.get("learned_variance", False)))
@@ -365,7 +367,7 @@ class Trainer:
               ctx: distributed.Context) -> Tensor:
         """The batch mean of the per-example losses (bf16 autocast on CUDA only)."""
         dev = ctx.device
-        x0 = batch["x"].to(dev, non_blocking=True)
+        x0 = accel.to_memory_format(batch["x"].to(dev, non_blocking=True), accel.memory_format(dev))
         cond: dict[str, Tensor] = {}
         if self.config.condition.kind == "text":
             cond.update(self._text_condition(batch, gen, dev))
@@ -489,6 +491,7 @@ class Trainer:
         check_step(opt_file, meta, step)
         try:
             opt.load_state_dict(opt_state)
+            accel.match_layouts(opt)
         except (ValueError, KeyError) as e:
             raise RunError(f"{d / OPTIMIZER}: does not fit the network ({e})") from None
         try:
