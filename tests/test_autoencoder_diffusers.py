@@ -82,3 +82,27 @@ def test_corrupt_or_mismatched_folders_name_the_file(vae_dir, tmp_path):
     weights.rename(no_weights / "diffusion_pytorch_model.bin")
     with pytest.raises(RunError, match="diffusion_pytorch_model.safetensors: missing"):
         load_autoencoder(no_weights)
+
+
+def test_a_latent_run_on_a_diffusers_folder_samples_pictures(tmp_path):
+    """train --autoencoder <AutoencoderKL folder> → sample: the pictures come back at data shape."""
+    import numpy as np
+
+    from noisecraft.cli import main
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=8, shift_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--autoencoder", str(tmp_path / "vae"), "--out", str(run),
+                 "--steps", "2", "--batch-size", "16", "--timesteps", "20", "--sample-every", "0",
+                 "--no-progress"]) == 0
+    latent = json.loads((run / "config.json").read_text())["latent"]
+    assert latent["kind"] == "diffusers" and latent["shape"] == [2, 4, 4]
+    assert latent["shift_factor"] == 0.5 and latent["scale_factor"] != pytest.approx(0.18215)
+    assert main(["sample", str(run), "--n", "3", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    images = np.load(tmp_path / "s.npz")["images"]
+    assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8

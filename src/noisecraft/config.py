@@ -327,7 +327,8 @@ class TrainConfig(Settings):
     time_sampler: str = setting("uniform", "how t is drawn: uniform, or importance (Improved "
                                 "DDPM: p_t from the recent losses at t, reweighted to stay "
                                 "unbiased)", choices=registry("losses", "TIME_SAMPLERS"))
-    seed: int = setting(0, "seed for weights, noise and data order", range="[0, inf)")
+    seed: int = setting(0, "seed for weights, noise and data order",
+                        range="[0, 9223372036854775807]")  # torch seeds are 64-bit
     log_every: int = setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
     sample_every: int = setting(500, "write a sample grid every N steps and at the end "
                                 "(0 = never)", range="[0, inf)", resumable=True)

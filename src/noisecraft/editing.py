@@ -45,6 +45,17 @@ ENCODERS = ("ddim", "euler", "heun", "dpmpp-2m")
 LAST_STEP_ITERATIONS = 3
 
 
+def _denoiser(model: Any, schedule: Schedule) -> Any:
+    """A Denoiser, or a Denoiser-like wrapper (``ConditionMix``, a call counter: anything with
+    a ``schedule`` that returns a ``Denoised``), or a raw ε-network to wrap."""
+    if not isinstance(model, Denoiser | torch.nn.Module) and hasattr(model, "schedule"):
+        if model.schedule != schedule:
+            raise ValueError(f"schedule {schedule!r} differs from the denoiser's own schedule "
+                             f"{model.schedule!r}")
+        return model
+    return as_denoiser(model, schedule, None, None)
+
+
 # ---------------------------------------------------------------------------- grids
 def _grid(schedule: Schedule, sampler: str, steps: int | None, grid: Tensor | str | None) -> Tensor:
     """The decoding grid T = t_0 > … > t_N = 0, as :func:`noisecraft.sample` builds it."""
@@ -179,7 +190,7 @@ def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
         callback: ``callback(i, t, x_t, x0_hat)`` after each step, t increasing.
         **cond: conditioning keywords passed to every network call (``labels=...``).
     """
-    denoiser = as_denoiser(model, schedule, None, None)
+    denoiser = _denoiser(model, schedule)
     g = _grid(schedule, sampler, steps, grid)
     if isinstance(last_step_iterations, bool) or not isinstance(last_step_iterations, int) \
             or last_step_iterations < 1:
@@ -196,7 +207,7 @@ def decode(model: Any, x_T: Tensor, schedule: Schedule, steps: int | None = None
            sampler: str = "ddim", *, grid: Tensor | str | None = None,
            callback: Callback | None = None, **cond: Any) -> Tensor:
     """x_T → x_0 by the deterministic ``sampler`` on the grid :func:`encode` uses."""
-    denoiser = as_denoiser(model, schedule, None, None)
+    denoiser = _denoiser(model, schedule)
     g = _grid(schedule, sampler, steps, grid)
     return SAMPLERS[sampler](denoiser, x_T, g, callback=callback, cond=cond)
 
@@ -276,7 +287,7 @@ def interpolate(model: Any, x_T_a: Tensor, x_T_b: Tensor, schedule: Schedule, n:
     N(0, I)). With conditions, frame w is decoded under :class:`ConditionMix` (c_a, c_b, w), so
     the path also runs from one class or prompt to the other.
     """
-    denoiser = as_denoiser(model, schedule, None, None)
+    denoiser = _denoiser(model, schedule)
     for name, x in (("x_T_a", x_T_a), ("x_T_b", x_T_b)):
         if x.ndim < 2 or x.shape[0] != 1:
             raise ValueError(f"{name} must hold one example, shape (1, ...), got {tuple(x.shape)}")
@@ -322,7 +333,7 @@ def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: i
     ``**cond`` (e.g. another class) steers the denoising.
     """
     strength = check_strength(strength)
-    denoiser = as_denoiser(model, schedule, None, None)
+    denoiser = _denoiser(model, schedule)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     fn = SAMPLERS[sampler]
@@ -393,7 +404,7 @@ def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: in
     known region is x_0 itself, so it comes back unchanged. ``resample`` = 1 is plain
     replacement; larger values give the unknown region more chances to agree with the known one.
     """
-    denoiser = as_denoiser(model, schedule, None, None)
+    denoiser = _denoiser(model, schedule)
     m = check_mask(known, x0)
     g = grids.respaced(schedule, steps)
     path = repaint_path(steps, resample, jump)

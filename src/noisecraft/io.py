@@ -21,10 +21,11 @@ versions from there, while the writer puts them back (:func:`recover`) before it
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from .errors import RunError
+from .errors import NoisecraftError, RunError
 
 FORMAT = "noisecraft"
 PREVIOUS = ".previous"       # the last committed checkpoint while a new one is renamed in
@@ -54,17 +55,46 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class WriteError(NoisecraftError, OSError):
+    """A file could not be written (no space, no permission, ...); the message names the file
+    the user asked for, not a temporary one, and says that the previous version is intact."""
+
+
+def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
+    """A new temp file ``.NAME.RANDOM.tmp``: created exclusively, never through a symlink, with
+    mode 0666 less the umask (the kernel applies it; ``mkstemp`` would force 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{directory}: cannot create a temporary file for {name}")
+
+
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    tmp: Path | None = None
     try:
+        fd, tmp = _open_temp(directory, name)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except OSError as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}.get(
+            e.errno or 0, e.strerror or str(e))
+        err = WriteError(f"{directory / name}: cannot write ({why}); any previous version of it "
+                         "is intact")
+        err.errno = e.errno  # str(err) stays the one line above
+        raise err from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+    return tmp
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
@@ -82,6 +112,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
 def atomic_write_many(directory: str | os.PathLike[str], files: Mapping[str, bytes]) -> None:
     """Write several files as one transaction (module docstring); the last name commits it."""
     directory = Path(directory)
+    if not _plain_names(list(files)):
+        raise ValueError(f"atomic_write_many takes plain, non-hidden file names, got {list(files)}")
     recover(directory)
     temps: list[tuple[Path, str]] = []
     try:
@@ -122,6 +154,10 @@ def _pending(directory: Path) -> list[str] | None:
         names = json.loads((prev / JOURNAL).read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no journal: the backup itself was interrupted; nothing was renamed yet
+    if not _plain_names(names):
+        # Not a journal this module wrote (it never writes an empty list or a path): following
+        # it could replace or delete files anywhere, so it is treated as no journal at all.
+        return None
     commit = names[-1]
     old, new = prev / commit, directory / commit
     if old.is_file():
@@ -129,6 +165,13 @@ def _pending(directory: Path) -> list[str] | None:
     else:
         committed = new.is_file()
     return None if committed else names
+
+
+def _plain_names(names: Any) -> bool:
+    """A non-empty list of plain file names inside the directory (no paths, no dot names)."""
+    return (isinstance(names, list) and bool(names)
+            and all(isinstance(n, str) and n and n == os.path.basename(n) and not n.startswith(".")
+                    and "\0" not in n for n in names))
 
 
 def checkpoint_file(run_dir: str | os.PathLike[str], name: str) -> Path:

@@ -10,6 +10,7 @@ A run directory holds
     state.json             step, RNG states, LR-schedule and data-order positions
     log.jsonl              one JSON object per logged step
     samples/               sample grids written during training
+    .lock                  the writer's lock (``noisecraft.lock``): one trainer at a time
 
 A checkpoint is saved as one transaction of ``noisecraft.io`` with ``state.json`` last (the
 commit point). Each safetensors file also records its step and loading checks it against
@@ -19,6 +20,7 @@ commit point). Each safetensors file also records its step and loading checks it
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import RunError
-from .io import checkpoint_file, read_json, read_safetensors
+from .io import JOURNAL, PREVIOUS, checkpoint_file, read_json, read_safetensors
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -55,8 +57,13 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def load_weights(net: nn.Module, path: str | os.PathLike[str]) -> dict[str, str]:
-    """Load a weights file into ``net`` (strictly); returns the file's metadata."""
+    """Load a weights file into ``net`` (strictly); returns the file's metadata. Weights with a
+    NaN or ±Inf are refused: they would sample black pictures and exit 0."""
     tensors, metadata = read_safetensors(path)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise RunError(f"{path}: {len(bad)} of {len(tensors)} tensors hold NaN or Inf values "
+                       f"(first: {bad[0]!r}); the run diverged or the file is damaged")
     try:
         net.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
@@ -363,14 +370,57 @@ def build_denoiser(net: nn.Module, config: RunConfig) -> tuple[Any, Any]:
                     learned_variance=bool(config.net.get("learned_variance", False))), schedule
 
 
+# A reader racing a writer that saves every step retries this often before it gives up.
+READ_ATTEMPTS = 40
+
+
+def _commit_signature(path: Path) -> tuple[Any, ...]:
+    """What a save changes when it starts (``.previous/``) and commits (``state.json``'s inode)."""
+    try:
+        st = os.stat(path / STATE)
+        state: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        state = None
+    return state, (path / PREVIOUS).exists(), (path / PREVIOUS / JOURNAL).exists()
+
+
+def read_committed(run_dir: str | os.PathLike[str], read: Callable[[], Any]) -> Any:
+    """``read()`` of one committed checkpoint while a writer may be saving the next.
+
+    Readers take no lock (they may not be allowed to write the directory). ``read`` checks
+    every file it takes against ``state.json``'s step, so a mix of two checkpoints raises; a
+    RunError raised while a save started or committed, or while the writer lock is held, is
+    such a race and the read is retried (bounded). Otherwise the error is real and raised.
+    """
+    from .lock import writer_active
+
+    path = Path(run_dir)
+    for attempt in range(READ_ATTEMPTS):
+        before = _commit_signature(path)
+        try:
+            return read()
+        except RunError:
+            raced = _commit_signature(path) != before or writer_active(path)
+            if not raced or attempt == READ_ATTEMPTS - 1:
+                raise
+        time.sleep(min(0.005 * (attempt + 1), 0.1))
+    raise AssertionError("unreachable")
+
+
 def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
              device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild a trained model from its run directory (no pickle, no code execution).
 
     ``use_ema`` picks ``ema.safetensors`` (the default, what samples look best with) over
     ``model.safetensors``. A missing or foreign directory, or a corrupt file, raises
-    :class:`RunError` naming the file.
+    :class:`RunError` naming the file. While a trainer saves into the run, the last committed
+    checkpoint is read (:func:`read_committed`).
     """
+    return read_committed(run_dir, lambda: _load_run(run_dir, use_ema, device))
+
+
+def _load_run(run_dir: str | os.PathLike[str], use_ema: bool,
+              device: str | torch.device) -> LoadedRun:
     from . import nets
     from .data import Preprocess
     from .threads import apply_default_threads

@@ -377,9 +377,15 @@ def broadcast_to(coef: Tensor, x: Tensor, dtype: torch.dtype | None = None) -> T
     return coef.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+# Far beyond any published schedule (1000-4000 steps); larger T only exhausts memory.
+MAX_T = 100_000
+
+
 def _check_T(T: int) -> int:
     if isinstance(T, bool) or not isinstance(T, int | float) or T != int(T) or T < 1:
         raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    if T > MAX_T:  # checked before the float64 tables of length T are allocated
+        raise ValueError(f"T = {int(T)} diffusion steps is too many: at most {MAX_T}")
     return int(T)
 
 

@@ -234,6 +234,162 @@ def scatter(points: np.ndarray, reference: np.ndarray | None = None, size: int =
     return img
 
 
+# --------------------------------------------------------------------------- charts
+PALETTE = ((31, 90, 200), (220, 90, 30), (40, 150, 60), (170, 40, 160), (120, 120, 120),
+           (200, 170, 0), (0, 160, 170), (140, 80, 40))
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """About ``n`` round tick values covering [lo, hi]."""
+    span = hi - lo
+    if not span > 0:
+        return [lo]
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _axis_ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
+    """(position, label) ticks; on a log axis (positions in log10) at whole decades if two fit."""
+    if log:
+        a, b = math.ceil(lo), math.floor(hi)
+        if b - a >= 1:
+            stride = max(1, math.ceil((b - a + 1) / 6))
+            return [(float(v), f"1e{v}") for v in range(a, b + 1, stride)]
+        return [(v, f"{10 ** v:.3g}") for v in _nice_ticks(lo, hi)]
+    return [(v, f"{v:.3g}") for v in _nice_ticks(lo, hi)]
+
+
+def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, title: str = "",
+               xlabel: str = "", ylabel: str = "", log_x: bool = False, log_y: bool = False,
+               size: tuple[int, int] = (460, 300), markers: bool = False,
+               limits: tuple[float, float, float, float] | None = None,
+               dots: Sequence[str] = ()) -> Image.Image:
+    """A line chart: each ``(label, xs, ys)`` a polyline in its own colour with a legend.
+
+    A series with an empty label continues the colour of the one before (several paths, one
+    legend entry); series whose label is in ``dots`` are drawn as points only (a scatter).
+
+    Points need not be sorted (trajectories are fine); non-finite points, and points ≤ 0 on a log
+    axis, are skipped. ``limits = (xmin, xmax, ymin, ymax)`` in data units (default: all points).
+    """
+    if not series:
+        raise ValueError("line_chart needs at least one series")
+    clean = []
+    for label, xs, ys in series:
+        x, y = np.asarray(xs, np.float64).ravel(), np.asarray(ys, np.float64).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"series {label!r}: {x.size} x values but {y.size} y values")
+        ok = np.isfinite(x) & np.isfinite(y)
+        if log_x:
+            ok &= x > 0
+        if log_y:
+            ok &= y > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tx = np.log10(np.where(ok, x, 1.0)) if log_x else x
+            ty = np.log10(np.where(ok, y, 1.0)) if log_y else y
+        clean.append((label, tx, ty, ok))
+    if limits is None:
+        allx = np.concatenate([tx[ok] for _, tx, _, ok in clean] or [np.zeros(1)])
+        ally = np.concatenate([ty[ok] for _, _, ty, ok in clean] or [np.zeros(1)])
+        allx = allx if allx.size else np.zeros(1)
+        ally = ally if ally.size else np.zeros(1)
+        xmin, xmax, ymin, ymax = allx.min(), allx.max(), ally.min(), ally.max()
+        pad = 0.04 * max(ymax - ymin, 1e-9)
+        ymin, ymax = ymin - pad, ymax + pad
+    else:
+        xmin, xmax, ymin, ymax = limits
+        if log_x:
+            xmin, xmax = math.log10(xmin), math.log10(xmax)
+        if log_y:
+            ymin, ymax = math.log10(ymin), math.log10(ymax)
+    if xmax <= xmin:
+        xmin, xmax = xmin - 1, xmax + 1
+    if ymax <= ymin:
+        ymin, ymax = ymin - 1, ymax + 1
+    w, h = size
+    left, right, top, bottom = 58, 12, 22 if title else 8, 36
+    img = Image.new("RGB", (w, h), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    font = _font()
+    pw, ph = w - left - right, h - top - bottom
+
+    def px(x: np.ndarray | float) -> np.ndarray | float:
+        return left + (x - xmin) / (xmax - xmin) * pw
+
+    def py(y: np.ndarray | float) -> np.ndarray | float:
+        return top + (ymax - y) / (ymax - ymin) * ph
+
+    for v, text in _axis_ticks(xmin, xmax, log_x):
+        x = px(v)
+        draw.line([x, top + ph, x, top + ph + 4], fill=(0, 0, 0))
+        draw.line([x, top, x, top + ph], fill=(235, 235, 235))
+        draw.text((x - 12, top + ph + 6), text, fill=CAPTION_COLOUR, font=font)
+    for v, text in _axis_ticks(ymin, ymax, log_y):
+        y = py(v)
+        draw.line([left - 4, y, left, y], fill=(0, 0, 0))
+        draw.line([left, y, left + pw, y], fill=(235, 235, 235))
+        draw.text((2, y - 7), text, fill=CAPTION_COLOUR, font=font)
+    draw.rectangle([left, top, left + pw, top + ph], outline=(0, 0, 0))
+    if title:
+        draw.text((left, 3), title, fill=CAPTION_COLOUR, font=font)
+    if xlabel:
+        draw.text((left + pw / 2 - 3 * len(xlabel), h - 15), xlabel, fill=CAPTION_COLOUR, font=font)
+    if ylabel:
+        draw.text((left + 4, top + 2), ylabel, fill=(90, 90, 90), font=font)
+    colours, k = [], -1
+    for label, *_ in clean:
+        k += 1 if (label or k < 0) else 0
+        colours.append(PALETTE[k % len(PALETTE)])
+    order = sorted(range(len(clean)), key=lambda i: clean[i][0] not in dots)  # scatters below
+    for i in order:
+        label, tx, ty, ok = clean[i]
+        colour = colours[i]
+        pts = [(float(a), float(b)) for a, b, good in zip(px(tx), py(ty), ok, strict=True) if good]
+        if len(pts) > 1 and label not in dots:
+            draw.line(pts, fill=colour, width=2)
+        if markers or len(pts) == 1 or label in dots:
+            r = 1.5 if label in dots else 2.5
+            for a, b in pts:
+                draw.ellipse([a - r, b - r, a + r, b + r], fill=colour)
+    legend_y = top + 4
+    for (label, *_rest), colour in zip(clean, colours, strict=True):
+        if not label:
+            continue
+        x0 = left + pw - 8 - int(draw.textlength(label, font=font)) - 18
+        draw.line([x0, legend_y + 7, x0 + 14, legend_y + 7], fill=colour, width=3)
+        draw.text((x0 + 18, legend_y), label, fill=CAPTION_COLOUR, font=font)
+        legend_y += 14
+    return img
+
+
+def histogram_chart(groups: Sequence[tuple[str, Sequence[float]]], bins: int = 30, *,
+                    title: str = "", xlabel: str = "", size: tuple[int, int] = (460, 300)
+                    ) -> Image.Image:
+    """Overlaid histograms (as density outlines over shared bins) of each ``(label, values)``."""
+    values = [np.asarray(v, np.float64).ravel() for _, v in groups]
+    finite = np.concatenate([v[np.isfinite(v)] for v in values] or [np.zeros(1)])
+    if finite.size == 0:
+        raise ValueError("histogram_chart got no finite values")
+    lo, hi = float(finite.min()), float(finite.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    series = []
+    for (label, _), v in zip(groups, values, strict=True):
+        dens, _ = np.histogram(v[np.isfinite(v)], bins=edges, density=True)
+        xs = np.repeat(edges, 2)[1:-1]
+        series.append((label, xs, np.repeat(dens, 2)))
+    return line_chart(series, title=title, xlabel=xlabel, ylabel="density", size=size)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The picture encoded as PNG."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _data_limits(p: np.ndarray, robust: bool) -> tuple[float, float, float, float]:
     """(xmin, xmax, ymin, ymax) for :func:`scatter`: the box of ``p`` (its 1–99 % percentile box
     when ``robust``) widened by 5 % (10 % when robust) of its span on each side."""

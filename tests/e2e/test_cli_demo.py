@@ -22,6 +22,7 @@ def test_demo_writes_every_figure_and_a_summary(tmp_path):
         assert f["images"].dtype == np.uint8 and f["images"].shape == (100, 8, 8, 1)
     summary = (tmp_path / "summary.txt").read_text()
     assert "6 steps" in summary and "classes covered" in summary and "confidently classified" in summary
+    assert "noisecraft explain" in summary and "report.html" in summary
     assert (tmp_path / "run" / "ema.safetensors").is_file()
     again = subprocess.run([sys.executable, "-m", "noisecraft", "demo", "--out", str(tmp_path)],
                            capture_output=True, text=True)

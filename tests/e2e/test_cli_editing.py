@@ -34,7 +34,7 @@ def cond_run(tmp_path_factory):
     config = new_run_config(dataset, "digits", net="tiny", T=20, class_conditional=True,
                             net_overrides=SMALL_UNET,
                             train=TrainConfig(steps=1, batch_size=8, sample_every=0,
-                                              checkpoint_every=0))
+                                              checkpoint_every=0, label_dropout=0.1))
     train(path, config, dataset)
     return path
 
@@ -111,6 +111,12 @@ def test_conditional_runs_take_classes(cond_run, pictures, tmp_path):
     paths, mask, _ = pictures
     assert nc("edit", cond_run, "--image", paths[0], "--class", 3, "--n", 2, "--steps", 4,
               "--out", tmp_path / "e", "--no-progress") == 0
+    with np.load(tmp_path / "e.npz") as f:
+        assert f["labels"].tolist() == [3, 3]
+    assert nc("edit", cond_run, "--image", paths[0], "--class", "1,2", "--guidance", 2, "--n", 2,
+              "--steps", 4, "--out", tmp_path / "g", "--no-progress") == 0
+    with np.load(tmp_path / "g.npz") as f:
+        assert f["labels"].tolist() == [1, 2]
     assert nc("interpolate", cond_run, "--seeds", 0, 1, "--classes", 2, 7, "--frames", 3,
               "--steps", 4, "--out", tmp_path / "c", "--no-progress") == 0
     assert nc("inpaint", cond_run, "--image", paths[0], "--mask", mask, "--class", 1, "--n", 1,

@@ -30,7 +30,7 @@ def digits_run(tmp_path_factory):
 def test_train_writes_a_complete_run_directory(digits_run):
     run_dir, proc = digits_run
     assert "step 20" in proc.stdout
-    assert sorted(os.listdir(run_dir)) == ["config.json", "ema.safetensors", "log.jsonl",
+    assert sorted(os.listdir(run_dir)) == [".lock", "config.json", "ema.safetensors", "log.jsonl",
                                            "model.safetensors", "optimizer.safetensors", "samples",
                                            "state.json"]
     assert os.listdir(run_dir / "samples") == ["step_0000020.png"]

@@ -17,10 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("dir", help="folder to put it in (created if needed)")
     d.add_argument("--mirror", metavar="URL",
                    help="base URL to fetch the files from instead of the canonical one")
+    d.add_argument("--allow-insecure-mirror", action="store_true",
+                   help="accept an http:// or ftp:// --mirror (checksums are still checked)")
     d.set_defaults(func=run_download)
 
 
 def run_download(args: argparse.Namespace) -> int:
-    path = download(args.name, args.dir, mirror=args.mirror)
+    path = download(args.name, args.dir, mirror=args.mirror,
+                    allow_insecure=args.allow_insecure_mirror)
     print(f"ready: --data {path}")
     return 0

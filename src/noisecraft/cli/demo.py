@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the demo writes a folder, choose another --out")
     run_dir = out / "run"
     if (run_dir / "state.json").exists():
         raise ValueError(f"{run_dir} already holds a demo run; choose another --out or remove it")
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         f"  mean confidence: {report['mean_confidence']:.3f}",
         f"  classes covered: {report['num_classes_covered']} of {report['num_classes']}",
         f"  predicted class histogram 0-9: {report['class_histogram']}",
+        f"explain it (about 40 s of CPU): noisecraft explain {run_dir} --out {out / 'report.html'}",
     ]
     atomic_write(out / "summary.txt", "\n".join(summary) + "\n")
     print("\n".join(summary))

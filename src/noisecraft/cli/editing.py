@@ -23,6 +23,12 @@ from typing import Any
 import numpy as np
 
 from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
+from ._guidance import (
+    add_guidance_arguments,
+    describe,
+    guidance_kwargs,
+    labels_from_args,
+)
 from .sample import output_base
 
 DEFAULT_STEPS = 100
@@ -84,11 +90,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--image", required=True, metavar="FILE", help="the picture to edit")
     a("--strength", type=_strength, default=0.5,
       help="t = strength·T in (0, 1]: 1 forgets the picture (default 0.5)")
-    a("--class", dest="label", type=non_negative_int, metavar="K",
-      help="denoise as class K (class-conditional runs; default: the null label)")
     a("--sampler", help="any sampler of noisecraft.SAMPLERS (default: the run's)")
     a("--n", type=positive_int, default=8, help="edits to draw (default 8)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
+    add_guidance_arguments(p)
     p.set_defaults(func=run_edit)
 
     p = command_parser(sub, "inpaint", __doc__, "fill a masked region of a picture",
@@ -277,8 +282,11 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- edit
 def run_edit(args: argparse.Namespace) -> int:
+    import torch
+
     from .. import samplers, viz
     from ..editing import sdedit
+    from ..guidance import guide_run
 
     base = output_base(args.out)
     run_ = _load(args)
@@ -287,19 +295,26 @@ def run_edit(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     x, _ = read_picture(args.image, run_.preprocess)
     x0 = _on(run_, x.expand(args.n, *x.shape[1:]).contiguous())
-    cond = {k: _on(run_, v) for k, v in _labels(run_, args.label, args.n).items()}
+    labels = labels_from_args(run_, args, args.n)
+    cond = {} if labels is None else {"labels": _on(run_, torch.as_tensor(labels))}
+    guidance = guidance_kwargs(run_, args)
+    denoiser = run_.denoiser if not guidance else guide_run(
+        run_, guidance["guidance"], rescale=guidance["guidance_rescale"],
+        interval=guidance["guidance_interval"], autoguide=guidance["autoguide"])
     taken = max(1, round(args.strength * args.steps))
     bar = _Bar(taken, f"edit ({sampler})", not args.no_progress)
-    out = sdedit(run_.denoiser, x0, run_.schedule, args.strength, args.steps, sampler,
+    out = sdedit(denoiser, x0, run_.schedule, args.strength, args.steps, sampler,
                  seed=args.seed, callback=bar, **cond)
     bar.close()
     images = run_.to_output(out.cpu())
     original = run_.to_output(x)
-    _write(base, viz.image_grid(np.concatenate([original, images]), nrow=args.n + 1),
-           {"images": images, "original": original})
+    arrays = {"images": images, "original": original}
+    if labels is not None:
+        arrays["labels"] = labels
+    _write(base, viz.image_grid(np.concatenate([original, images]), nrow=args.n + 1), arrays)
     print(f"noisecraft: {args.n} edits at strength {args.strength} (t = "
           f"{args.strength * run_.schedule.T:g}, {sampler}"
-          + (f", class {args.label}" if args.label is not None else "") + f", seed {args.seed}) -> "
+          f"{describe(guidance)}, seed {args.seed}) -> "
           f"{base.with_suffix('.png')}, {base.with_suffix('.npz')}")
     return 0
 

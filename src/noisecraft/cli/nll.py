@@ -137,7 +137,9 @@ def _run(args: argparse.Namespace, ranks: Any) -> int:
     if args.method == "ode":
         record.update(divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.atol)
     else:
-        record.update(variance=args.variance or "default")
+        from ..process import resolve_variance
+
+        record.update(variance=resolve_variance(args.variance, den.learned_variance))
 
     split_bits = _score_split(run_, spec, args, score, ranks)
     if split_bits is None:   # not rank 0: rank 0 reports

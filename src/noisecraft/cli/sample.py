@@ -81,6 +81,21 @@ def output_base(out: str) -> Path:
     return path
 
 
+def _check_n(n: int, shape: tuple[int, ...]) -> None:
+    """All n samples are held at once (float32, then the uint8/float output, the .npz and the
+    grid): refuse before sampling when that cannot fit in this machine's memory."""
+    import math
+
+    from ..data.limits import human, physical_memory
+
+    need = n * math.prod(shape) * (4 + 4 + 4)  # model space, output array, .npz buffer
+    memory = physical_memory()
+    if memory is not None and need > memory // 2:
+        raise ValueError(f"--n {n} samples of shape {tuple(shape)} need about {human(need)} of "
+                         f"memory, over half of this machine's {human(memory)}; draw them in "
+                         "several runs with different --seed")
+
+
 def choose_format(requested: str | None, kind: str) -> str:
     """--format, or the default for the run's kind of data; refuses a format the kind lacks."""
     fmt = requested or ("wav" if kind == "audio" else "grid")
@@ -121,6 +136,7 @@ def _run(args: argparse.Namespace, ranks: Any) -> int:
         raise ValueError(f"--variance applies to --sampler ddpm, not {sampler}")
     prompts = _prompts(args, run_)
     n = len(prompts) if prompts is not None else args.n
+    _check_n(n, run_.shape)
     labels = labels_from_args(run_, args, n)
     guidance = guidance_kwargs(run_, args)
     out = shard.generate(run_, n, sampler=sampler, steps=steps, seed=args.seed,

@@ -13,13 +13,17 @@ Keys the reader does not use are reported in a warning, so nothing vanishes unno
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
 import zipfile
+from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
 from .datasets import ArrayImageDataset
+from .limits import check_claim
 
 PLAIN_KEYS = {"images": ("images", "x", "arr_0"), "labels": ("labels", "y"), "captions": ("captions",)}
 
@@ -36,7 +40,48 @@ def _pick(arrays: dict[str, np.ndarray], names: tuple[str, ...], path: str) -> s
     return found[0] if found else None
 
 
+def _npy_claim(f: Any) -> int | None:
+    """The bytes of data a ``.npy`` header (at ``f``'s position) claims; None for object arrays
+    (np.load refuses those without allocating) and headers numpy cannot parse (np.load says why)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read(f)
+    except (ValueError, OSError, EOFError):
+        return None
+    if dtype.hasobject:
+        return None
+    return math.prod(shape) * dtype.itemsize
+
+
+def _check_sizes(path: str) -> None:
+    """Each array's claimed size checked against the file before numpy allocates it."""
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+        f.seek(0)
+        if not zipped:
+            claim = _npy_claim(f)
+            if claim is not None:
+                check_claim(path, claim, available=os.path.getsize(path) - f.tell())
+            return
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                where = f"{path}: {info.filename}"
+                deflated = info.compress_type != zipfile.ZIP_STORED
+                check_claim(where, info.file_size, available=info.compress_size,
+                            compressed=deflated)
+                with z.open(info) as member:
+                    claim = _npy_claim(member)
+                if claim is not None:
+                    check_claim(where, claim, available=info.file_size)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError):
+        return  # np.load reports it, naming the file
+
+
 def _read(path: str) -> dict[str, np.ndarray]:
+    _check_sizes(path)
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):

@@ -157,7 +157,22 @@ def read_wav(source: str | os.PathLike | bytes, *, name: str | None = None) -> t
     if len(data) < count * channels * width:
         got = len(data) // (channels * width)
         raise DataError(f"{label}: truncated WAV file: header says {count} frames, found {got}")
-    return _pcm_to_float(data, width, channels, label), rate
+    return _checked(_pcm_to_float(data, width, channels, label), rate, label)
+
+
+# Sample rates a real recording has (telephone 8 kHz … studio 768 kHz); anything else is a
+# damaged header, and resampling from it would give silence or a division by zero.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
+
+
+def _checked(samples: np.ndarray, rate: int, label: str) -> tuple[np.ndarray, int]:
+    """Decoded samples refused when the header's rate is absurd or a float WAV holds NaN/Inf."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise DataError(f"{label}: sample rate {rate} Hz in the WAV header is not a real one "
+                        f"({MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz); the file is damaged")
+    if not np.isfinite(samples).all():
+        raise DataError(f"{label}: WAV holds NaN or infinite samples")
+    return samples, rate
 
 
 def _read_with_scipy(source: str | os.PathLike | bytes, label: str) -> tuple[np.ndarray, int]:
@@ -181,7 +196,7 @@ def _read_with_scipy(source: str | os.PathLike | bytes, label: str) -> tuple[np.
         samples = data.astype(np.float32)
     else:
         raise DataError(f"{label}: unsupported WAV sample type {data.dtype}")
-    return np.ascontiguousarray(samples.T), int(rate)
+    return _checked(np.ascontiguousarray(samples.T), int(rate), label)
 
 
 def _pcm_to_float(data: bytes, width: int, channels: int, label: str) -> np.ndarray:

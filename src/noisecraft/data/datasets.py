@@ -30,6 +30,10 @@ def image_info(pre: Preprocess, *, num_classes: int | None, count: int | None,
             "classes": list(classes) if classes is not None else None}
 
 
+# Class labels index an embedding table of K rows: past this K is a data error, not a model.
+MAX_CLASSES = 100_000
+
+
 def check_labels(labels: np.ndarray | None, n: int, source: str) -> np.ndarray | None:
     """Labels must be one non-negative integer per image; anything else names ``source``."""
     if labels is None:
@@ -41,7 +45,12 @@ def check_labels(labels: np.ndarray | None, n: int, source: str) -> np.ndarray |
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{source}: labels must be integers, got dtype {labels.dtype}")
     if n and labels.min() < 0:
-        raise DataError(f"{source}: labels must be >= 0, found {int(labels.min())}")
+        i = int(labels.argmin())
+        raise DataError(f"{source}: labels must be >= 0, found {int(labels[i])} (example {i})")
+    if n and labels.max() >= MAX_CLASSES:  # the class embedding would have max + 1 rows
+        i = int(labels.argmax())
+        raise DataError(f"{source}: label {int(labels[i])} (example {i}) is too large; labels are "
+                        f"class indices 0..K-1 with K at most {MAX_CLASSES}")
     return labels.astype(np.int64)
 
 

@@ -16,8 +16,10 @@ present with the right checksum is not fetched again.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from ..io import atomic_write
 from .tar import TarFormatError, iter_members
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
+SAFE_SCHEMES = ("https", "file")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,11 @@ def _cifar10_to_npz(folder: str) -> str:
         raw = np.concatenate([batches[f] for f in files]).reshape(-1, record)
         arrays[f"y_{split}"] = raw[:, 0].astype(np.int64)
         arrays[f"x_{split}"] = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-    tmp = out + ".part.npz"
     if classes:
         arrays["classes"] = np.array(classes)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(out, buf.getvalue())  # temp file created exclusively, never through a link
     return out
 
 
@@ -118,19 +123,54 @@ def checksum_problem(path: str, remote: RemoteFile) -> str | None:
     return None
 
 
-def _fetch(url: str, dest: str) -> None:
+def _open_part(dest: str) -> int:
+    """``dest`` (a ``.part`` file) created anew: a leftover file or a symlink planted there is
+    removed (unlinking a link never touches its target), then the file is created exclusively
+    and without following links, so nothing outside the folder can be overwritten."""
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(dest, "wb") as f:
+        os.unlink(dest)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise DataError(f"{dest}: cannot remove the old partial download ({e.strerror})") from None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(dest, flags, 0o666)
+    except OSError as e:
+        raise DataError(f"{dest}: cannot create the partial download ({e.strerror}); another "
+                        "download into this folder at the same time?") from None
+
+
+def check_mirror(url: str, allow_insecure: bool = False) -> None:
+    """Only https (and file:// or http://localhost for a local mirror) unless ``allow_insecure``:
+    the checksums stop a forged file, but plain http leaks what is fetched and invites tampering."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in SAFE_SCHEMES or (scheme == "http" and parts.hostname in LOOPBACK):
+        return  # http to this machine itself is a local mirror too
+    if scheme not in ("http", "ftp") or not allow_insecure:
+        raise ValueError(f"--mirror {url}: scheme {scheme or '(none)'!r} refused; use https:// or "
+                         "file:// (or http/ftp with --allow-insecure-mirror)")
+
+
+def _fetch(url: str, dest: str) -> None:
+    fd = _open_part(dest)
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, os.fdopen(fd, "wb") as f:
+            fd = -1
             while chunk := response.read(CHUNK):
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise DataError(f"cannot download {url}: {e}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def download(name: str, folder: str, *, mirror: str | None = None,
-             log: Callable[[str], None] = print) -> str:
+             log: Callable[[str], None] = print, allow_insecure: bool = False) -> str:
     """Fetch dataset ``name`` into ``folder``; return the path to pass to `noisecraft.data.load`.
 
     ``mirror`` replaces the canonical base URL (a file is fetched from ``mirror/<file name>``);
@@ -139,8 +179,15 @@ def download(name: str, folder: str, *, mirror: str | None = None,
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r} to download; valid: {', '.join(sorted(DATASETS))}")
     remote = DATASETS[name]
+    if mirror:
+        check_mirror(mirror, allow_insecure)
     bases = (mirror,) if mirror else remote.mirrors
-    os.makedirs(folder, exist_ok=True)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"{folder} is a file, not a folder to download {name} into")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot create the download folder ({e.strerror})") from None
     for file in remote.files:
         path = os.path.join(folder, file.name)
         if os.path.isfile(path) and checksum_problem(path, file) is None:
@@ -161,7 +208,7 @@ def download(name: str, folder: str, *, mirror: str | None = None,
                 os.replace(part, path)
                 log(f"{path}: checksum ok")
                 break
-            os.remove(part)
+            os.unlink(part)
             errors.append(f"{url}: checksum mismatch: {problem}")
         else:
             raise DataError(f"{file.name}: no good copy: " + "; ".join(errors))

@@ -9,6 +9,7 @@ int32 sizes, then the values in C order. Images are ``*-images-idx3-ubyte`` (N, 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import zlib
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..errors import DataError
 from .datasets import ArrayImageDataset
+from .limits import check_claim
 
 _IDX_NAME = re.compile(r"idx(\d)-ubyte(\.gz)?$")
 _SPLIT_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
@@ -29,28 +31,39 @@ def looks_like_idx_folder(path: str) -> bool:
 
 
 def read_idx(path: str) -> np.ndarray:
-    """One IDX file as a uint8 array of the shape its header states; DataError names the file."""
+    """One IDX file as a uint8 array of the shape its header states; DataError names the file.
+
+    The header is read first and its claim checked against the file's size (raw) or what that
+    many deflated bytes can inflate to (gzip), so a forged header allocates nothing.
+    """
+    gzipped = path.endswith(".gz")
     try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            raw = f.read()
+        stored = os.path.getsize(path)
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
+            dtype, ndim = head[2], head[3]
+            if dtype != _UINT8:
+                raise DataError(f"{path}: IDX value type 0x{dtype:02x} is not supported (only "
+                                "0x08, uint8)")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header ({4 + len(dims)} bytes)")
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">i4"))
+            expected = math.prod(shape)
+            if any(d < 0 for d in shape):
+                raise DataError(f"{path}: IDX header has a negative size: {shape}")
+            check_claim(path, expected, available=stored - (0 if gzipped else 4 + 4 * ndim),
+                        compressed=gzipped)
+            raw = bytearray(f.read(expected + 1))  # one more: a longer file is corrupt too
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read IDX file: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    dtype, ndim = raw[2], raw[3]
-    if dtype != _UINT8:
-        raise DataError(f"{path}: IDX value type 0x{dtype:02x} is not supported (only 0x08, uint8)")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
-    if len(raw) - header != expected:
+    if len(raw) != expected:
         raise DataError(f"{path}: header says shape {shape} ({expected} values) but the file holds "
-                        f"{len(raw) - header}: truncated or corrupt")
+                        f"{'more' if len(raw) > expected else len(raw)}: truncated or corrupt")
     # bytearray: a writable buffer, so torch can wrap items without copying or warning.
-    return np.frombuffer(bytearray(raw), np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, np.uint8).reshape(shape)
 
 
 def _find(folder: str, split: str, kind: str) -> str | None:

@@ -28,6 +28,8 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from .limits import MAX_MEMBER_BYTES, human
+
 BLOCK = 512
 READ_SIZE = 1 << 16      # compressed bytes per zlib call (64 KiB) ...
 MAX_OUTPUT = 1 << 20     # ... and at most 1 MiB out: the first member comes quickly, bounded memory
@@ -234,6 +236,9 @@ def _member_data(stream: _Stream, size: int, where: int, name: str) -> bytes:
     """A member's ``size`` bytes, and the padding to the next 512-byte block skipped."""
     if size < 0:
         raise TarFormatError(f"negative size in the tar header at byte {where}")
+    if size > MAX_MEMBER_BYTES:  # checked before reading: a gzip shard inflates to any size
+        raise TarFormatError(f"member {name!r} (header at byte {where}) claims {human(size)}, "
+                             f"over the {human(MAX_MEMBER_BYTES)} a member may hold")
     data = stream.read(size, -size % BLOCK)
     if len(data) < size:
         raise TarFormatError(f"truncated: member {name!r} (header at byte {where}) has "

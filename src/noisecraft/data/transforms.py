@@ -31,6 +31,9 @@ from torch import Tensor
 KINDS = ("image", "vector", "audio")
 CHANNELS = (1, 3, 4)
 _PIL_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
+# Pixel diffusion beyond this side is out of reach (use latent diffusion); resizing to it would
+# allocate gigabytes per picture.
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class Preprocess:
         if self.image_size is not None and (not isinstance(self.image_size, int)
                                             or self.image_size < 1):
             raise ValueError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size {self.image_size} is too large: at most {MAX_IMAGE_SIZE} "
+                             "(one float32 RGB picture of that size is already 200 MiB)")
         lo, hi = self.value_range
         if not hi > lo:
             raise ValueError(f"value_range must have hi > lo, got {self.value_range!r}")

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from .linear import LinearDenoiser
@@ -66,7 +67,37 @@ def from_config(config: Mapping[str, Any]) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown {arch} config key(s) {', '.join(map(repr, unknown))}; "
                          f"valid: {', '.join(valid)}")
+    _check_size(arch, args)
     return ARCHITECTURES[arch](**args)
+
+
+# Bounds on a network's size, checked before its weights are allocated: a config.json (which
+# anyone can hand over) must not make loading it exhaust memory. Per-key bounds keep the
+# parameter count itself cheap to take (on the meta device, which allocates nothing).
+SIZE_LIMITS = {"in_channels": 4096, "image_size": 4096, "base_channels": 4096, "width": 65536,
+               "depth": 256, "num_res_blocks": 64, "num_heads": 1024, "num_basis": 65536,
+               "num_classes": 100_000, "T": 100_000}
+MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights, 4x Stable Diffusion XL's U-Net
+
+
+def _check_size(arch: str, args: Mapping[str, Any]) -> None:
+    for key, limit in SIZE_LIMITS.items():
+        value = args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise ValueError(f"{arch} {key} = {value} is too large: at most {limit}")
+    mult = args.get("channel_mult")
+    if isinstance(mult, (list, tuple)) and (len(mult) > 16 or any(
+            isinstance(m, int) and m > 64 for m in mult)):
+        raise ValueError(f"{arch} channel_mult {list(mult)} is too large: at most 16 levels of "
+                         "at most 64x")
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in ARCHITECTURES[arch](**args).parameters())
+    except (ValueError, TypeError):
+        return  # the real constructor below reports the bad argument itself
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"this {arch} would have {n:,} parameters, more than the "
+                         f"{MAX_PARAMETERS:,} noisecraft builds")
 
 
 def build(name: str, **overrides: Any) -> nn.Module:

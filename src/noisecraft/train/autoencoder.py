@@ -40,6 +40,7 @@ from ..autoencoders import (
 from ..config import DataConfig
 from ..errors import RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, recover, tensors_to_bytes
+from ..lock import RunLock
 from ..nets.autoencoder import AUTOENCODER_PRESETS, KLAutoencoder, autoencoder_from_config
 from ..run import LOG, OPTIMIZER, SAMPLES, STATE, check_step, load_weights, read_state
 from . import checkpoint as ckpt
@@ -134,6 +135,14 @@ class AutoencoderTrainer:
         self.net: KLAutoencoder | None = None
 
     def fit(self, stop_at: int | None = None) -> AutoencoderResult:
+        # One writer per run directory (noisecraft.lock), held for the whole fit.
+        with RunLock(self.run_dir):
+            if self.resume != (self.run_dir / STATE).is_file():  # another writer got here first
+                raise RunError(f"{self.run_dir}: its checkpoint changed since this trainer was "
+                               "made (another writer?); start again")
+            return self._fit(stop_at)
+
+    def _fit(self, stop_at: int | None) -> AutoencoderResult:
         cfg, tc, dev = self.config, self.config.train, self.device
         self.run_dir.mkdir(parents=True, exist_ok=True)
         recover(self.run_dir)

@@ -83,7 +83,10 @@ class BatchStream:
         return {"epoch": self.epoch, "position": self.position}
 
     def seek(self, epoch: int, position: int) -> None:
-        self.epoch, self.position, self._it = int(epoch), int(position), None
+        for name, value in (("epoch", epoch), ("position", position)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"data {name} must be a non-negative integer, got {value!r}")
+        self.epoch, self.position, self._it = epoch, position, None
 
     def __iter__(self) -> BatchStream:
         return self
@@ -104,8 +107,14 @@ class BatchStream:
             return batch
 
     def _loader(self, dataset: Dataset | IterableDataset, **kwargs: Any) -> DataLoader:
+        # Each iterator draws its workers' base seed from ``generator``; without one it draws from
+        # torch's global RNG, which the trainer checkpoints for dropout: a loader built at resume
+        # would then shift every later dropout mask. A generator of the epoch's own keeps the
+        # global stream untouched and the workers' seeds a function of (seed, rank, epoch).
+        gen = torch.Generator().manual_seed(derive_seed("noisecraft-loader", self.seed, self.rank,
+                                                        self.epoch))
         return DataLoader(dataset, num_workers=self.num_workers, collate_fn=collate,
-                          pin_memory=self.pin_memory, **kwargs)
+                          pin_memory=self.pin_memory, generator=gen, **kwargs)
 
     def _open_epoch(self) -> Iterator[dict[str, Any]]:
         if self.map_style:
@@ -116,6 +125,10 @@ class BatchStream:
             bs = self.batch_size
             keys = [(self.epoch, i) for i in order]
             batches = [keys[i:i + bs] for i in range(0, len(keys) - bs + 1, bs)]
+            if self.position > len(batches):
+                raise DataError(f"cannot resume the data order: epoch {self.epoch} has "
+                                f"{len(batches)} batches, but {self.position} were consumed before "
+                                "(the data changed, or state.json is corrupt?)")
             seeded = _SeededExamples(self.dataset, self.seed)  # type: ignore[arg-type]
             return iter(self._loader(seeded, batch_sampler=batches[self.position:]))
         set_epoch = getattr(self.dataset, "set_epoch", None)

@@ -33,8 +33,9 @@ from torch.utils.data import Dataset, IterableDataset
 from .. import losses, nets
 from ..config import BuildConfig, ConditionConfig, DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..denoiser import Denoiser
-from ..errors import RunError
+from ..errors import DataError, RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
+from ..lock import RunLock
 from ..run import (
     CONFIG,
     EMA_WEIGHTS,
@@ -206,13 +207,16 @@ class Trainer:
         self.resume = resume
         self.device = device
         self.progress = progress
-        if resume and not has_checkpoint(self.run_dir):
-            raise RunError(f"{self.run_dir / STATE}: missing; nothing to resume in {self.run_dir}")
-        if not resume and has_checkpoint(self.run_dir):
-            raise ValueError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
-                             "it or choose another --out")
+        self._check_checkpoint()
         self.net: nn.Module | None = None  # the trained network and its EMA, set by fit()
         self.ema: EMA | None = None
+
+    def _check_checkpoint(self) -> None:
+        if self.resume and not has_checkpoint(self.run_dir):
+            raise RunError(f"{self.run_dir / STATE}: missing; nothing to resume in {self.run_dir}")
+        if not self.resume and has_checkpoint(self.run_dir):
+            raise RunError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
+                           "it or choose another --out")
 
     # ------------------------------------------------------------------ public
     def fit(self, stop_at: int | None = None) -> TrainResult:
@@ -220,9 +224,32 @@ class Trainer:
         interrupted run) and save a checkpoint there."""
         ctx = distributed.setup(self.device)
         try:
-            return self._fit(ctx, stop_at)
+            with self._writer_lock(ctx):
+                return self._fit(ctx, stop_at)
         finally:
             distributed.teardown(ctx)
+
+    @contextlib.contextmanager
+    def _writer_lock(self, ctx: distributed.Context) -> Any:
+        """Hold the run directory's writer lock (``noisecraft.lock``) on rank 0 for the whole
+        fit; every rank raises the same one-line error when another process holds it."""
+        lock, error = RunLock(self.run_dir), None
+        if ctx.is_main:
+            try:
+                lock.acquire()
+                self._check_checkpoint()  # again: another writer may have saved since __init__
+            except RunError as e:
+                lock.release()
+                error = e
+        refusal = distributed.gather_bytes(str(error).encode() if error else b"", ctx)[0]
+        if error is not None:
+            raise error
+        if refusal:
+            raise RunError(refusal.decode())
+        try:
+            yield
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ set-up
     def _fit(self, ctx: distributed.Context, stop_at: int | None) -> TrainResult:
@@ -231,6 +258,8 @@ class Trainer:
         if ctx.is_main:
             (self.run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
             atomic_write(self.run_dir / CONFIG, cfg.to_json())
+            if not self.resume:  # a fresh run: drop the log of one killed before its first save
+                self._truncate_log(0)
         distributed.barrier(ctx)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -343,7 +372,9 @@ class Trainer:
         if self.config.condition.kind == "text":
             cond.update(self._text_condition(batch, gen, dev))
         if self.config.data.num_classes is not None:
-            labels = batch["label"].to(dev, non_blocking=True)
+            labels = batch["label"]
+            _check_labels(labels, self.config.data.num_classes, batch.get("key"))
+            labels = labels.to(dev, non_blocking=True)
             p_drop = self.config.train.label_dropout
             if p_drop > 0:
                 # Classifier-free guidance: some examples train the null condition (label −1).
@@ -492,11 +523,25 @@ class Trainer:
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by the crash
                 continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                    and record["step"] <= step:
+                kept.append(line)  # anything else is not one of our records: dropped
         atomic_write(path, "".join(f"{line}\n" for line in kept))
+
+
+def _check_labels(labels: Tensor, num_classes: int, keys: Any) -> None:
+    """Class-conditional training needs a label in 0..K-1 on every example: a sample without
+    one (label -1, e.g. a shard sample with no .cls) would silently train the null class."""
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        key = keys[i] if isinstance(keys, (list, tuple)) and i < len(keys) else f"#{i} of a batch"
+        what = "has no label" if int(labels[i]) < 0 else f"has label {int(labels[i])}"
+        raise DataError(f"training example {key!r} {what}, but this class-conditional run needs "
+                        f"one in 0..{num_classes - 1} on every example")
 
 
 def _eight_bit(config: RunConfig) -> bool:
