@@ -157,6 +157,10 @@ def test_nll_of_a_latent_run_is_in_latent_units(latent_run, capsys):
     from noisecraft.denoiser import Denoiser
 
     den = Denoiser(loaded.net, loaded.schedule, loaded.denoiser.prediction, clip=None)
+    from noisecraft.seeding import derive_seed
+
+    # the CLI draws each batch's noise from a generator of (--seed, batch start): one batch here
+    generator = torch.Generator().manual_seed(derive_seed("noisecraft-nll", 0, 0))
     bits = nll(den, loaded.encode(x), loaded.schedule, "vlb", discrete=False,
-               generator=torch.Generator().manual_seed(0), labels=labels)
+               generator=generator, labels=labels)
     assert record["mean"] == pytest.approx(float(bits.mean()), rel=1e-5)
