@@ -67,3 +67,17 @@ def test_only_https_and_local_mirrors_unless_opted_in(url, tmp_path):
         dl.check_mirror(url, allow_insecure=True)
     for ok in ("https://example.com/", "file:///srv/mnist/", "http://127.0.0.1:8000/"):
         dl.check_mirror(ok)
+
+
+def test_wav_files_and_metric_caches_respect_the_umask(tmp_path, umask):
+    import numpy as np
+
+    from noisecraft.data.audio import write_wav
+    from noisecraft.metrics.cache import load_arrays, save_arrays
+
+    write_wav(tmp_path / "a.wav", np.zeros(100, dtype=np.float32), 8000)
+    save_arrays(tmp_path / "stats.safetensors", {"mu": np.arange(3.0)}, {"n": 3})
+    for name in ("a.wav", "stats.safetensors"):
+        assert mode(tmp_path / name) == 0o666 & ~umask, name
+    arrays, meta = load_arrays(tmp_path / "stats.safetensors")
+    assert arrays["mu"].tolist() == [0.0, 1.0, 2.0] and meta == {"n": 3}

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 import wave
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..io import atomic_write
 from . import mel
 from .mel import GRIFFIN_LIM_ITERS
 from .transforms import Preprocess
@@ -231,22 +231,13 @@ def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, samp
     if not np.all(np.isfinite(a)):
         raise ValueError(f"waveform for {os.fspath(path)} contains NaN or infinite samples")
     pcm = np.round(np.clip(a.astype(np.float64), -1.0, 1.0) * 32767.0).astype("<i2")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".wav")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with wave.open(f, "wb") as w:
-                w.setnchannels(pcm.shape[0])
-                w.setsampwidth(2)
-                w.setframerate(sample_rate)
-                w.writeframes(pcm.T.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(pcm.shape[0])
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.T.tobytes())
+    atomic_write(path, buf.getvalue())  # the umask applies, as for every file a run writes
 
 
 def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

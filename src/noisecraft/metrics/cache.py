@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
+
+from ..io import atomic_write
 
 
 def cache_dir(sub: str | None = None) -> Path:
@@ -48,17 +49,9 @@ def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: di
     """Write ``arrays`` and the JSON-able ``meta`` (under metadata key "meta") atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp,
-                  metadata={"meta": json.dumps(meta, sort_keys=True)})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                metadata={"meta": json.dumps(meta, sort_keys=True)})
+    atomic_write(path, data)  # temp file, fsync, rename; the umask applies
 
 
 def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
