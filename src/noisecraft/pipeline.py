@@ -93,19 +93,6 @@ class Pipeline:
             return None, np.array([int(k) for k in labels for _ in range(n)], dtype=np.int64)
         return run.default_prompts(n), run.default_labels(n)
 
-    def _check_guidance(self, guidance: float | None) -> None:
-        if guidance is None:
-            return
-        c = self.run.config.condition
-        if self.run.num_classes is None and not self.run.text_conditional:
-            raise ValueError(f"guidance needs a conditional run; {self.run.run_dir} is unconditional")
-        if c.kind == "text" and not c.caption_dropout:
-            raise ValueError(f"guidance needs a run trained with caption dropout (the unconditional "
-                             f"prediction); {self.run.run_dir} has caption_dropout 0")
-        if self.run.num_classes is not None and not self.run.config.train.label_dropout:
-            raise ValueError(f"guidance needs a run trained with --label-dropout (the unconditional "
-                             f"prediction); {self.run.run_dir} has label_dropout 0")
-
     # ------------------------------------------------------------------ generation
     def __call__(self, prompts: str | Sequence[str] | None = None, *, n: int = 1,
                  labels: int | Sequence[int] | None = None, guidance: float | None = None,
@@ -137,7 +124,6 @@ class Pipeline:
             raise ValueError(f"unknown sampler {sampler!r}; "
                              f"choose one of {', '.join(samplers.SAMPLERS)}")
         steps = steps or run.config.sampling.steps
-        self._check_guidance(guidance)
         prompt_list, label_arr = self.conditions(n, prompts, labels)
         total = len(prompt_list) if prompt_list is not None else (
             len(label_arr) if label_arr is not None else n)
