@@ -282,18 +282,5 @@ class AutoencoderTrainer:
             stream.seek(state["data"]["epoch"], state["data"]["position"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise RunError(f"{d / STATE}: corrupt optimizer, RNG or data-order record ({e})") from None
-        self._truncate_log(step)
+        ckpt.truncate_log(self.run_dir / LOG, step)
         return step, float(state.get("wall_time_s", 0.0))
-
-    def _truncate_log(self, step: int) -> None:
-        path = self.run_dir / LOG
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue
-        atomic_write(path, "".join(f"{line}\n" for line in kept))

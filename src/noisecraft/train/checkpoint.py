@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import RunError
-from ..io import read_safetensors, tensors_to_bytes
+from ..io import atomic_write, read_safetensors, tensors_to_bytes
 
 
 def optimizer_to_bytes(optimizer: torch.optim.Optimizer, step: int) -> bytes:
@@ -64,3 +64,23 @@ def encode_rng(state: torch.Tensor) -> str:
 
 def decode_rng(text: str) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
+
+
+# --------------------------------------------------------------------------- log.jsonl
+def truncate_log(path: os.PathLike[str] | str, step: int) -> None:
+    """Drop the log lines written after the checkpoint at ``step`` (by the run that was
+    interrupted), so a resumed run never logs a step twice; a line cut short by a crash, or one
+    that is not one of our records (a JSON object with an integer ``step``), is dropped too."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f.read().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                    and record["step"] <= step:
+                kept.append(line)
+    atomic_write(path, "".join(f"{line}\n" for line in kept))

@@ -259,7 +259,7 @@ class Trainer:
             (self.run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
             atomic_write(self.run_dir / CONFIG, cfg.to_json())
             if not self.resume:  # a fresh run: drop the log of one killed before its first save
-                self._truncate_log(0)
+                ckpt.truncate_log(self.run_dir / LOG, 0)
         distributed.barrier(ctx)
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -512,24 +512,8 @@ class Trainer:
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             raise RunError(f"{d / STATE}: corrupt RNG or data-order record ({e})") from None
         if ctx.is_main:
-            self._truncate_log(step)
+            ckpt.truncate_log(self.run_dir / LOG, step)
         return step, float(state.get("wall_time_s", 0.0))
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint (by the run that was interrupted)."""
-        path = self.run_dir / LOG
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the crash
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) \
-                    and record["step"] <= step:
-                kept.append(line)  # anything else is not one of our records: dropped
-        atomic_write(path, "".join(f"{line}\n" for line in kept))
 
 
 def _check_labels(labels: Tensor, num_classes: int, keys: Any) -> None:
