@@ -108,11 +108,14 @@ class Pipeline:
                              labels: int | Sequence[int] | None = None,
                              guidance: float | None = None, steps: int | None = None,
                              sampler: str | None = None, seed: int = 0, progress: bool = True,
-                             record: bool = False) -> tuple[PipelineOutput, Stages | None]:
+                             record: bool = False, **guidance_options: Any
+                             ) -> tuple[PipelineOutput, Stages | None]:
         """The images, and with ``record`` the reverse process of the first example (:class:`Stages`).
 
         All images are drawn in one batch so that the progress bar counts sampler steps; image i
         uses the noise stream of index i under ``seed``, as ``noisecraft sample`` does.
+        ``guidance_options``: ``guidance_rescale``, ``guidance_interval``, ``autoguide`` of
+        :meth:`LoadedRun.generate_tensor` (checked there by :func:`noisecraft.guidance.guide_run`).
         """
         from tqdm.auto import tqdm
 
@@ -140,7 +143,8 @@ class Pipeline:
         try:
             samples = run.generate_tensor(total, sampler=sampler, steps=steps, seed=seed,
                                           batch_size=total, callback=callback, labels=label_arr,
-                                          prompts=prompt_list, guidance=guidance)
+                                          prompts=prompt_list, guidance=guidance,
+                                          **guidance_options)
         finally:
             bar.close()
         images = run.to_output(samples)

@@ -124,7 +124,7 @@ def test_generate_classes_with_the_stage_figure_and_the_python_pipeline(latent_r
     assert "label-dropout" in capsys.readouterr().err
 
 
-def test_text_to_image_on_latents(latent_run, tmp_path):
+def test_text_to_image_on_latents(latent_run, tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     ae, _ = latent_run
     run = tmp_path / "text"
@@ -139,6 +139,23 @@ def test_text_to_image_on_latents(latent_run, tmp_path):
     saved = np.load(out.with_suffix(".npz"))
     assert list(saved["prompts"]) == ["a handwritten digit seven"] * 2 + ["seven, written by hand"] * 2
     assert saved["images"].shape == (4, 8, 8, 1)
+    # generate takes the shared guidance flags, and they reach the sampler (an untrained net's
+    # pictures barely move with them, so the test looks at what generate_tensor receives)
+    from noisecraft.run import LoadedRun
+
+    seen = {}
+    real = LoadedRun.generate_tensor
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoadedRun, "generate_tensor", spy)
+    assert main(["generate", str(run), "--prompt", "a handwritten digit seven", "--n", "2",
+                 "--guidance", "4", "--guidance-rescale", "0.7", "--guidance-interval", "10", "40",
+                 "--steps", "3", "--out", str(tmp_path / "tuned"), "--no-progress"]) == 0
+    assert (seen["guidance"], seen["guidance_rescale"], seen["guidance_interval"]) == \
+        (4.0, 0.7, (10.0, 40.0))
 
 
 def test_nll_of_a_latent_run_is_in_latent_units(latent_run, capsys):

@@ -40,12 +40,14 @@ def _unit(text: str) -> float:
     return value
 
 
-def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
-    """--class, --guidance, --guidance-rescale, --guidance-interval and --autoguide."""
+def add_guidance_arguments(parser: argparse.ArgumentParser, classes: bool = True) -> None:
+    """--class, --guidance, --guidance-rescale, --guidance-interval and --autoguide
+    (``classes=False``: a command with its own --class)."""
     g = parser.add_argument_group("conditioning and guidance")
-    g.add_argument("--class", dest="classes", type=_class_list, metavar="K[,K...]",
-                   help="class-conditional runs: the class(es) to draw, cycled over the samples "
-                   "(default: all classes 0, 1, …, K−1 cycled)")
+    if classes:
+        g.add_argument("--class", dest="classes", type=_class_list, metavar="K[,K...]",
+                       help="class-conditional runs: the class(es) to draw, cycled over the "
+                       "samples (default: all classes 0, 1, …, K−1 cycled)")
     g.add_argument("--guidance", type=non_negative_float, metavar="W",
                    help="classifier-free guidance scale w >= 0: 1 = the conditional model, "
                    "0 = the unconditional one, > 1 = stronger (default: no guidance); needs a "

@@ -21,10 +21,10 @@ from ._args import (
     add_run_arguments,
     add_threads,
     command_parser,
-    non_negative_float,
     non_negative_int,
     positive_int,
 )
+from ._guidance import add_guidance_arguments, describe, guidance_kwargs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--class", dest="classes", action="append", type=non_negative_int, metavar="K",
       help="a class label (class-conditional runs; repeat for several)")
     a("--n", type=positive_int, default=8, help="images per prompt or class (default 8)")
-    a("--guidance", type=non_negative_float, metavar="W",
-      help="classifier-free guidance scale w (1: conditional, 0: unconditional; default: none)")
     a("--steps", type=positive_int, help="sampling steps (default: the run's)")
     a("--sampler", help="one of noisecraft.SAMPLERS (default: the run's)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
@@ -46,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
       "RUN/generated/<prompt>-seed<seed>)")
     a("--explain", action="store_true", help="also write FILE_explain.png, the pipeline's stages")
     a("--no-progress", action="store_true", help="no progress bar")
+    add_guidance_arguments(p, classes=False)
     add_threads(p)
     p.set_defaults(func=run)
 
@@ -68,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
         folder.mkdir(exist_ok=True)
         args.out = str(folder / f"{_slug(what)}-seed{args.seed}")
     base = output_base(args.out)
+    guidance = guidance_kwargs(pipe.run, args)
     out, stages = pipe.generate_with_stages(args.prompt, n=args.n, labels=args.classes,
-                                            guidance=args.guidance, steps=args.steps,
+                                            steps=args.steps, **guidance,
                                             sampler=args.sampler, seed=args.seed,
                                             progress=not args.no_progress, record=args.explain)
     arrays: dict[str, np.ndarray] = {"images": out.images}
@@ -88,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
         explain = base.with_name(base.name + "_explain.png")
         viz.save(pipe.explain(stages), explain)
         written.append(explain)
-    print(f"noisecraft: {len(out.images)} images (guidance {args.guidance}, seed {args.seed}) -> "
+    print(f"noisecraft: {len(out.images)} images (seed {args.seed}{describe(guidance)}) -> "
           f"{', '.join(map(str, written))}")
     return 0
