@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .config import DataConfig, Settings, _build, registry, setting
+from .config import DataConfig, Settings, _build, _to_jsonable, registry, setting
 from .errors import RunError
 from .io import checkpoint_file, read_json, read_safetensors
 
@@ -111,7 +111,7 @@ class AutoencoderRunConfig:
     version: int = AE_CONFIG_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(_jsonable(dataclasses.asdict(self)), indent=2) + "\n"
+        return json.dumps(_to_jsonable(dataclasses.asdict(self)), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, d: Any, source: str = CONFIG) -> AutoencoderRunConfig:
@@ -122,14 +122,6 @@ class AutoencoderRunConfig:
             raise RunError(f"{source}: autoencoder config version {d.get('version')!r} is not "
                            f"supported (this noisecraft reads version {AE_CONFIG_VERSION})")
         return _build(cls, d, source, "")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------- the contract
