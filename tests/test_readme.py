@@ -57,6 +57,14 @@ RUNS: dict[str, tuple[dict[str, str], str]] = {
         {"--steps": "1", "--batch-size": "4", "--sample-every": "0"}, FEWER_STEPS),
     "noisecraft sample runs/fsdd --n 10 --out speech": ({"--steps": "2"}, FEWER_STEPS),
     "noisecraft demo --out demo-out": ({"--steps": "3"}, FEWER_STEPS),
+    "noisecraft explain runs/digits --out report.html": (
+        {"--samples": "16", "--held-out": "16", "--steps": "5"}, "fewer samples and steps: time"),
+    "noisecraft encode runs/digits --image pictures/000001.png --image pictures/000002.png "
+    "--sampler heun --steps 50 --out enc": ({"--steps": "5"}, FEWER_STEPS),
+    "noisecraft interpolate runs/digits --images pictures/000001.png pictures/000002.png "
+    "--frames 8 --out strip": ({"--steps": "5"}, FEWER_STEPS),
+    "noisecraft edit runs/digits --image pictures/000003.png --strength 0.5 --out edits": (
+        {"--steps": "5"}, FEWER_STEPS),
     "noisecraft data download mnist data/mnist": (
         {"--mirror": (SHARED / "data" / "mnist").as_uri() + "/"},
         "tests have no network: the same files from the local copy, through the same code"),
@@ -134,6 +142,9 @@ def test_readme_shell_examples_run(checkout, capsys) -> None:
     assert "noisecraft demo --out demo-out" in outputs["make demo"]
     assert "pytest" in outputs["make test"]
     assert sorted(os.listdir("pictures")) == [f"{i:06d}.png" for i in range(16)]
+    assert "<html" in (checkout / "report.html").read_text(encoding="utf-8")[:500].lower()
+    for base in ("enc", "strip", "edits"):
+        assert (checkout / f"{base}.png").is_file() and (checkout / f"{base}.npz").is_file(), base
     assert (checkout / "samples.npz").is_file() and (checkout / "samples.png").is_file()
     assert "percentile" in outputs["noisecraft nll runs/digits --image pictures/000007.png "
                                    "--data digits --n 200"]
