@@ -20,6 +20,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +58,11 @@ RUNS: dict[str, tuple[dict[str, str], str]] = {
         {"--steps": "1", "--batch-size": "4", "--sample-every": "0"}, FEWER_STEPS),
     "noisecraft sample runs/fsdd --n 10 --out speech": ({"--steps": "2"}, FEWER_STEPS),
     "noisecraft demo --out demo-out": ({"--steps": "3"}, FEWER_STEPS),
+    "noisecraft train --data digits --out runs/text --condition text --caption-template "
+    "\"a handwritten digit {name}\"": (
+        {"--steps": "3", "--batch-size": "16", "--sample-every": "0"}, FEWER_STEPS),
+    "noisecraft sample runs/text --prompt \"seven\" --prompt \"the number 3\" --n 8 --guidance 3 "
+    "--out prompted": ({"--steps": "3"}, FEWER_STEPS),
     "noisecraft explain runs/digits --out report.html": (
         {"--samples": "16", "--held-out": "16", "--steps": "5"}, "fewer samples and steps: time"),
     "noisecraft encode runs/digits --image pictures/000001.png --image pictures/000002.png "
@@ -143,6 +149,7 @@ def test_readme_shell_examples_run(checkout, capsys) -> None:
     assert "pytest" in outputs["make test"]
     assert sorted(os.listdir("pictures")) == [f"{i:06d}.png" for i in range(16)]
     assert "<html" in (checkout / "report.html").read_text(encoding="utf-8")[:500].lower()
+    assert list(np.load(checkout / "prompted.npz")["prompts"]) == ["seven"] * 8 + ["the number 3"] * 8
     for base in ("enc", "strip", "edits"):
         assert (checkout / f"{base}.png").is_file() and (checkout / f"{base}.npz").is_file(), base
     assert (checkout / "samples.npz").is_file() and (checkout / "samples.png").is_file()
