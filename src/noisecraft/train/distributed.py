@@ -18,22 +18,11 @@ from ..run import check_device
 
 
 @dataclass(frozen=True)
-class Context:
-    """Where this process sits: ``rank`` of ``world_size`` on ``device``."""
+class Context(shard.Ranks):
+    """Where this process sits (``rank`` of ``world_size``, :class:`noisecraft.shard.Ranks`)
+    and the ``device`` it drives."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    device: torch.device = torch.device("cpu")
 
 
 def setup(device: str | torch.device | None = None) -> Context:
