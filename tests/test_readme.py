@@ -30,6 +30,12 @@ SHARED = ROOT.parent / "shared"
 
 # README command → the flags this test changes (flag: new value; appended when absent).
 FEWER_STEPS = "fewer steps: the README trains for real, the test checks the command works"
+NO_GPU = "no GPU in CI: on the CPU, the command's parsing and data path run"
+# Latent runs encode their whole data set first (all 60,000 MNIST images: ~4 CPU-minutes; the
+# 64-px emoji through the 9.4M-parameter ae64: minutes), so the test's `train --autoencoder`
+# reads a cut of the same files through the same reader, made by `data_cuts` below.
+MNIST_CUT, EMOJI_CUT, CIFAR_CUT = "cuts/mnist", "cuts/twemoji64", "cuts/cifar10"
+CUT = "the first {} pictures of the same files through the same reader: all cost minutes to encode"
 RUNS: dict[str, tuple[dict[str, str], str]] = {
     "make demo": ({}, "dry run (make -n): shows the target exists and what it runs"),
     "make test": ({}, "dry run (make -n): running the suite from inside the suite would recurse"),
@@ -71,6 +77,37 @@ RUNS: dict[str, tuple[dict[str, str], str]] = {
     "--frames 8 --out strip": ({"--steps": "5"}, FEWER_STEPS),
     "noisecraft edit runs/digits --image pictures/000003.png --strength 0.5 --out edits": (
         {"--steps": "5"}, FEWER_STEPS),
+    "noisecraft train-autoencoder --data ../shared/data/mnist --out runs/ae-mnist --factor 4 "
+    "--latent-channels 4 --steps 300 --batch-size 32": (
+        {"--steps": "2", "--batch-size": "8"}, FEWER_STEPS),
+    "noisecraft train --data ../shared/data/mnist --autoencoder runs/ae-mnist --out runs/ldm-mnist "
+    "--condition text --caption-template \"a handwritten digit {name}\" --steps 1500 --batch-size 64 "
+    "--lr 1e-3 --ema-decay 0.995": (
+        {"--data": MNIST_CUT, "--steps": "3", "--batch-size": "16", "--sample-every": "0"},
+        FEWER_STEPS + "; " + CUT.format(256)),
+    "noisecraft generate runs/ldm-mnist --prompt \"a handwritten digit seven\" --prompt "
+    "\"the number 3\" --n 8 --guidance 3 --steps 25 --explain --out ldm-prompts": (
+        {"--steps": "3"}, FEWER_STEPS),
+    "noisecraft train-autoencoder --data ../shared/data/twemoji64 --channels 3 --out runs/ae-emoji "
+    "--preset ae64 --factor 4 --latent-channels 4 --steps 20000 --batch-size 64 --device cuda": (
+        {"--data": EMOJI_CUT, "--device": "cpu", "--steps": "1", "--batch-size": "2",
+         "--sample-every": "0"}, NO_GPU + "; one step; " + CUT.format(16)),
+    "noisecraft train --data ../shared/data/twemoji64 --channels 3 --autoencoder runs/ae-emoji "
+    "--out runs/ldm-emoji --net mnist --condition text --steps 50000 --batch-size 128 --device cuda": (
+        {"--data": EMOJI_CUT, "--device": "cpu", "--steps": "1", "--batch-size": "2",
+         "--sample-every": "0"}, NO_GPU + "; one step; " + CUT.format(16)),
+    "noisecraft generate runs/ldm-emoji --prompt \"a smiling face with sunglasses\" --n 8 "
+    "--guidance 4 --steps 25 --device cuda --explain --out emoji": (
+        {"--device": "cpu", "--n": "2", "--steps": "2"}, NO_GPU + "; 2 images of 2 steps"),
+    "noisecraft train-autoencoder --data ../shared/data/cifar10 --out runs/ae-cifar --factor 2 "
+    "--latent-channels 4 --steps 20000 --device cuda": (
+        {"--data": CIFAR_CUT, "--device": "cpu", "--steps": "1", "--batch-size": "4",
+         "--sample-every": "0"}, NO_GPU + "; one step; " + CUT.format(16)),
+    "noisecraft train --data ../shared/data/cifar10 --autoencoder runs/ae-cifar --out runs/ldm-cifar "
+    "--net mnist --condition text --caption-template \"a photo of a {name}\" --steps 50000 "
+    "--batch-size 128 --device cuda": (
+        {"--data": CIFAR_CUT, "--device": "cpu", "--steps": "1", "--batch-size": "4",
+         "--sample-every": "0"}, NO_GPU + "; one step; " + CUT.format(16)),
     "noisecraft data download mnist data/mnist": (
         {"--mirror": (SHARED / "data" / "mnist").as_uri() + "/"},
         "tests have no network: the same files from the local copy, through the same code"),
@@ -124,6 +161,42 @@ def checkout(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
+def write_idx(path: Path, values: np.ndarray) -> None:
+    """A raw uint8 IDX file: magic 0 0 0x08 ndim, the sizes as big-endian int32, the values."""
+    header = bytes([0, 0, 8, values.ndim]) + np.asarray(values.shape, ">i4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(values, np.uint8).tobytes())
+
+
+def cut_shard(source: Path, target: Path, n: int) -> None:
+    """The members of ``source``'s first ``n`` samples, byte for byte, as the shard ``target``."""
+    import tarfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    keys: list[str] = []
+    with tarfile.open(source) as src, tarfile.open(target, "w:gz") as dst:
+        for member in src:
+            key = member.name.split(".")[0]
+            if key not in keys:
+                if len(keys) == n:
+                    break
+                keys.append(key)
+            dst.addfile(member, src.extractfile(member))
+
+
+def data_cuts(repo: Path) -> None:
+    """MNIST_CUT, EMOJI_CUT and CIFAR_CUT: small cuts of ../shared/data for the latent runs."""
+    from noisecraft.data.idx import read_idx
+
+    mnist, data = repo / MNIST_CUT, SHARED / "data"
+    mnist.mkdir(parents=True)
+    for kind in ("images-idx3", "labels-idx1"):
+        write_idx(mnist / f"train-{kind}-ubyte", read_idx(str(data / "mnist" /
+                                                                f"train-{kind}-ubyte.gz"))[:256])
+    cut_shard(data / "twemoji64" / "twemoji-0000.tar.gz", repo / EMOJI_CUT / "twemoji-0000.tar.gz", 16)
+    cut_shard(data / "cifar10" / "train-0000.tar.gz", repo / CIFAR_CUT / "train-0000.tar.gz", 16)
+    (repo / CIFAR_CUT / "classes.txt").write_bytes((data / "cifar10" / "classes.txt").read_bytes())
+
+
 def run_command(command: str, capsys) -> str:
     from noisecraft.cli import main
 
@@ -143,6 +216,7 @@ def run_command(command: str, capsys) -> str:
 
 @pytest.mark.slow
 def test_readme_shell_examples_run(checkout, capsys) -> None:
+    data_cuts(checkout)
     outputs = {command: run_command(command, capsys) for command in readme_commands()}
     # What the examples promise, beyond exit code 0:
     assert "noisecraft demo --out demo-out" in outputs["make demo"]
@@ -160,6 +234,13 @@ def test_readme_shell_examples_run(checkout, capsys) -> None:
     assert sorted(os.listdir("speech")) == [f"{i:06d}.wav" for i in range(10)]
     assert (checkout / "demo-out" / "summary.txt").is_file()
     assert sorted(os.listdir("data/mnist")) == sorted(os.listdir(SHARED / "data" / "mnist"))
+    # The latent recipes: decoded pictures of the data's own shape, one row per prompt.
+    ldm = np.load(checkout / "ldm-prompts.npz")
+    assert ldm["images"].shape == (16, 28, 28, 1) and ldm["images"].dtype == np.uint8
+    assert list(ldm["prompts"]) == ["a handwritten digit seven"] * 8 + ["the number 3"] * 8
+    assert (checkout / "ldm-prompts_explain.png").is_file()
+    assert np.load(checkout / "emoji.npz")["images"].shape == (2, 64, 64, 3)
+    assert (checkout / "runs" / "ldm-cifar" / "ema.safetensors").is_file()
 
 
 @pytest.mark.slow
