@@ -21,9 +21,11 @@ saved picture:
 - PSNR in dB with peak-to-peak 2 in [−1, 1], i.e. the usual 8-bit PSNR, averaged per image;
 - FID of the reconstructions against the same real test images. CIFAR-10: the
   standard Inception pool-3 features; MNIST: the penultimate features of noisecraft's small MNIST
-  classifier (``features="mnist"``; Inception is a poor judge of 28×28 grey digits). An FID on
-  1,000 against 1,000 images is biased upwards and is only comparable inside its own column: the
-  "real vs real" row (test images 0–999 against 1,000–1,999) is the floor of that bias.
+  classifier (``features="mnist"``; Inception is a poor judge of 28×28 grey digits). Each
+  reconstruction is paired with its own original, so this FID goes to 0 as reconstructions become
+  exact; the "real vs real" row (test images 0–999 against 1,000–1,999) gives the scale: what
+  a *different* set of real test images scores. An FID on 1,000 images is only comparable inside
+  its own column.
 
 CPU seconds are this process's (user + system), which a shared machine does not inflate.
 ``--write`` puts each data set's table into BENCHMARKS.md between its own markers
@@ -139,6 +141,23 @@ def run_dataset(name: str, spec: str, cases: list[tuple[int, int]], steps: int, 
     return rows
 
 
+def section(name: str, rows: list[str], n: int, features: str, command: str) -> str:
+    """The BENCHMARKS.md section of one data set's table."""
+    space = ("the small MNIST classifier's penultimate features" if features == "mnist"
+             else "Inception pool-3 features")
+    return (f"## Autoencoder reconstructions against latent size, {name} "
+            f"(`benchmarks/latent_recon.py`) — {datetime.date.today().isoformat()}\n\n"
+            f"2-core CPU, shared with other jobs; torch {torch.__version__}, 1 thread; "
+            f"command: `{command}`. CPU s: the process's own CPU time (the shared machine "
+            "inflates wall time).\n\n"
+            f"The first {n:,} test images, reconstructed from the posterior mean and rounded to 8 "
+            f"bits. FID against the same {n:,} real test images, in {space}. Each reconstruction "
+            "is paired with its own original, so this FID falls to 0 as reconstructions become "
+            f"exact; the real-vs-real row (test images 0–{n - 1} against {n}–{2 * n - 1}) gives "
+            "the scale: what a *different* set of real test images scores.\n\n"
+            + "\n".join(ROWS_HEAD + rows) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,16 +186,7 @@ def main() -> None:
     command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/latent_recon.py", *sys.argv[1:]])
     for name, spec, cases, steps, n, features in runs:
         rows = run_dataset(name, spec, parse_cases(cases), steps, n, args, root, features)
-        space = ("the small MNIST classifier's penultimate features" if features == "mnist"
-                 else "Inception pool-3 features")
-        text = (f"### Autoencoder reconstructions against latent size, {name} "
-                f"(`benchmarks/latent_recon.py`) — {datetime.date.today().isoformat()}\n\n"
-                f"2-core CPU, shared with other jobs; torch {torch.__version__}, 1 thread; "
-                f"command: `{command}`.\n\nThe first {n:,} test images, reconstructed from the "
-                f"posterior mean and rounded to 8 bits. FID against the same {n:,} real test "
-                f"images, in {space}; the real-vs-real row (test images 0–{n - 1} against "
-                f"{n}–{2 * n - 1}) is the FID that {n:,} images cannot get below.\n\n"
-                + "\n".join(ROWS_HEAD + rows) + "\n")
+        text = section(name, rows, n, features, command)
         print(text, flush=True)
         if args.write:
             write_section(f"latent_recon_{name.lower().replace('-', '')}", text)
