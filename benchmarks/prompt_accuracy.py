@@ -99,9 +99,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    classifier = "digits" if args.data == "digits" else "mnist"
-    if classifier == "mnist":
-        prepare_classifier("mnist", data=args.data)
     run_dir, train_s, train_cpu = args.run, None, None
     if run_dir is None:
         run_dir = Path(tempfile.mkdtemp(prefix="prompt-accuracy-")) / "run"
@@ -112,6 +109,10 @@ def main() -> None:
         train_s, train_cpu = time.perf_counter() - t0, children_cpu_seconds() - c0
     run = load_run(run_dir)
     latent = run.config.latent is not None
+    spec = run.config.data.spec
+    classifier = "digits" if spec == "digits" else "mnist"  # by the run's own data
+    if classifier == "mnist":
+        prepare_classifier("mnist", data=spec)
     digits = np.arange(10)
     rows = []
     t0 = time.perf_counter()
@@ -133,7 +134,6 @@ def main() -> None:
         lines.append(f"| {form} | {seen} | "
                      + " | ".join(f"{a:.2f} ± {se:.2f}" for a, se in cells) + " |")
     state = run.step
-    spec = run.config.data.spec
     ae = run.config.latent.autoencoder if latent else None
     trained = ("." if train_s is None else f"; training took {train_s:.0f} s wall, "
                f"{train_cpu:.0f} s CPU{' (latent encoding included)' if latent else ''}.")
