@@ -284,7 +284,7 @@ class AutoencoderTrainer:
                 opt.zero_grad(set_to_none=True)
                 if on:
                     d_loss = discriminator_step(adv, x, x_hat, lr, clip)
-                    adv_sums += [float(g_adv), float(d_loss), float(lam)]
+                    adv_sums += [float(g_adv.detach()), float(d_loss), float(lam)]
                     adv_count += 1
                 sums += [float(v.detach().mean()) for v in (loss, rec, kl)]
                 count += 1
