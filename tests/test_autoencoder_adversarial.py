@@ -186,3 +186,20 @@ def test_resume_with_the_term_is_exact(tmp_path):
     assert full == parts
     assert full[0]["d_loss"] is None and full[2]["d_loss"] is not None
     assert full[-1]["adaptive_weight"] > 0 and full[-1]["g_adv"] is not None
+
+
+def test_cli_flags_write_the_discriminator_and_guard_the_resume(tmp_path, capsys):
+    from noisecraft.cli import main
+
+    out = tmp_path / "ae"
+    assert main(["train-autoencoder", "--data", "digits", "--out", str(out), "--steps", "2",
+                 "--batch-size", "8", "--factor", "2", "--latent-channels", "2", "--log-every", "1",
+                 "--adversarial-weight", "0.5", "--adversarial-start", "1", "--sample-every", "0",
+                 "--no-progress"]) == 0
+    log = _log(out)
+    assert log[0]["d_loss"] is None and log[1]["d_loss"] > 0
+    assert load_file(out / ae_train.DISCRIMINATOR_OPTIMIZER)  # one D step: AdamW has state
+    capsys.readouterr()
+    assert main(["train-autoencoder", "--out", str(out), "--resume", "--steps", "3",
+                 "--adversarial-weight", "0"]) == 2
+    assert capsys.readouterr().err.startswith("noisecraft: error: --adversarial-weight 0")
