@@ -2,17 +2,18 @@
 patch-adversarial term against none.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/autoencoder_adversarial.py
-        [--data ../shared/data/mnist] [--steps 300] [--start 150] [--weight 0.5] [--write]
+        [--data ../shared/data/mnist] [--steps 300] [--start 150] [--weights 0,0.5] [--write]
 
 1. **Memory format**: the ae32 preset at f = 4, C = 4 (``--speed-base`` channels) on a batch of
    ``--speed-batch`` MNIST images, one thread: process CPU seconds of one training step (forward,
    L1 + KL backward, AdamW) and of a no-grad encode + decode, median of ``--repeats``, the two
    formats interleaved so that a change in the machine's load hits both alike.
 2. **Adversarial term**: the trainer itself, ``--steps`` steps at batch 32 (ae32, ``--base``
-   channels, f = 4, C = 4), once with ``--adversarial-weight 0`` and once with ``--weight`` from
-   step ``--start``; then on the first 1,000 MNIST *test* images the PSNR of the posterior-mean
-   reconstructions and their sharpness: mean |horizontal + vertical pixel difference| of the
-   reconstructions over that of the originals (1 = as sharp as the data, < 1 blurred).
+   channels, f = 4, C = 4), once per ``--adversarial-weight`` in ``--weights`` (0 = off; the
+   term from step ``--start``); then on the first 1,000 MNIST *test* images the PSNR of the
+   posterior-mean reconstructions and their sharpness: mean |horizontal + vertical pixel
+   difference| of the reconstructions over that of the originals (1 = as sharp as the data,
+   < 1 blurred).
 
 ``--write`` puts the tables into BENCHMARKS.md between this script's markers.
 """
@@ -106,7 +107,9 @@ def main() -> None:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--start", type=int, default=150, help="--adversarial-start of the GAN run")
-    p.add_argument("--weight", type=float, default=0.5, help="--adversarial-weight of the GAN run")
+    p.add_argument("--weights", default="0,0.5",
+                   help="comma-separated --adversarial-weight values, one run each "
+                   "(default %(default)s)")
     p.add_argument("--base", type=int, default=16, help="base channels of the trained autoencoders")
     p.add_argument("--speed-base", type=int, default=32)
     p.add_argument("--speed-batch", type=int, default=64)
@@ -140,7 +143,7 @@ def main() -> None:
                 f"{TEST_IMAGES} MNIST test images:", "",
                 "| adversarial term | CPU s | wall s | test PSNR (dB) | sharpness (recon / data) |",
                 "|---|---|---|---|---|"]
-        for weight in (0.0, args.weight):
+        for weight in (float(w) for w in args.weights.split(",")):
             out = root / f"w{weight}"
             r = train(pixels, args.data, out, args.steps, args.base, weight, args.start)
             rec = reconstruct(out, x)

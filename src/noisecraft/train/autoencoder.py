@@ -21,11 +21,12 @@ L_adv = −mean D(x̂) and taming's adaptive weight
 
 w the weight of the decoder's last convolution: the adversarial gradient reaching the output
 layer is a times as large as the reconstruction's, whatever the scale of either loss. Both
-updates use the same x̂ (one autoencoder forward per step). With a = 0 no D is built and the
-run is the plain one above.
+updates use the same x̂ (one autoencoder forward per step). log.jsonl's ``loss`` stays L; its
+``g_adv``, ``d_loss`` and ``adaptive_weight`` are the means of L_adv, L_D and λ over the logged
+steps (null before the start). With a = 0 no D is built and the run is the plain one above.
 
 The network, the discriminator and the batches are channels_last (MEMORY_FORMAT): the
-convolutions of this small net run faster so on a CPU (``benchmarks/autoencoder_memory_format.py``);
+convolutions of this small net run faster so on a CPU (``benchmarks/autoencoder_adversarial.py``);
 the values agree with contiguous ones to float rounding.
 
 The run directory has the layout of a diffusion run: ``config.json`` (AutoencoderRunConfig),
