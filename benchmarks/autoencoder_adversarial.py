@@ -6,8 +6,9 @@ patch-adversarial term against none.
 
 1. **Memory format**: the ae32 preset at f = 4, C = 4 (``--speed-base`` channels) on a batch of
    ``--speed-batch`` MNIST images, one thread: process CPU seconds of one training step (forward,
-   L1 + KL backward, AdamW) and of a no-grad encode + decode, median of ``--repeats``, the two
-   formats interleaved so that a change in the machine's load hits both alike.
+   L1 + KL backward, AdamW; with the adversarial term also its generator term, adaptive weight
+   and the discriminator's step) and of a no-grad encode + decode, median of ``--repeats``, the
+   cases interleaved so that a change in the machine's load hits all alike.
 2. **Adversarial term**: the trainer itself, ``--steps`` steps at batch 32 (ae32, ``--base``
    channels, f = 4, C = 4), once per ``--adversarial-weight`` in ``--weights`` (0 = off; the
    term from step ``--start``); then on the first 1,000 MNIST *test* images the PSNR of the
@@ -34,15 +35,21 @@ from _report import write_section
 from noisecraft import data
 from noisecraft.autoencoders import AutoencoderTrainConfig, load_autoencoder
 from noisecraft.nets.autoencoder import build_autoencoder
+from noisecraft.nets.discriminator import PatchDiscriminator, discriminator_for
 from noisecraft.train.autoencoder import (
+    DISCRIMINATOR_BETAS,
+    Adversary,
     AutoencoderTrainer,
-    ae_losses,
+    ae_loss_terms,
+    discriminator_step,
+    generator_objective,
     new_autoencoder_config,
     psnr,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_IMAGES = 1000
+ADVERSARIAL = "channels_last + adversarial term"
 
 
 def cpu_seconds() -> float:
@@ -56,8 +63,10 @@ def sharpness(x: torch.Tensor) -> torch.Tensor:
 
 
 def time_formats(x: torch.Tensor, base: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Median CPU seconds of a training step and of a no-grad encode + decode per format."""
-    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    """Median CPU seconds of a training step and of a no-grad encode + decode per format, and of
+    a channels_last step with the adversarial term (generator term + discriminator step)."""
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
+               ADVERSARIAL: torch.channels_last}
     nets, opts, batches = {}, {}, {}
     for name, fmt in formats.items():
         torch.manual_seed(0)
@@ -65,15 +74,23 @@ def time_formats(x: torch.Tensor, base: int, repeats: int) -> dict[str, dict[str
                                        base_channels=base).to(memory_format=fmt)
         opts[name] = torch.optim.AdamW(nets[name].parameters(), lr=1e-4)
         batches[name] = x.contiguous(memory_format=fmt)
+    disc = PatchDiscriminator(**discriminator_for(nets[ADVERSARIAL].config))
+    adv = Adversary(disc.to(memory_format=torch.channels_last),
+                    torch.optim.AdamW(disc.parameters(), lr=1e-4, betas=DISCRIMINATOR_BETAS))
     times: dict[str, dict[str, list[float]]] = {n: {"step": [], "inference": []} for n in formats}
     for i in range(repeats + 1):  # the first round warms up and is dropped
         for name in formats:
             net, opt, xb = nets[name], opts[name], batches[name]
             c0 = cpu_seconds()
-            loss = ae_losses(net, xb, 1e-4, "l1", None)[0].mean()
+            x_hat, mean, logvar = net(xb)
+            loss = ae_loss_terms(xb, x_hat, mean, logvar, 1e-4, "l1")[0].mean()
+            if name == ADVERSARIAL:
+                loss = generator_objective(loss, x_hat, disc, net.decoder[-1].weight, 0.5)[0]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if name == ADVERSARIAL:
+                discriminator_step(adv, xb, x_hat, 1e-4, 1.0)
             c1 = cpu_seconds()
             with torch.no_grad():
                 net.decode(net.encode(xb)[0])
@@ -120,16 +137,17 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     pixels = data.load(args.data, shuffle=False)
-    head = (f"2-core CPU, shared, 1 thread, torch {torch.__version__}, "
-            f"{datetime.date.today().isoformat()}")
-    tables = [head]
+    today = datetime.date.today().isoformat()
+    tables = [f"## Autoencoder: channels_last and the adversarial term "
+              f"(`benchmarks/autoencoder_adversarial.py`) — {today}",
+              f"2-core CPU, shared, 1 thread, torch {torch.__version__}"]
 
     if not args.skip_speed:
         x = torch.stack([pixels[i]["x"] for i in range(args.speed_batch)])
         t = time_formats(x, args.speed_base, args.repeats)
         rows = [f"ae32 (base {args.speed_base}), f = 4, C = 4, batch {args.speed_batch}, median CPU s "
                 f"of {args.repeats}:", "",
-                "| memory format | training step (s) | no-grad encode + decode (s) |",
+                "| case | training step (s) | no-grad encode + decode (s) |",
                 "|---|---|---|"]
         rows += [f"| {n} | {v['step']:.3f} | {v['inference']:.3f} |" for n, v in t.items()]
         tables.append("\n".join(rows))
