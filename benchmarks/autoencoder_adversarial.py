@@ -12,9 +12,9 @@ patch-adversarial term against none.
 2. **Adversarial term**: the trainer itself, ``--steps`` steps at batch 32 (ae32, ``--base``
    channels, f = 4, C = 4), once per ``--adversarial-weight`` in ``--weights`` (0 = off; the
    term from step ``--start``); then on the first 1,000 MNIST *test* images the PSNR of the
-   posterior-mean reconstructions and their sharpness: mean |horizontal + vertical pixel
-   difference| of the reconstructions over that of the originals (1 = as sharp as the data,
-   < 1 blurred).
+   posterior-mean reconstructions and their sharpness: mean |horizontal neighbour difference| +
+   mean |vertical neighbour difference| of the reconstructions over that of the originals
+   (1 = as much edge as the data, < 1 blurred, > 1 edges the data lacks).
 
 ``--write`` puts the tables into BENCHMARKS.md between this script's markers.
 """
