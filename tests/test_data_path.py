@@ -211,8 +211,8 @@ def test_map_style_workers_persist_across_epochs_with_the_same_batches():
     assert len(pids) == 2 and os.getpid() not in pids  # two workers, kept for three epochs
     # Each worker flipped under the epoch its keys carried: a picture's flip changes between
     # epochs for some pictures (the ≥ 16 seen in both epochs all alike by chance: 2^-16).
-    by_epoch = [{int(i): x for b in got[4 * e:4 * e + 4] for i, x in zip(b["label"], b["x"])}
-                for e in range(2)]
+    by_epoch = [{int(i): x for b in got[4 * e:4 * e + 4]
+                 for i, x in zip(b["label"], b["x"], strict=True)} for e in range(2)]
     common = by_epoch[0].keys() & by_epoch[1].keys()
     changed = [not torch.equal(by_epoch[0][i], by_epoch[1][i]) for i in common]
     assert len(common) >= 16 and any(changed) and not all(changed)
