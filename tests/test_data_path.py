@@ -20,11 +20,11 @@ from noisecraft.data import cache as shard_cache
 from noisecraft.data import load, shards
 from noisecraft.train.batches import BatchStream
 
-N_SHARDS, PER_SHARD, SIDE = 4, 10, 6
+N_SHARDS, PER_SHARD, SIDE = 4, 10, 8
 
 
 def picture(i):
-    """An asymmetric 6x6 RGB picture per index, so a flip changes it."""
+    """An asymmetric 8x8 RGB picture per index, so a flip changes it."""
     return np.random.default_rng(i).integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
 
 
@@ -236,3 +236,26 @@ def test_resume_mid_epoch_2_with_workers_and_cache_continues_the_same_stream(tmp
     again.seek(2, 1)
     for a, b in zip(ref[9:], take(again, 3), strict=True):
         assert torch.equal(a["x"], b["x"])
+
+
+@pytest.mark.slow
+def test_training_on_shards_with_workers_and_cache_resumes_bit_for_bit(tmp_path):
+    # The trainer's own stream: 2 persistent workers over the cache, flips on; 4 batches of 8
+    # an epoch (each worker: 2 shards, 20 samples, 2 full batches), so 10 steps run into epoch 2
+    # and the resume starts in epoch 1, batch 2.
+    import safetensors.torch
+
+    from noisecraft.train import TrainConfig, new_run_config
+    from train_helpers import SMALL_UNET, train
+
+    folder = make_shards(tmp_path)
+    dataset = load(folder, flip=True, seed=1)
+    tc = TrainConfig(steps=10, batch_size=8, lr=1e-3, warmup=1, log_every=1, sample_every=0,
+                     checkpoint_every=0, ema_decay=0.8, num_workers=2, seed=1)
+    config = new_run_config(dataset, folder, net="tiny", net_overrides=SMALL_UNET, T=50, train=tc)
+    train(tmp_path / "straight", config, dataset)
+    train(tmp_path / "resumed", config, dataset, stop_at=6)
+    train(tmp_path / "resumed", config, dataset, resume=True)
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a, b = (safetensors.torch.load_file(tmp_path / run / name) for run in ("straight", "resumed"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
