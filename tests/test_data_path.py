@@ -138,6 +138,42 @@ def test_cache_limit_is_shared_by_the_processes_of_a_node(monkeypatch):
     assert shard_cache.cache_limit() == 512 << 20  # 2 GiB over 4 ranks
 
 
+def resized_pictures(flip=True):
+    """30 asymmetric 10x10 RGB pictures served at 8x8 grey: each item is resized and converted."""
+    from noisecraft.data.datasets import ArrayImageDataset
+
+    images = np.stack([np.random.default_rng(i).integers(0, 256, (10, 10, 3), dtype=np.uint8)
+                       for i in range(30)])
+    return ArrayImageDataset(images, source="pictures", labels=np.arange(30), channels=1,
+                             image_size=8, flip=flip)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prepared_pictures_give_the_same_batches_and_resize_once(workers, monkeypatch):
+    from noisecraft.data import datasets
+
+    calls = [0]
+    real = datasets.prepare_array
+
+    def counting(a, pre):
+        calls[0] += 1
+        return real(a, pre)
+
+    monkeypatch.setattr(datasets, "prepare_array", counting)
+    expected = take(BatchStream(resized_pictures(), 7, seed=3, cache=False), 12)  # 4 an epoch
+    assert calls[0] == 12 * 7  # every item resized, every epoch
+    calls[0] = 0
+    stream = BatchStream(resized_pictures(), 7, seed=3, num_workers=workers)
+    got = take(stream, 12)
+    assert stream.dataset._as_is and stream.dataset.images.shape == (30, 8, 8, 1)
+    assert calls[0] == 0  # the cache resized through transforms.prepare_array, once per picture
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a["label"], b["label"]) and torch.equal(a["x"], b["x"])
+    over = resized_pictures()
+    assert shard_cache.prepared(over, limit=30 * 64 - 1) is None
+    assert shard_cache.prepared(over, limit=30 * 64).images.nbytes == 30 * 64
+
+
 class EpochStream(IterableDataset):
     """Items (epoch, index, worker pid), the indices split over workers; ``set_epoch`` like
     ShardDataset. A worker that kept the epoch it started with would repeat epoch 0."""
@@ -258,3 +294,12 @@ def test_training_on_shards_with_workers_and_cache_resumes_bit_for_bit(tmp_path)
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
         a, b = (safetensors.torch.load_file(tmp_path / run / name) for run in ("straight", "resumed"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pinned_batches_from_persistent_workers_are_the_same_batches(tmp_path):
+    folder = make_shards(tmp_path)
+    expected = take(BatchStream(load(folder, flip=True), 4, num_workers=2), 25)
+    pinned = take(BatchStream(load(folder, flip=True), 4, num_workers=2, pin_memory=True), 25)
+    assert all(b["x"].is_pinned() for b in pinned)
+    assert_same(expected, pinned)

@@ -1,5 +1,6 @@
-"""Decoded pictures of a set of WebDataset shards, held in memory so each epoch after the first
-skips tar, gzip and image decoding.
+"""Decoded pictures held in memory, so that epochs skip the work that is the same every epoch:
+tar, gzip and image decoding for WebDataset shards, resizing and channel conversion for
+in-memory pictures that are not already of the model's shape.
 
 `build_shard_cache` decodes every shard once (in parallel over DataLoader workers, whole shards
 each) into one uint8 tensor (N, H, W, C): the pictures after steps 1-2 of `Preprocess`
@@ -17,6 +18,11 @@ before anything is decoded, from the first shard's sample count and the shards' 
 (shards of similar size, as `noisecraft.data.shards` asks), and again as each shard arrives:
 a dataset over the limit is read from its shards every epoch, holding at most one decoded shard
 beyond the limit.
+
+Map-style pictures (`ArrayImageDataset`: IDX, .npz, digits) are decoded already; when each item
+is resized or converted (``image_size``, ``channels``), `prepared` does that once for all of them
+under the same limit (their count is known, so it is checked before allocating), and every item
+is then scaled and flipped as before: the same bits under the same per-example seeds.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
+from .datasets import ArrayImageDataset
 from .limits import physical_memory
 from .shards import _SHARD_ERRORS, ShardDataset, corrupt_shard, shard_samples
+from .transforms import prepare_array
 
 MAX_CACHE_BYTES = 2 << 30
 MEMORY_FRACTION = 4  # of physical memory, over all processes on one machine
@@ -176,9 +184,48 @@ def build_shard_cache(dataset: ShardDataset, *, num_workers: int = 0,
     return ShardCache(pixels, torch.tensor(labels, dtype=torch.int64), captions, keys, shards, bad)
 
 
+class _Prepared(Dataset):
+    """``[k]`` is chunk k of an `ArrayImageDataset`'s pictures after steps 1-2 of `Preprocess`."""
+
+    CHUNK = 1024
+
+    def __init__(self, dataset: ArrayImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.CHUNK)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        images, pre = self.dataset.images, self.dataset.preprocess
+        rows = range(k * self.CHUNK, min((k + 1) * self.CHUNK, len(images)))
+        return np.stack([prepare_array(images[i], pre) for i in rows])
+
+
+def prepared(dataset: ArrayImageDataset, *, num_workers: int = 0,
+             limit: int | None = None) -> ArrayImageDataset | None:
+    """A copy of ``dataset`` holding its pictures already resized and converted, or None when
+    they exceed ``limit`` bytes (default `cache_limit`)."""
+    limit = cache_limit() if limit is None else limit
+    c, h, w = dataset.preprocess.shape
+    n = len(dataset)
+    if n * c * h * w > limit:
+        return None
+    images = np.empty((n, h, w, c), np.uint8)
+    chunks = DataLoader(_Prepared(dataset), batch_size=None, num_workers=num_workers,
+                        collate_fn=_as_is)
+    for k, chunk in enumerate(chunks):
+        images[k * _Prepared.CHUNK:k * _Prepared.CHUNK + len(chunk)] = chunk
+    out = copy.copy(dataset)
+    out.images, out._as_is = images, True
+    return out
+
+
 def cached(dataset: Any, *, num_workers: int = 0, limit: int | None = None) -> Any:
-    """A copy of ``dataset`` reading its decoded pictures from memory, when it is a
-    `ShardDataset` whose pictures fit in ``limit``; otherwise ``dataset`` itself."""
+    """A copy of ``dataset`` reading its decoded (and, for in-memory pictures, resized) pictures
+    from memory when they fit in ``limit``; otherwise, or when there is nothing to save,
+    ``dataset`` itself."""
+    if isinstance(dataset, ArrayImageDataset) and not dataset._as_is:
+        return prepared(dataset, num_workers=num_workers, limit=limit) or dataset
     if not isinstance(dataset, ShardDataset) or dataset.cache is not None:
         return dataset
     cache = build_shard_cache(dataset, num_workers=num_workers, limit=limit)
