@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from noisecraft.data import decode, load
+from noisecraft.data.datasets import ArrayImageDataset
 from noisecraft.data.shards import shard_samples
 from noisecraft.data.transforms import Preprocess, pil_to_array, scale_to_unit
 from noisecraft.train.batches import BatchStream, _SeededExamples
@@ -230,7 +231,16 @@ def path_table(data: str, epochs: int = 3) -> str:
     first = lambda: Subset(load(mnist), range(20_000))  # noqa: E731
     for path in ("fresh DataLoader per epoch", "persistent workers"):
         add("MNIST IDX (first 20,000, map-style)", path, first, 2)
+    for path in ("fresh DataLoader per epoch", "persistent workers",
+                 "persistent workers + cache"):
+        add("MNIST IDX (first 20,000) resized to 32×32", path, lambda: first_resized(mnist), 2)
     return "\n".join(lines)
+
+
+def first_resized(mnist: str, n: int = 20_000) -> ArrayImageDataset:
+    """The first ``n`` MNIST training digits served at 32×32 (each item resized by Pillow)."""
+    full = load(mnist)
+    return ArrayImageDataset(full.images[:n], source=mnist, labels=full.labels[:n], image_size=32)
 
 
 def main() -> None:

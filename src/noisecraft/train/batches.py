@@ -17,9 +17,10 @@ With DataLoader workers the stream keeps one loader, and its workers, for the wh
 - iterable data with ``set_epoch``: ``persistent_workers`` restart their pass at each epoch and
   read its number from a tensor in shared memory that the main process sets before the pass
   begins (a worker's copy of the dataset is taken once, at worker start, so it cannot carry it).
-Batches are pinned (``pin_memory``) for a CUDA device. WebDataset shards whose decoded pictures
-fit in memory are decoded once, before the first batch (`noisecraft.data.cache`); the batches
-are bit-identical to those read from the shards.
+Batches are pinned (``pin_memory``) for a CUDA device. Before the first batch, WebDataset shards
+whose decoded pictures fit in memory are decoded once, and in-memory pictures that each item
+would resize or convert are prepared once (`noisecraft.data.cache`); the batches are
+bit-identical to those made without it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from ..data.cache import cached
 from ..errors import DataError
 from ..seeding import derive_seed
 
-# Batches each worker keeps ready (torch's default): the queue stays full across epoch ends, so a
-# deeper one would only buy smoothing of uneven decode times, at workers × batches of memory.
+# Batches each worker keeps ready (torch's default). Map-style data keeps the queue full across
+# epoch ends; a deeper one would only smooth uneven load times, at workers × batches of memory.
 PREFETCH_FACTOR = 2
 
 
@@ -97,8 +98,8 @@ class _EpochFromMain(IterableDataset):
 class BatchStream:
     """``next(stream)`` is the next batch: ``{"x": (B, …), "label": (B,), "caption": [...], …}``.
 
-    ``cache``: decode WebDataset shards once into memory when they fit (`noisecraft.data.cache`);
-    it changes no batch, only the time an epoch takes.
+    ``cache``: decode shards (or resize in-memory pictures) once, when they fit in memory
+    (`noisecraft.data.cache`); it changes no batch, only the time an epoch takes.
     """
 
     def __init__(self, dataset: Dataset | IterableDataset, batch_size: int, *, rank: int = 0,
