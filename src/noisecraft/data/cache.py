@@ -126,6 +126,14 @@ class _Shards(Dataset):
         return _decode_shard(self.dataset, self.dataset.shards[k])
 
 
+def _loader(dataset: Dataset, num_workers: int) -> DataLoader:
+    """A loader of whole shards or chunks. Its own generator: without one, starting it draws the
+    workers' base seed from torch's global RNG, which the trainer checkpoints for dropout, so a
+    cache built at a resumed run's first step would shift every later dropout mask."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                      generator=torch.Generator().manual_seed(0))
+
+
 def _as_is(item: Any) -> Any:
     # No default_convert: numpy arrays come back pickled into ordinary memory, where tensors
     # would each hold a shared-memory file descriptor until the cache is assembled.
@@ -152,8 +160,7 @@ def build_shard_cache(dataset: ShardDataset, *, num_workers: int = 0,
     limit = cache_limit() if limit is None else limit
     if estimate_bytes(dataset) > limit:
         return None
-    loader = DataLoader(_Shards(dataset), batch_size=None, num_workers=num_workers,
-                        collate_fn=_as_is)
+    loader = _loader(_Shards(dataset), num_workers)
     parts, total = [], 0
     for part in loader:
         total += part["pixels"].nbytes
@@ -211,8 +218,7 @@ def prepared(dataset: ArrayImageDataset, *, num_workers: int = 0,
     if n * c * h * w > limit:
         return None
     images = np.empty((n, h, w, c), np.uint8)
-    chunks = DataLoader(_Prepared(dataset), batch_size=None, num_workers=num_workers,
-                        collate_fn=_as_is)
+    chunks = _loader(_Prepared(dataset), num_workers)
     for k, chunk in enumerate(chunks):
         images[k * _Prepared.CHUNK:k * _Prepared.CHUNK + len(chunk)] = chunk
     out = copy.copy(dataset)
