@@ -234,6 +234,10 @@ def path_table(data: str, epochs: int = 3) -> str:
     for path in ("fresh DataLoader per epoch", "persistent workers",
                  "persistent workers + cache"):
         add("MNIST IDX (first 20,000) resized to 32×32", path, lambda: first_resized(mnist), 2)
+    lines.append(f"\nLoad average {os.getloadavg()[0]:.1f} at the end. Epoch 1 of a cache row "
+                 "includes building the cache. On a shared machine the wall rates move with the "
+                 "other processes' load; images per CPU-s moves less.")
+    print(lines[-1])
     return "\n".join(lines)
 
 
