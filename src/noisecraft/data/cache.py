@@ -13,7 +13,8 @@ skipped at the same places; without ``skip_bad`` the first one is an error befor
 
 Limit (`cache_limit`): at most ``MAX_CACHE_BYTES`` (2 GiB) per process and a quarter of this
 machine's memory shared by the processes of a node (``LOCAL_WORLD_SIZE`` under torchrun). Each
-rank keeps every shard, since the shards a rank reads change each epoch. The size is checked
+rank keeps every shard, since the shards a rank reads change each epoch (so under DDP the build
+costs a rank one pass over all shards, world-size times its share of an epoch). The size is checked
 before anything is decoded, from the first shard's sample count and the shards' file sizes
 (shards of similar size, as `noisecraft.data.shards` asks), and again as each shard arrives:
 a dataset over the limit is read from its shards every epoch, holding at most one decoded shard
