@@ -136,6 +136,9 @@ def test_cache_limit_is_shared_by_the_processes_of_a_node(monkeypatch):
     assert shard_cache.cache_limit() == 2 << 30  # a quarter of 8 GiB, and at most 2 GiB
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert shard_cache.cache_limit() == 512 << 20  # 2 GiB over 4 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "four")
+    with pytest.raises(ValueError, match="LOCAL_WORLD_SIZE must be a positive integer, got 'four'"):
+        shard_cache.cache_limit()
 
 
 def resized_pictures(flip=True):

@@ -51,7 +51,10 @@ MEMORY_FRACTION = 4  # of physical memory, over all processes on one machine
 def cache_limit() -> int:
     """The bytes of decoded pictures this process may hold (module docstring)."""
     memory = physical_memory()
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    text = os.environ.get("LOCAL_WORLD_SIZE") or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"LOCAL_WORLD_SIZE must be a positive integer, got {text!r}")
+    local = int(text)
     share = MAX_CACHE_BYTES if memory is None else memory // MEMORY_FRACTION // local
     return min(MAX_CACHE_BYTES, share)
 
