@@ -110,8 +110,8 @@ def test_cache_skips_a_dataset_over_the_limit_without_decoding_it(tmp_path, deco
     folder = make_shards(tmp_path)
     ds = load(folder)
     size = N_SHARDS * PER_SHARD * SIDE * SIDE * 3
-    # The first shard's count (10) scaled by file sizes; the shards of random pictures differ in
-    # size by a few hundred bytes in ~5 KiB, so the estimate is close but not exact.
+    # The first shard's count (10) scaled by file sizes; gzip shards of random pictures differ
+    # slightly in size, so the estimate is close but not exact.
     assert abs(shard_cache.estimate_bytes(ds) - size) < 0.05 * size
     decodes[0] = 0
     assert shard_cache.build_shard_cache(ds, limit=size // 2) is None
