@@ -12,11 +12,19 @@ noisecraft.data.tar and simplejpeg), under the same load. The component rows spl
 CPU cost into tar + gzip, JPEG decoding and scaling, old way and new.
 ``--write`` puts the table, with date, machine and versions, into BENCHMARKS.md between
 ``<!-- data_loading -->`` markers.
+
+The data-path table (``<!-- data_path -->``; ``--path-only`` runs just that one) follows the
+trainer's `BatchStream` over several epochs, each epoch's wall time from the last batch of the
+one before, worker start-up included: a fresh DataLoader per epoch (the stream before
+persistent workers), persistent workers, and persistent workers over the decoded-picture cache
+(built before the first batch, so epoch 1 includes it). Images per CPU-second are over all the
+epochs, taken once the workers have exited.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import io
 import os
@@ -37,8 +45,10 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from noisecraft.data import decode, load
+from noisecraft.data.datasets import ArrayImageDataset
 from noisecraft.data.shards import shard_samples
 from noisecraft.data.transforms import Preprocess, pil_to_array, scale_to_unit
+from noisecraft.train.batches import BatchStream, _SeededExamples
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
@@ -153,10 +163,95 @@ def table(data: str) -> str:
     return "\n".join(lines)
 
 
+def epoch_times(batches, epoch_of, epochs: int) -> list[tuple[int, float]]:
+    """(images, wall s) of each epoch: from the end of the one before (or the start) to its last
+    batch; the first batch of epoch ``epochs`` ends the run."""
+    out, n, start = [], 0, time.perf_counter()
+    last = start
+    for batch in batches:
+        e = epoch_of()
+        if e > len(out):
+            out.append((n, last - start))
+            n, start = 0, last
+            if len(out) == epochs:
+                break
+        n += batch["x"].shape[0]
+        last = time.perf_counter()
+    return out
+
+
+def fresh_loaders(dataset, *, workers: int, batch_size: int, epochs: int):
+    """The stream as it was: a new DataLoader, and new workers, for every epoch."""
+    state = {"epoch": 0}
+    stream = BatchStream(dataset, batch_size, num_workers=workers, cache=False)
+
+    def batches():
+        for e in range(epochs + 1):
+            state["epoch"] = e
+            if stream.map_style:
+                loader = DataLoader(_SeededExamples(dataset, 0), batch_sampler=stream._batches(e),
+                                    num_workers=workers)
+            else:
+                dataset.set_epoch(e)
+                loader = DataLoader(dataset, batch_size=batch_size, drop_last=True,
+                                    num_workers=workers)
+            yield from loader
+    return batches(), lambda: state["epoch"]
+
+
+def path_table(data: str, epochs: int = 3) -> str:
+    cifar, mnist = os.path.join(data, "cifar10"), os.path.join(data, "mnist")
+    lines = [f"| data | path | workers | {' | '.join(f'epoch {e + 1} images/s' for e in range(epochs))}"
+             " | images per CPU-s |", "|---|---|---:|" + "---:|" * (epochs + 1)]
+    print("\n".join(lines), flush=True)
+
+    def add(name: str, path: str, make, workers: int) -> None:
+        cpu = cpu_seconds()
+        if path == "fresh DataLoader per epoch":
+            batches, epoch_of = fresh_loaders(make(), workers=workers, batch_size=256,
+                                              epochs=epochs)
+            times = epoch_times(batches, epoch_of, epochs)
+            batches.close()
+        else:
+            stream = BatchStream(make(), 256, num_workers=workers, cache="cache" in path)
+            times = epoch_times(stream, lambda: stream.state()["epoch"], epochs)
+            stream.close()
+        gc.collect()  # the workers exit, so RUSAGE_CHILDREN holds their time
+        cpu = cpu_seconds() - cpu
+        total = sum(n for n, _ in times)
+        rates = " | ".join(f"{n / wall:,.0f}" for n, wall in times)
+        lines.append(f"| {name} | {path} | {workers} | {rates} | {total / cpu:,.0f} |")
+        print(lines[-1], flush=True)
+
+    shards = "CIFAR-10 train shards (10,000 JPEG)"
+    for workers in (2, 0):
+        paths = ["fresh DataLoader per epoch", "persistent workers", "persistent workers + cache"]
+        for path in paths if workers else ["in process", "in process + cache"]:
+            add(shards, path, lambda: load(cifar, seed=0), workers)
+    first = lambda: Subset(load(mnist), range(20_000))  # noqa: E731
+    for path in ("fresh DataLoader per epoch", "persistent workers"):
+        add("MNIST IDX (first 20,000, map-style)", path, first, 2)
+    for path in ("fresh DataLoader per epoch", "persistent workers",
+                 "persistent workers + cache"):
+        add("MNIST IDX (first 20,000) resized to 32×32", path, lambda: first_resized(mnist), 2)
+    lines.append(f"\nLoad average {os.getloadavg()[0]:.1f} at the end. Epoch 1 of a cache row "
+                 "includes building the cache. On a shared machine the wall rates move with the "
+                 "other processes' load; images per CPU-s moves less.")
+    print(lines[-1])
+    return "\n".join(lines)
+
+
+def first_resized(mnist: str, n: int = 20_000) -> ArrayImageDataset:
+    """The first ``n`` MNIST training digits served at 32×32 (each item resized by Pillow)."""
+    full = load(mnist)
+    return ArrayImageDataset(full.images[:n], source=mnist, labels=full.labels[:n], image_size=32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument("--path-only", action="store_true", help="only the data-path table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     header = (f"## Data loading — {date.today()}\n\n{platform.processor() or platform.machine()}, "
@@ -166,9 +261,16 @@ def main() -> None:
               f"simplejpeg {getattr(decode.simplejpeg, '__version__', 'not installed')}; batch 256.\n"
               f"Command: `.venv/bin/python benchmarks/data_loading.py`\n")
     print(header)
-    body = table(args.data)
+    if not args.path_only:
+        body = table(args.data)
+        if args.write:
+            write_section("data_loading", header + "\n" + body)
+    path_header = header.replace("## Data loading", "## Data path: persistent workers and the "
+                                 "decoded-picture cache").replace(
+        "data_loading.py`", "data_loading.py --path-only`")
+    path = path_table(args.data)
     if args.write:
-        write_section("data_loading", header + "\n" + body)
+        write_section("data_path", path_header + "\n" + path)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ denoising-diffusion-pytorch — ``GaussianDiffusion(...)(x)`` (its loss), backwa
 an EMA by per-tensor lerp (what ema_pytorch does; ema_pytorch itself is not installed). On CUDA
 every library runs under the same bf16 autocast (``--no-bf16`` for float32/TF32), inputs in
 channels_last for noisecraft (its trainer's default). One evaluation is one no-grad forward at
-``--eval-batch``.
+``--eval-batch``; noisecraft's evaluation net is held in channels_last on every device, as
+``load_run`` holds it for sampling (``run.INFERENCE_MEMORY_FORMAT``), the peers' in their default
+layout. On the CPU a second table gives the same calls in process CPU time.
 
 Timing is interleaved: ``--rounds`` rounds, each timing ``--steps`` steps of every model in
 turn, and the table shows medians over rounds, so a load change on a shared machine hits all
@@ -57,6 +59,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from noisecraft import Denoiser, Schedule, losses, nets
+from noisecraft.run import INFERENCE_MEMORY_FORMAT
 from noisecraft.train import EMA, accel
 
 SIZES = {"large": 128, "small": 32}     # noisecraft/diffusers base channels; ddp dim = base / 2
@@ -78,6 +81,8 @@ class Case:
     compiled: bool = False
     train_s: list[float] = field(default_factory=list)
     eval_s: list[float] = field(default_factory=list)
+    train_cpu: list[float] = field(default_factory=list)   # process CPU-seconds, same calls
+    eval_cpu: list[float] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -113,6 +118,9 @@ def noisecraft_case(size: str, dev: torch.device, batch: int, eval_batch: int, a
         with torch.no_grad(), _autocast(dev, amp):
             ema_model(xe, te)
 
+    # Evaluation holds the net as load_run does for sampling (run.INFERENCE_MEMORY_FORMAT);
+    # the EMA's lerp is stride-aware, so the average keeps updating in that layout.
+    ema.net.to(memory_format=INFERENCE_MEMORY_FORMAT)
     ema_model = accel.CompiledOrEager(ema.net) if compile_net else ema.net
     return Case("noisecraft", size, net, train_step, evaluate)
 
@@ -225,12 +233,18 @@ def _sync(dev: torch.device) -> None:
 
 
 def _seconds(fn: Callable[[], None], repeats: int, dev: torch.device) -> float:
+    return _timed(fn, repeats, dev)[0]
+
+
+def _timed(fn: Callable[[], None], repeats: int, dev: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU-seconds) per call. On a shared CPU the wall clock also counts
+    the other tenants' time slices; the CPU time of this process does not."""
     _sync(dev)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         fn()
     _sync(dev)
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / repeats, (time.process_time() - cpu) / repeats
 
 
 def _flops(fn: Callable[[], None]) -> float:
@@ -246,7 +260,10 @@ def matmul_rate(dev: torch.device) -> tuple[float, str]:
     b = torch.randn(n, n, device=dev, dtype=dtype)
     a @ b
     repeats = 10 if dev.type == "cuda" else 3
-    seconds = _seconds(lambda: a @ b, repeats, dev)
+    wall, cpu = _timed(lambda: a @ b, repeats, dev)
+    # On the CPU in process CPU time, as the MFU column then divides CPU-time throughput by it:
+    # a wall-clock rate taken while other tenants run is too low and puts MFU above 100 %.
+    seconds = wall if dev.type == "cuda" else cpu
     return 2 * n**3 / seconds, f"{n}³ {str(dtype).removeprefix('torch.')} matmul"
 
 
@@ -306,8 +323,12 @@ def main() -> None:
     rate, rate_what = matmul_rate(dev)
     for _ in range(args.rounds):          # interleaved: every model once per round
         for case in cases:
-            case.train_s.append(_seconds(case.train_step, steps, dev))
-            case.eval_s.append(_seconds(case.evaluate, steps, dev))
+            wall, cpu = _timed(case.train_step, steps, dev)
+            case.train_s.append(wall)
+            case.train_cpu.append(cpu)
+            wall, cpu = _timed(case.evaluate, steps, dev)
+            case.eval_s.append(wall)
+            case.eval_cpu.append(cpu)
 
     rows = []
     for case in cases:
@@ -316,13 +337,18 @@ def main() -> None:
         rows.append({"library": case.library, "size": case.size, "compiled": case.compiled,
                      "params": case.params,
                      "img_per_s": img_s, "eval_ms": eval_s * 1e3, "peak_mib": case.peak_mib,
+                     "img_per_cpu_s": batch / statistics.median(case.train_cpu),
+                     "eval_cpu_ms": statistics.median(case.eval_cpu) * 1e3,
                      "gflop_train_per_img": case.flops_train / 1e9,
-                     "mfu": img_s * case.flops_train / rate})
+                     "mfu": (img_s if gpu else batch / statistics.median(case.train_cpu))
+                     * case.flops_train / rate})
     for row in rows:   # relative to diffusers' row of the same size, compiled or not alike
         ref = next((r for r in rows if r["library"].startswith("diffusers")
                     and (r["size"], r["compiled"]) == (row["size"], row["compiled"])), None)
         row["vs_diffusers"] = row["img_per_s"] / ref["img_per_s"] if ref else None
         row["eval_vs_diffusers"] = ref["eval_ms"] / row["eval_ms"] if ref else None
+        row["cpu_vs_diffusers"] = row["img_per_cpu_s"] / ref["img_per_cpu_s"] if ref else None
+        row["eval_cpu_vs_diffusers"] = ref["eval_cpu_ms"] / row["eval_cpu_ms"] if ref else None
 
     load = os.getloadavg()[0]
     device_name = torch.cuda.get_device_name(dev) if gpu else _cpu_name()
@@ -332,7 +358,8 @@ def main() -> None:
               f"thread(s), load average {load:.1f} at the end · {', '.join(versions)} · Python "
               f"{platform.python_version()} · {'bf16 autocast' if amp else 'float32'} · train batch "
               f"{batch}, eval batch {eval_batch}, {steps} steps × {args.rounds} interleaved rounds, "
-              f"medians · MFU against a {rate_what} at {rate / 1e9:,.1f} GFLOP/s measured here")
+              f"medians · MFU against a {rate_what} at {rate / 1e9:,.1f} GFLOP/s measured here"
+              + (" (CPU: both in process CPU time)" if not gpu else ""))
     lines = ["| network | library | parameters | train img/s | × diffusers | eval ms | "
              "× diffusers (eval) | peak MiB | train GFLOP/img | MFU |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -342,6 +369,14 @@ def main() -> None:
             f"{_x(r['vs_diffusers'])} | {r['eval_ms']:.1f} | {_x(r['eval_vs_diffusers'])} | "
             f"{_mib(r['peak_mib'])} | "
             f"{r['gflop_train_per_img']:.2f} | {100 * r['mfu']:.1f} % |")
+    if not gpu:   # the same calls in process CPU time: what a loaded machine does not distort
+        lines += ["", "The same calls in CPU time of this process (one thread: the work itself, "
+                  "whatever else the machine was running):", "",
+                  "| network | library | train img/CPU-s | × diffusers | eval CPU-ms | "
+                  "× diffusers (eval) |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['size']} | {r['library']} | {r['img_per_cpu_s']:.2f} | "
+                  f"{_x(r['cpu_vs_diffusers'])} | {r['eval_cpu_ms']:.1f} | "
+                  f"{_x(r['eval_cpu_vs_diffusers'])} |" for r in rows]
     command = "`.venv/bin/python benchmarks/throughput.py " + " ".join(sys.argv[1:]) + "`"
     text = "\n".join([f"## Throughput against the peers ({dev.type})", "", header, "",
                       f"Command: {command}", "", *lines, *([""] + notes if notes else [])])

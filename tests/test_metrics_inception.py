@@ -82,3 +82,39 @@ def test_mnist_test_vs_train_is_far_below_mnist_vs_noise(shared_data):
                                 for a in (train, test, noise))
     near, far = fid_from_features(f_test, f_train), fid_from_features(f_noise, f_train)
     assert near * 3 < far
+
+
+def test_preprocess_runs_on_the_given_device():
+    """The uint8 pictures move first and the resize happens on the device (here the meta device,
+    which computes shapes only: a resize done on the CPU and moved afterwards would arrive as a
+    CPU tensor converted at the end, and its input would be the float 299² tensor, not uint8)."""
+    images = np.zeros((2, 28, 28, 1), np.uint8)
+    x = inception.preprocess(images, "meta")
+    assert x.device.type == "meta" and x.shape == (2, 3, 299, 299) and x.dtype == torch.float32
+
+
+def test_features_run_where_asked(monkeypatch):
+    seen = []
+
+    class Fake(torch.nn.Module):
+        def forward(self, x):
+            seen.append((x.device.type, tuple(x.shape)))
+            return torch.zeros(len(x), 2048)   # the meta device has no values to return
+
+    monkeypatch.setattr(inception, "load_inception", lambda weights=None: Fake())
+    from noisecraft.metrics.features import extract_features
+
+    feats = extract_features(np.zeros((3, 8, 8, 3), np.uint8), "inception", batch_size=2,
+                             device="meta")
+    assert feats.shape == (3, 2048)
+    assert seen == [("meta", (2, 3, 299, 299)), ("meta", (1, 3, 299, 299))]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_fid_cli_refuses_an_absent_device(tmp_path, capsys):
+    from noisecraft.cli import main
+
+    np.savez(tmp_path / "a.npz", images=np.zeros((2, 8, 8, 3), np.uint8))
+    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'cuda'" in err[0] and "CUDA is not available" in err[0]

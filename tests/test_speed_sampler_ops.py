@@ -37,11 +37,11 @@ class FullSizeOps(TorchDispatchMode):
         return out
 
 
-def passes_per_step(run, steps: int) -> float:
+def passes_per_step(run, steps: int, counter: type = FullSizeOps) -> float:
     """(passes at 2·steps − passes at steps) / steps: per-call set-up cancels out."""
     counts = []
     for n in (steps, 2 * steps):
-        with FullSizeOps(NUMEL) as mode:
+        with counter(NUMEL) as mode:
             run(n)
         counts.append(len(mode.ops))
     return (counts[1] - counts[0]) / steps
@@ -96,3 +96,42 @@ def test_the_unused_velocity_is_never_computed():
     with FullSizeOps(NUMEL) as mode:
         v, again = d.v, d.v         # kept, not derived twice
     assert mode.ops == ["mul", "addcmul"] and v is again and d.x0 is x0 and d.eps is eps
+
+
+VIEWS = {"split", "chunk", "view", "_unsafe_view", "alias", "slice", "expand", "unbind"}
+
+
+class GuidedOps(FullSizeOps):
+    """Full-size passes of a guided step: over n examples or the batched pair 2n, views excluded."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, tuple | list) else [out]
+        name = str(func.overloadpacket.__name__)
+        if name not in VIEWS and any(isinstance(o, torch.Tensor)
+                                     and o.numel() in (self.numel, 2 * self.numel) for o in outs):
+            self.ops.append(name)
+        return out
+
+
+def test_guided_ddim_reads_only_what_it_mixes():
+    """Classifier-free guidance mixes ε̂ only, so neither branch derives x̂_0 or v̂ and the mix
+    derives x̂_0 once for DDIM: the two input copies (cat), the mix (3 passes), x̂_0 (2), the
+    update (2). Deriving every field of both branches and of the mix, as before, cost 16."""
+    from noisecraft.guidance import Guided
+
+    schedule = Schedule.linear(1000)
+    out = torch.randn((2 * SHAPE[0], *SHAPE[1:]), generator=torch.Generator().manual_seed(1))
+    inner = Denoiser(lambda x, t, labels: out[: x.shape[0]], schedule, "eps")
+    guided = Guided(inner, 3.0, null={"labels": torch.full((SHAPE[0],), -1)})
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(SHAPE[0])
+    fn = SAMPLERS["ddim"]
+
+    def run(steps: int) -> None:
+        fn(guided, x_T, grids.make(fn.default_grid, schedule, steps), cond={"labels": labels},
+           noise=BatchNoise(SHAPE[0], torch.Generator().manual_seed(0)))
+
+    with GuidedOps(NUMEL) as mode:
+        run(1)
+    assert passes_per_step(run, 10, GuidedOps) == 8, mode.ops

@@ -77,7 +77,10 @@ class AutoencoderTrainConfig(Settings):
 
     Per example the loss is Σ_pixels rec(x, x̂) + ``kl_weight`` · Σ_latent KL(q(z|x) ‖ N(0, I)),
     divided by the number of pixel values; rec is |x − x̂| (l1) or (x − x̂)² (l2). x̂ decodes a
-    posterior sample (the reparameterisation trick), as in LDM's first stage.
+    posterior sample (the reparameterisation trick), as in LDM's first stage. With
+    ``adversarial_weight`` > 0 a PatchGAN discriminator D joins after ``adversarial_start`` steps
+    and the batch mean of the loss gains −``adversarial_weight`` · λ · mean D(x̂), λ LDM's
+    adaptive weight (``noisecraft.train.autoencoder`` has the equations).
     """
 
     flag_prefix: ClassVar[str | None] = None
@@ -89,7 +92,14 @@ class AutoencoderTrainConfig(Settings):
     kl_weight: float = setting(1e-4, "weight of the KL term against the summed reconstruction "
                                "error", range="[0, inf)")
     reconstruction: str = setting("l1", "reconstruction loss", choices=RECONSTRUCTION_LOSSES)
-    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off)", range="[0, inf)")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0 = off); the "
+                               "discriminator's too", range="[0, inf)")
+    adversarial_weight: float = setting(0.0, "weight of the patch-adversarial (PatchGAN, hinge) "
+                                        "term, times LDM's adaptive weight (0 = off: no "
+                                        "discriminator is built)", range="[0, inf)")
+    adversarial_start: int = setting(0, "optimizer steps before the discriminator and the "
+                                     "adversarial term switch on (LDM's disc_start; e.g. half of "
+                                     "--steps)", range="[0, inf)")
     seed: int = setting(0, "seed for weights, noise and data order", range="[0, inf)")
     log_every: int = setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
     sample_every: int = setting(500, "write a reconstruction grid every N steps and at the end "

@@ -165,6 +165,20 @@ class Denoiser:
         return broadcast_to(alpha, x0, dtype) * eps - broadcast_to(sigma, x0, dtype) * x0
 
 
+def from_eps(eps: Tensor, x: Tensor, a: Tensor, s: Tensor, *, prediction: str = "eps",
+             clip: tuple[float, float] | None = None,
+             variance_fraction: Tensor | None = None, output: Tensor | None = None) -> Denoised:
+    """The reading whose ε̂ is ``eps`` at x_t = ``x`` (α = ``a``, σ = ``s``, already broadcast):
+    what a guided mix of two readings is. x̂_0 and v̂ are derived only when read. ``output``
+    defaults to the unclipped field in ``prediction`` (ε̂ itself for ε-prediction: no cost)."""
+    unclipped = _Reading("eps", None, x, a, s, eps)
+    if output is None:
+        output = eps if prediction == "eps" else unclipped(
+            prediction, Denoised(eps=eps, output=eps, derive=unclipped))
+    return Denoised(output=output, variance_fraction=variance_fraction,
+                    derive=_Reading("eps", clip, x, a, s, eps), **_given("eps", clip, eps))
+
+
 def _given(prediction: str, clip: tuple[float, float] | None, out: Tensor) -> dict[str, Tensor]:
     """The field that the network's output already is: ε̂ or x̂_0 unclipped; none for v̂, and
     none under ``clip`` (x̂_0 is clamped and ε̂ recomputed from it)."""

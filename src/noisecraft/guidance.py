@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .denoiser import Denoised, Denoiser
+from .denoiser import Denoised, Denoiser, from_eps
 from .schedule import Schedule, broadcast_to
 
 NULL_LABEL = -1
@@ -228,10 +228,21 @@ class Guided(Denoiser):
             both[name] = None if value is None else torch.cat(
                 [_batch_of(name, value, n), null[name].to(torch.as_tensor(value).device)])
         d = cond_net(torch.cat([x_t, x_t]), torch.cat([t, t]), **both)
-        halves = [torch.chunk(getattr(d, f), 2) if getattr(d, f) is not None else (None, None)
-                  for f in ("x0", "eps", "v", "output", "variance_fraction")]
-        c, u = (Denoised(*(h[i] for h in halves)) for i in (0, 1))
+        # Only ε̂ is split (the mix needs nothing else); each half derives x̂_0 and v̂ on request.
+        eps = torch.chunk(d.eps, 2)
+        output = torch.chunk(d.output, 2)
+        frac = (torch.chunk(d.variance_fraction, 2) if d.variance_fraction is not None
+                else (None, None))
+        x, a, s = self._marginal(x_t, t, eps[0].dtype)
+        c, u = (from_eps(eps[i], x, a, s, variance_fraction=frac[i], output=output[i])
+                for i in (0, 1))
         return c, u
+
+    def _marginal(self, x_t: Tensor, t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """x_t, α_t and σ_t in ``dtype``, broadcast to x_t's shape."""
+        x = x_t.to(dtype)
+        alpha, sigma = self.schedule.marginal(t)
+        return x, broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
 
     # ------------------------------------------------------------------ the guided prediction
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Denoised:
@@ -263,23 +274,15 @@ class Guided(Denoiser):
     def finish(self, eps: Tensor, x_t: Tensor, t: Tensor, conditional: Denoised) -> Denoised:
         """From a guided ε̂: x̂_0, the rescale against the conditional x̂_0, clip, v̂ and output
         (the variance fraction of learned-variance nets is the conditional branch's)."""
-        dtype = eps.dtype
-        x = x_t.to(dtype)
-        alpha, sigma = self.schedule.marginal(t)
-        a, s = broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
-        x0 = (x - s * eps) / a
+        x, a, s = self._marginal(x_t, t, eps.dtype)
         if self.rescale > 0:
+            x0 = (x - s * eps) / a
             dims = tuple(range(1, x0.ndim))
             ratio = conditional.x0.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True)
             x0 = x0 * (self.rescale * ratio + (1 - self.rescale))
             eps = (x - a * x0) / s
-        v = a * eps - s * x0
-        output = {"eps": eps, "x0": x0, "v": v}[self.prediction]
-        if self.clip is not None:
-            x0 = x0.clamp(*self.clip)
-            eps = (x - a * x0) / s
-            v = a * eps - s * x0
-        return Denoised(x0=x0, eps=eps, v=v, output=output,
+        # x̂_0 and v̂ are derived only if the sampler reads them (clip applied to x̂_0 first).
+        return from_eps(eps, x, a, s, prediction=self.prediction, clip=self.clip,
                         variance_fraction=conditional.variance_fraction)
 
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:

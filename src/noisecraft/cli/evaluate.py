@@ -111,7 +111,8 @@ def _run(args: argparse.Namespace, ranks: Any) -> int:
                                metrics=metrics, feature_space=args.features, train_images=train,
                                classifier=classifier, batch_size=args.feature_batch_size,
                                weights=args.weights, figure=figure, seed=args.seed,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress,
+                               device=shard.local_device(args.device, ranks))
     record = {
         "run_dir": str(run_.run_dir), "step": run_.step, "weights": "raw" if args.no_ema else "ema",
         "sampler": sampler, "steps": steps, "seed": args.seed, "n": args.n,

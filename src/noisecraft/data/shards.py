@@ -27,6 +27,7 @@ cost ~7x more CPU per CIFAR-10 sample (benchmarks/data_loading.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import random
@@ -147,6 +148,12 @@ def shard_samples(path: str) -> Iterator[dict[str, Any]]:
         yield sample
 
 
+def corrupt_shard(url: str, e: Exception) -> str:
+    """The message for a shard that cannot be read to its end."""
+    reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+    return f"{url}: corrupt shard: {reason}"
+
+
 def _first_members(path: str, n: int = 8) -> list[str]:
     try:
         members = iter_members(path)
@@ -183,6 +190,8 @@ class ShardDataset(IterableDataset):
         self.shards, self.source = list(shards), source
         self.skip_bad, self.shuffle, self.seed = skip_bad, shuffle, seed
         self.epoch, self.skipped = 0, 0
+        # Decoded pictures of every shard (`noisecraft.data.cache`); None reads the shards.
+        self.cache: Any = None
         self._flip_generator: torch.Generator | None = None
         self._strict_channels, self._strict_size = channels is None, image_size is None
         # The output shape comes from the first sample of the first shard (a fixed, unshuffled
@@ -227,8 +236,7 @@ class ShardDataset(IterableDataset):
             try:
                 yield from shard_samples(url)
             except _SHARD_ERRORS as e:
-                reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-                self._bad(f"{url}: corrupt shard: {reason}")
+                self._bad(corrupt_shard(url, e))
 
     def _decode_image(self, sample: dict[str, Any]) -> tuple[np.ndarray, str]:
         where = f"{sample.get('__url__', self.source)}: sample {sample.get('__key__')!r}"
@@ -242,6 +250,11 @@ class ShardDataset(IterableDataset):
             raise DataError(f"{where}: .{ext} is not a readable image: {e}") from None
 
     def _item(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
+        return self._finish(*self._decoded(sample), sample["__key__"], epoch)
+
+    def _decoded(self, sample: dict[str, Any]) -> tuple[np.ndarray, int, str]:
+        """(uint8 picture (H, W, C) after steps 1-2 of `Preprocess`, label, caption): all that
+        does not change between epochs, which is what `noisecraft.data.cache` keeps."""
         a, where = self._decode_image(sample)
         if self._strict_channels and a.shape[-1] != self._natural[-1]:
             raise DataError(f"{where} has {a.shape[-1]} channels but the first sample has "
@@ -265,10 +278,15 @@ class ShardDataset(IterableDataset):
                 caption = json_caption(sample["json"], where)
             except ValueError as e:
                 raise DataError(str(e)) from None
-        x = scale_to_unit(prepare_array(a, self.preprocess), self.preprocess)
-        flip_rng = self._flip_rng(epoch, sample["__key__"]) if self.preprocess.flip else None
+        return prepare_array(a, self.preprocess), label, caption
+
+    def _finish(self, a: np.ndarray, label: int, caption: str, key: str,
+                epoch: int) -> dict[str, Any]:
+        """Steps 3-4 of `Preprocess` (scaling, the flip of this epoch) on a `_decoded` picture."""
+        x = scale_to_unit(a, self.preprocess)
+        flip_rng = self._flip_rng(epoch, key) if self.preprocess.flip else None
         return {"x": random_flip(x, self.preprocess, flip_rng), "label": label,
-                "caption": caption, "key": sample["__key__"]}
+                "caption": caption, "key": key}
 
     def _flip_rng(self, epoch: int, key: str) -> torch.Generator:
         """A generator seeded by (seed, epoch, key): a sample's flip does not depend on which
@@ -283,15 +301,20 @@ class ShardDataset(IterableDataset):
         urls = list(self.shards)
         if self.shuffle:
             random.Random(_seed(self.seed, self.epoch)).shuffle(urls)
+        # With the cache the same stages shuffle row numbers instead of raw samples: the buffer's
+        # picks depend only on the rng and the stream's length, so the order is the same.
+        cache = self.cache
+        read = self._samples if cache is None else functools.partial(cache.rows, bad=self._bad)
         stages: list[Any] = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-                             lambda src: self._samples([s["url"] for s in src])]
+                             lambda src: read([s["url"] for s in src])]
         if self.shuffle:
             rng = random.Random(_seed(self.seed, self.epoch, rank, worker))
             stages.append(wds.shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER // 4, rng=rng))
         epoch, self.epoch = self.epoch, self.epoch + 1
         for sample in wds.DataPipeline(*stages):
             try:
-                yield self._item(sample, epoch)
+                yield (self._item(sample, epoch) if cache is None
+                       else self._finish(*cache.example(sample), epoch))
             except DataError as e:
                 self._bad(str(e))
 

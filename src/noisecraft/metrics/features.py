@@ -15,6 +15,7 @@ import os
 import re
 
 import numpy as np
+import torch
 
 from .cache import cache_dir, content_hash, load_arrays, save_arrays
 from .fid import feature_statistics
@@ -48,13 +49,17 @@ def feature_space_info(space: str, weights: str | os.PathLike | None = None) -> 
 
 
 def extract_features(images, space: str = "inception", *, batch_size: int = 50,
-                     weights: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
-    """Features (N, D), float64, of uint8 (N, H, W, C) images in the named feature space."""
+                     weights: str | os.PathLike | None = None, progress: bool = False,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+    """Features (N, D), float64, of uint8 (N, H, W, C) images in the named feature space.
+    ``device`` runs the Inception network (the small classifiers are CPU-sized)."""
     _check_space(space)
     if space == "inception":
+        from ..run import check_device
         from .inception import inception_features
 
-        return inception_features(images, batch_size=batch_size, weights=weights, progress=progress)
+        return inception_features(images, batch_size=batch_size, weights=weights, progress=progress,
+                                  device=check_device(device))
     if weights is not None:
         raise ValueError(f"weights={weights!r} applies only to the inception feature space")
     from .classifier import classifier_features
@@ -68,7 +73,8 @@ def _slug(text: str) -> str:
 
 def reference_features(images, dataset: str, split: str, space: str = "inception", *,
                        batch_size: int = 50, weights: str | os.PathLike | None = None,
-                       progress: bool = False) -> tuple[np.ndarray, dict]:
+                       progress: bool = False,
+                       device: str | torch.device = "cpu") -> tuple[np.ndarray, dict]:
     """Features of a reference set, from the cache when this exact set was seen before.
 
     Returns (features float64 (N, D), record) where the record names dataset, split, count,
@@ -88,7 +94,8 @@ def reference_features(images, dataset: str, split: str, space: str = "inception
         if meta.get("key") == key:
             record = {**key, "cache_file": str(path), "cached": True}
             return arrays["features"].astype(np.float64), record
-    feats = extract_features(images, space, batch_size=batch_size, weights=weights, progress=progress)
+    feats = extract_features(images, space, batch_size=batch_size, weights=weights, progress=progress,
+                             device=device)
     mu, sigma = feature_statistics(feats)
     # the networks compute in float32, so storing the features as float32 loses nothing
     save_arrays(path, {"features": feats.astype(np.float32), "mu": mu, "sigma": sigma}, {"key": key})
@@ -98,7 +105,7 @@ def reference_features(images, dataset: str, split: str, space: str = "inception
 def compute_fid(images_a, reference, *, split: str = "train", features: str = "inception",
                 n: int | None = None, image_size: int | None = None, channels: int | None = None,
                 batch_size: int = 50, weights: str | os.PathLike | None = None,
-                progress: bool = False) -> float:
+                progress: bool = False, device: str | torch.device = "cpu") -> float:
     """FID in one call, as ``noisecraft fid`` computes it: ``images_a`` is uint8 (N, H, W, C)
     (what ``load_run(...).generate`` returns) and ``reference`` either such an array or a data
     spec (``"digits"``, an MNIST folder, shards ...) read with ``split``, whose features are
@@ -119,7 +126,7 @@ def compute_fid(images_a, reference, *, split: str = "train", features: str = "i
                                    channels=channels)
     else:
         name = "<array>"
-    options = {"batch_size": batch_size, "weights": weights, "progress": progress}
+    options = {"batch_size": batch_size, "weights": weights, "progress": progress, "device": device}
     feats_b, _ = reference_features(reference, name, split, features, **options)
     feats_a = extract_features(images_a, features, **options)
     return frechet_distance(*feature_statistics(feats_a), *feature_statistics(feats_b))

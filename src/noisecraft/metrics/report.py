@@ -7,6 +7,7 @@ import os
 import time
 
 import numpy as np
+import torch
 
 from .features import extract_features, feature_space_info, reference_features
 from .fid import fid_from_features
@@ -42,13 +43,14 @@ def evaluate_samples(samples, reference, *, reference_spec: str, reference_split
                      metrics: tuple[str, ...] = DEFAULT_METRICS, feature_space: str = "inception",
                      train_images=None, classifier: str | None = None, batch_size: int = 50,
                      weights: str | os.PathLike | None = None, figure: str | os.PathLike | None = None,
-                     seed: int = 0, progress: bool = False) -> dict:
+                     seed: int = 0, progress: bool = False,
+                     device: str | torch.device = "cpu") -> dict:
     """Compute ``metrics`` for uint8 ``samples`` against uint8 ``reference`` images.
 
     FID, KID and precision/recall use ``feature_space`` (reference features cached by content
     hash); the memorisation audit compares with ``train_images`` (default: the reference) in
     pixel space; ``classifier`` ("digits"/"mnist") adds coverage, confidence and
-    classifier-FID in that classifier's feature space.
+    classifier-FID in that classifier's feature space. ``device`` runs the Inception network.
     """
     from .classifier import class_report
     from .kid import kid
@@ -70,9 +72,10 @@ def evaluate_samples(samples, reference, *, reference_spec: str, reference_split
     if {"fid", "kid", "pr"} & set(metrics):
         ref_feats, ref_record = reference_features(reference, reference_spec, reference_split,
                                                    feature_space, batch_size=batch_size,
-                                                   weights=weights, progress=progress)
+                                                   weights=weights, progress=progress,
+                                                   device=device)
         sample_feats = extract_features(samples, feature_space, batch_size=batch_size,
-                                        weights=weights, progress=progress)
+                                        weights=weights, progress=progress, device=device)
         out["reference"] = ref_record
         out["feature_space"] = feature_space_info(feature_space, weights)
         if "fid" in metrics:

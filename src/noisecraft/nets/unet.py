@@ -233,4 +233,7 @@ class UNet(nn.Module):
                 h = block(h)
             else:
                 h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        out = self.conv_out(nn.functional.silu(self.norm_out(h)))
+        # Weights in channels_last make every activation NHWC (run.INFERENCE_MEMORY_FORMAT); the
+        # output goes back to the input's layout so code that reshapes it never meets strides.
+        return out.contiguous() if x.is_contiguous() else out

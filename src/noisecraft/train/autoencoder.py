@@ -5,16 +5,37 @@ Per example, with x̂ = decode(z), z = mean + exp(½ logvar) ⊙ ε, ε ~ N(0, I
     loss = [Σ_pixels rec(x, x̂) + w · Σ_latent ½ (mean² + exp(logvar) − 1 − logvar)] / #pixel values
 
 rec = |x − x̂| (l1, LDM's choice) or (x − x̂)², w = ``kl_weight``: a small KL keeps the latent
-space smooth enough to diffuse in without costing reconstruction. No perceptual (LPIPS) or
-patch-adversarial term: LPIPS needs pretrained VGG weights we cannot fetch offline, and a GAN
-term is unstable at the few-minute CPU scale this trainer targets; both would sharpen 64 px
-colour images and are the next step for a GPU recipe.
+space smooth enough to diffuse in without costing reconstruction. No perceptual (LPIPS) term:
+it needs pretrained VGG weights we cannot fetch offline.
+
+The optional patch-adversarial term (``adversarial_weight`` = a > 0) is LDM's
+``LPIPSWithDiscriminator`` without LPIPS. After ``adversarial_start`` optimizer steps a PatchGAN
+D (``nets.discriminator``, its own AdamW at the autoencoder's lr) is trained on the hinge loss
+
+    L_D = ½ [mean relu(1 − D(x)) + mean relu(1 + D(x̂))]      (x̂ detached)
+
+and the autoencoder's batch loss L (the mean of the above) becomes L + a · λ · L_adv with
+L_adv = −mean D(x̂) and taming's adaptive weight
+
+    λ = ‖∇_w L‖ / (‖∇_w L_adv‖ + 10⁻⁴), clamped to [0, 10⁴] and detached,
+
+w the weight of the decoder's last convolution: the adversarial gradient reaching the output
+layer is a times as large as the reconstruction's, whatever the scale of either loss. Both
+updates use the same x̂ (one autoencoder forward per step). log.jsonl's ``loss`` stays L; its
+``g_adv``, ``d_loss`` and ``adaptive_weight`` are the means of L_adv, L_D and λ over the logged
+steps (null before the start). With a = 0 no D is built and the run is the plain one above.
+
+The network, the discriminator and the batches are channels_last (MEMORY_FORMAT): the
+convolutions of this small net run faster so on a CPU (``benchmarks/autoencoder_adversarial.py``);
+the values agree with contiguous ones to float rounding.
 
 The run directory has the layout of a diffusion run: ``config.json`` (AutoencoderRunConfig),
 ``model.safetensors`` (metadata: step and the measured ``scale_factor``), ``optimizer.safetensors``,
 ``state.json`` (commit point), ``log.jsonl`` and ``samples/recon_<step>.png`` (originals above their
-reconstructions). Checkpoints are one ``atomic_write_many`` transaction; N steps and N/2 + resume
-give identical weights (the RNG streams and data order are stored). One process (no DDP).
+reconstructions); with the adversarial term also ``discriminator.safetensors`` and
+``discriminator_optimizer.safetensors``. Checkpoints are one ``atomic_write_many`` transaction;
+N steps and N/2 + resume give identical weights (the RNG streams and data order are stored).
+One process (no DDP).
 """
 
 from __future__ import annotations
@@ -42,6 +63,7 @@ from ..errors import RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, recover, tensors_to_bytes
 from ..lock import RunLock
 from ..nets.autoencoder import AUTOENCODER_PRESETS, KLAutoencoder, autoencoder_from_config
+from ..nets.discriminator import PatchDiscriminator, discriminator_for, hinge_d_loss
 from ..run import LOG, OPTIMIZER, SAMPLES, STATE, check_step, load_weights, read_state
 from . import checkpoint as ckpt
 from .batches import BatchStream
@@ -49,6 +71,12 @@ from .trainer import rank_seed
 
 STATE_VERSION = 1
 REFERENCE_SIZE = 512  # examples the scale factor and the reconstruction grid are measured on
+DISCRIMINATOR = "discriminator.safetensors"
+DISCRIMINATOR_OPTIMIZER = "discriminator_optimizer.safetensors"
+MEMORY_FORMAT = torch.channels_last  # of the net, the discriminator and the batches (docstring)
+# LDM's Adam betas for its GAN stage: a short gradient memory suits a moving target
+DISCRIMINATOR_BETAS = (0.5, 0.9)
+ADAPTIVE_EPS, ADAPTIVE_MAX = 1e-4, 1e4  # taming's calculate_adaptive_weight
 
 
 def new_autoencoder_config(dataset: Dataset | IterableDataset, spec: str, *, preset: str | None = None,
@@ -82,12 +110,71 @@ def ae_losses(net: KLAutoencoder, x: Tensor, kl_weight: float, reconstruction: s
     """Per-example (loss, reconstruction error per pixel value, KL per latent value); see the
     module docstring for the equation."""
     x_hat, mean, logvar = net(x, generator=generator)
+    return ae_loss_terms(x, x_hat, mean, logvar, kl_weight, reconstruction)
+
+
+def ae_loss_terms(x: Tensor, x_hat: Tensor, mean: Tensor, logvar: Tensor, kl_weight: float,
+                  reconstruction: str) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`ae_losses` from the forward pass's (x̂, mean, logvar)."""
     diff = x_hat - x
     rec = diff.abs() if reconstruction == "l1" else diff.square()
     rec = rec.flatten(1).sum(1)
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
     per_value = x[0].numel()
     return (rec + kl_weight * kl) / per_value, rec / per_value, kl / mean[0].numel()
+
+
+def adaptive_weight(loss: Tensor, adv_loss: Tensor, last_layer: Tensor) -> Tensor:
+    """λ = ‖∇_w loss‖ / (‖∇_w adv_loss‖ + 10⁻⁴) clamped to [0, 10⁴], detached (taming's
+    ``calculate_adaptive_weight``); ``last_layer`` is w. Keeps both graphs for the backward pass."""
+    g_rec = torch.autograd.grad(loss, last_layer, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv_loss, last_layer, retain_graph=True)[0]
+    return (g_rec.norm() / (g_adv.norm() + ADAPTIVE_EPS)).clamp(0.0, ADAPTIVE_MAX).detach()
+
+
+def generator_objective(loss: Tensor, x_hat: Tensor, disc: nn.Module, last_layer: Tensor,
+                        weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss + weight · λ · L_adv, L_adv, λ) with L_adv = −mean D(x̂) (module docstring). D's
+    parameters are left out of the graph: only the discriminator's own step moves them."""
+    disc.requires_grad_(False)
+    try:
+        adv_loss = -disc(x_hat).mean()
+    finally:
+        disc.requires_grad_(True)
+    lam = adaptive_weight(loss, adv_loss, last_layer)
+    return loss + weight * lam * adv_loss, adv_loss, lam
+
+
+@dataclass
+class Adversary:
+    """The discriminator and its AdamW (``adversarial_weight`` > 0)."""
+
+    net: PatchDiscriminator
+    opt: torch.optim.Optimizer
+
+
+def discriminator_step(adv: Adversary, x: Tensor, x_hat: Tensor, lr: float, clip: float) -> Tensor:
+    """One AdamW step of D on the hinge loss of real ``x`` against detached ``x_hat``; returns the
+    loss before the step. One forward on both halves: GroupNorm is per example, so it equals two."""
+    for group in adv.opt.param_groups:
+        group["lr"] = lr
+    real, fake = adv.net(torch.cat([x, x_hat.detach()])).chunk(2)
+    d_loss = hinge_d_loss(real, fake)
+    d_loss.backward()
+    torch.nn.utils.clip_grad_norm_(adv.net.parameters(), clip)
+    adv.opt.step()
+    adv.opt.zero_grad(set_to_none=True)
+    return d_loss.detach()
+
+
+def build_adversary(config: AutoencoderRunConfig, device: torch.device) -> Adversary | None:
+    """The discriminator for ``config``'s autoencoder, or None when the term is off."""
+    tc = config.train
+    if tc.adversarial_weight <= 0:
+        return None
+    disc = PatchDiscriminator(**discriminator_for(config.net)).to(device, memory_format=MEMORY_FORMAT)
+    opt = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=DISCRIMINATOR_BETAS, weight_decay=0.0)
+    return Adversary(disc, opt)
 
 
 @torch.no_grad()
@@ -133,6 +220,7 @@ class AutoencoderTrainer:
             raise ValueError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
                              "it or choose another --out")
         self.net: KLAutoencoder | None = None
+        self.adversary: Adversary | None = None
 
     def fit(self, stop_at: int | None = None) -> AutoencoderResult:
         # One writer per run directory (noisecraft.lock), held for the whole fit.
@@ -149,29 +237,30 @@ class AutoencoderTrainer:
         (self.run_dir / SAMPLES).mkdir(exist_ok=True)
         atomic_write(self.run_dir / CONFIG, cfg.to_json())
         torch.manual_seed(tc.seed)
-        net = autoencoder_from_config(cfg.net).to(dev)
+        net = autoencoder_from_config(cfg.net).to(dev, memory_format=MEMORY_FORMAT)
         self.net = net
         opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=0.0)
+        adv = self.adversary = build_adversary(cfg, dev)  # before the reseed: a = 0 changes nothing
         gen = torch.Generator(device=dev).manual_seed(rank_seed(tc.seed, 0, "autoencoder"))
         torch.manual_seed(rank_seed(tc.seed, 0, "global"))
         stream = BatchStream(self.dataset, tc.batch_size, seed=tc.seed, num_workers=tc.num_workers,
                              pin_memory=dev.type == "cuda")
         reference = self._reference()
-        step, wall = (self._restore(net, opt, gen, stream) if self.resume else (0, 0.0))
+        step, wall = (self._restore(net, opt, adv, gen, stream) if self.resume else (0, 0.0))
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-        return self._loop(net, opt, gen, stream, reference, step, end, wall)
+        return self._loop(net, opt, adv, gen, stream, reference, step, end, wall)
 
     # ------------------------------------------------------------------ the loop
-    def _loop(self, net: KLAutoencoder, opt: torch.optim.Optimizer, gen: torch.Generator,
-              stream: BatchStream, reference: Tensor, step: int, end: int,
+    def _loop(self, net: KLAutoencoder, opt: torch.optim.Optimizer, adv: Adversary | None,
+              gen: torch.Generator, stream: BatchStream, reference: Tensor, step: int, end: int,
               wall: float) -> AutoencoderResult:
         from tqdm.auto import tqdm
 
         tc, dev = self.config.train, self.device
         bar = tqdm(total=tc.steps, initial=step, unit="step", desc="train-autoencoder",
                    dynamic_ncols=True, disable=not self.progress)
-        sums = np.zeros(3)
-        count, last = 0, None
+        sums, adv_sums = np.zeros(3), np.zeros(3)  # (loss, rec, kl), (g_adv, d_loss, λ)
+        count, adv_count, last = 0, 0, None
         t0 = time.perf_counter()
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
         net.train()
@@ -180,12 +269,24 @@ class AutoencoderTrainer:
                 lr = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup else tc.lr
                 for group in opt.param_groups:
                     group["lr"] = lr
-                x = next(stream)["x"].to(dev, non_blocking=True)
-                loss, rec, kl = ae_losses(net, x, tc.kl_weight, tc.reconstruction, gen)
-                loss.mean().backward()
+                x = next(stream)["x"].to(dev, non_blocking=True).contiguous(
+                    memory_format=MEMORY_FORMAT)
+                x_hat, mean, logvar = net(x, generator=gen)
+                loss, rec, kl = ae_loss_terms(x, x_hat, mean, logvar, tc.kl_weight,
+                                              tc.reconstruction)
+                objective = loss.mean()
+                on = adv is not None and step >= tc.adversarial_start
+                if on:
+                    objective, g_adv, lam = generator_objective(
+                        objective, x_hat, adv.net, net.decoder[-1].weight, tc.adversarial_weight)
+                objective.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                if on:
+                    d_loss = discriminator_step(adv, x, x_hat, lr, clip)
+                    adv_sums += [float(g_adv.detach()), float(d_loss), float(lam)]
+                    adv_count += 1
                 sums += [float(v.detach().mean()) for v in (loss, rec, kl)]
                 count += 1
                 step += 1
@@ -197,15 +298,18 @@ class AutoencoderTrainer:
                                          "lower --lr")
                     last = {"step": step, "loss": loss_m, "reconstruction": rec_m, "kl": kl_m,
                             "lr": lr, "elapsed_s": wall + time.perf_counter() - t0}
+                    if adv is not None:  # null until the term is on
+                        means = adv_sums / adv_count if adv_count else [None] * 3
+                        last.update(zip(("g_adv", "d_loss", "adaptive_weight"), means, strict=True))
                     with open(self.run_dir / LOG, "a", encoding="utf-8") as f:
                         f.write(json.dumps(last) + "\n")
                     bar.set_postfix(loss=f"{loss_m:.4f}")
-                    sums[:] = 0
-                    count = 0
+                    sums[:], adv_sums[:] = 0, 0
+                    count, adv_count = 0, 0
                 if tc.sample_every and (step % tc.sample_every == 0 or step == end):
                     self._recon_grid(net, reference, step)
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == end:
-                    self._save(step, net, opt, gen, stream, reference,
+                    self._save(step, net, opt, adv, gen, stream, reference,
                                wall + time.perf_counter() - t0)
         finally:
             bar.close()
@@ -228,7 +332,7 @@ class AutoencoderTrainer:
             n = min(REFERENCE_SIZE, len(self.dataset))  # type: ignore[arg-type]
             stride = max(1, len(self.dataset) // n)  # type: ignore[arg-type]
             xs = [self.dataset[i * stride]["x"] for i in range(n)]
-        return torch.stack(xs).to(self.device)
+        return torch.stack(xs).to(self.device).contiguous(memory_format=MEMORY_FORMAT)
 
     @torch.no_grad()
     def _recon_grid(self, net: KLAutoencoder, reference: Tensor, step: int) -> None:
@@ -245,8 +349,9 @@ class AutoencoderTrainer:
         viz.save(viz.image_grid(pictures, nrow=len(x)), self.run_dir / SAMPLES / f"recon_{step:07d}.png")
 
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, step: int, net: KLAutoencoder, opt: torch.optim.Optimizer, gen: torch.Generator,
-              stream: BatchStream, reference: Tensor, wall: float) -> None:
+    def _save(self, step: int, net: KLAutoencoder, opt: torch.optim.Optimizer,
+              adv: Adversary | None, gen: torch.Generator, stream: BatchStream, reference: Tensor,
+              wall: float) -> None:
         was = net.training
         net.eval()
         scale = measure_scale(net, reference)
@@ -258,14 +363,16 @@ class AutoencoderTrainer:
         if self.device.type == "cuda":
             state["rng"]["cuda"] = ckpt.encode_rng(torch.cuda.get_rng_state(self.device))
         meta = {"step": str(step), "scale_factor": repr(scale)}
-        atomic_write_many(self.run_dir, {
-            NOISECRAFT_WEIGHTS: tensors_to_bytes(net.state_dict(), meta),
-            OPTIMIZER: ckpt.optimizer_to_bytes(opt, step),
-            STATE: (json.dumps(state, indent=1) + "\n").encode(),
-        })
+        files = {NOISECRAFT_WEIGHTS: tensors_to_bytes(net.state_dict(), meta),
+                 OPTIMIZER: ckpt.optimizer_to_bytes(opt, step)}
+        if adv is not None:
+            files[DISCRIMINATOR] = tensors_to_bytes(adv.net.state_dict(), {"step": str(step)})
+            files[DISCRIMINATOR_OPTIMIZER] = ckpt.optimizer_to_bytes(adv.opt, step)
+        files[STATE] = (json.dumps(state, indent=1) + "\n").encode()  # last: it commits
+        atomic_write_many(self.run_dir, files)
 
-    def _restore(self, net: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                 stream: BatchStream) -> tuple[int, float]:
+    def _restore(self, net: nn.Module, opt: torch.optim.Optimizer, adv: Adversary | None,
+                 gen: torch.Generator, stream: BatchStream) -> tuple[int, float]:
         d = self.run_dir
         state = read_state(d)
         step = state["step"]
@@ -273,8 +380,11 @@ class AutoencoderTrainer:
         check_step(model_file, load_weights(net, model_file), step)
         opt_state, meta = ckpt.optimizer_state_from_file(opt_file)
         check_step(opt_file, meta, step)
+        disc_opt_state = self._read_adversary(adv, step) if adv is not None else None
         try:
             opt.load_state_dict(opt_state)
+            if adv is not None:
+                adv.opt.load_state_dict(disc_opt_state)
             gen.set_state(ckpt.decode_rng(state["rng"]["train"]))
             torch.set_rng_state(ckpt.decode_rng(state["rng"]["torch"]))
             if self.device.type == "cuda" and "cuda" in state["rng"]:
@@ -284,3 +394,12 @@ class AutoencoderTrainer:
             raise RunError(f"{d / STATE}: corrupt optimizer, RNG or data-order record ({e})") from None
         ckpt.truncate_log(self.run_dir / LOG, step)
         return step, float(state.get("wall_time_s", 0.0))
+
+    def _read_adversary(self, adv: Adversary, step: int) -> dict[str, Any]:
+        """Load the discriminator's weights of checkpoint ``step``; return its optimizer state."""
+        disc_file = checkpoint_file(self.run_dir, DISCRIMINATOR)
+        check_step(disc_file, load_weights(adv.net, disc_file), step)
+        opt_file = checkpoint_file(self.run_dir, DISCRIMINATOR_OPTIMIZER)
+        opt_state, meta = ckpt.optimizer_state_from_file(opt_file)
+        check_step(opt_file, meta, step)
+        return opt_state
