@@ -69,7 +69,8 @@ def test_cli_trains_a_folder_that_loads_with_its_scale(tmp_path, capsys):
     assert main(["train-autoencoder", "--data", "digits", "--out", str(out), "--steps", "2",
                  "--batch-size", "16", "--factor", "2", "--latent-channels", "2", "--sample-every", "2",
                  "--no-progress"]) == 0
-    assert "latent scale factor" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "latent scale factor" in printed and "(on 512 training images)" in printed
     assert (out / "samples" / "recon_0000002.png").is_file()
     ae = load_autoencoder(out)
     assert ae.kind == "noisecraft" and ae.latent_shape((1, 8, 8)) == (2, 4, 4)
@@ -81,3 +82,22 @@ def test_cli_trains_a_folder_that_loads_with_its_scale(tmp_path, capsys):
     # a resume with a changed setting is refused in one line
     assert main(["train-autoencoder", "--out", str(out), "--resume", "--factor", "4"]) == 2
     assert capsys.readouterr().err.startswith("noisecraft: error: --factor 4 conflicts")
+
+
+def test_the_final_figures_are_the_saved_ones_and_batched_psnr_is_psnr(tmp_path):
+    """The result reports the scale factor the last checkpoint recorded (now taken from that
+    save instead of measured again) and the reference count it was measured on, and the batched
+    PSNR equals the per-example definition computed in one pass."""
+    from noisecraft.train.autoencoder import psnr, reconstruction_psnr
+
+    ds, config = _config(2)
+    trainer = AutoencoderTrainer(config, tmp_path / "ae", ds, device="cpu", progress=False)
+    r = trainer.fit()
+    assert r.reference_images == 512
+    ae = load_autoencoder(tmp_path / "ae")
+    assert r.scale_factor == ae.scale_factor
+    net = trainer.net.eval()
+    x = torch.stack([ds[i]["x"] for i in range(10)])
+    with torch.no_grad():
+        whole = float(psnr(net.decode(net.encode(x)[0]), x).mean())
+    assert reconstruction_psnr(net, x, batch_size=3) == pytest.approx(whole, rel=1e-6)

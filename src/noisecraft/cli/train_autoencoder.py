@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         read_autoencoder_config,
     )
     from ..run import check_device
-    from ..train.autoencoder import REFERENCE_SIZE, AutoencoderTrainer, new_autoencoder_config
+    from ..train.autoencoder import AutoencoderTrainer, new_autoencoder_config
 
     if args.device is not None:
         check_device(args.device)
@@ -101,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     r = trainer.fit()
     loss = f"{r.loss:.4f}" if r.loss is not None else "n/a (already at --steps)"
     print(f"noisecraft: {out}: step {r.step}, loss {loss}, reconstruction PSNR {r.psnr:.2f} dB "
-          f"(on {REFERENCE_SIZE} training images), latent scale factor {r.scale_factor:.5f}, "
+          f"(on {r.reference_images} training images), latent scale factor {r.scale_factor:.5f}, "
           f"{r.wall_time_s:.1f} s of training")
     return 0

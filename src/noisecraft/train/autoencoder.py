@@ -187,6 +187,14 @@ def measure_scale(net: KLAutoencoder, x: Tensor, batch_size: int = 256) -> float
     return 1.0 / std
 
 
+@torch.no_grad()
+def reconstruction_psnr(net: KLAutoencoder, x: Tensor, batch_size: int = 256) -> float:
+    """Mean PSNR of the posterior-mean reconstructions of ``x``, in batches (bounded memory)."""
+    values = [psnr(net.decode(net.encode(x[i:i + batch_size])[0]), x[i:i + batch_size])
+              for i in range(0, len(x), batch_size)]
+    return float(torch.cat(values).mean())
+
+
 def psnr(x: Tensor, y: Tensor) -> Tensor:
     """Per-example PSNR in dB of images in [−1, 1] (peak-to-peak 2): 10 log₁₀(2² / MSE)."""
     mse = (x.clamp(-1, 1) - y.clamp(-1, 1)).square().flatten(1).mean(1)
@@ -201,6 +209,7 @@ class AutoencoderResult:
     psnr: float | None
     scale_factor: float
     wall_time_s: float
+    reference_images: int = 0   # the training examples psnr and scale_factor are measured on
 
 
 class AutoencoderTrainer:
@@ -221,6 +230,7 @@ class AutoencoderTrainer:
                              "it or choose another --out")
         self.net: KLAutoencoder | None = None
         self.adversary: Adversary | None = None
+        self._saved_scale: dict[int, float] = {}  # {step: scale factor} of the last save
 
     def fit(self, stop_at: int | None = None) -> AutoencoderResult:
         # One writer per run directory (noisecraft.lock), held for the whole fit.
@@ -314,11 +324,12 @@ class AutoencoderTrainer:
         finally:
             bar.close()
         net.eval()
-        with torch.no_grad():
-            mean_psnr = float(psnr(net.decode(net.encode(reference)[0]), reference).mean())
-        scale = measure_scale(net, reference)
+        mean_psnr = reconstruction_psnr(net, reference)
+        # The last step's save measured the scale on these weights; a fit with nothing left to
+        # do (resumed at --steps) saved nothing and measures it here.
+        scale = self._saved_scale.get(step) or measure_scale(net, reference)
         return AutoencoderResult(self.run_dir, step, last["loss"] if last else None, mean_psnr, scale,
-                                 wall + time.perf_counter() - t0)
+                                 wall + time.perf_counter() - t0, len(reference))
 
     def _reference(self) -> Tensor:
         """The first REFERENCE_SIZE training examples (unflipped order of the dataset itself)."""
@@ -355,6 +366,7 @@ class AutoencoderTrainer:
         was = net.training
         net.eval()
         scale = measure_scale(net, reference)
+        self._saved_scale = {step: scale}
         net.train(was)
         state = {"version": STATE_VERSION, "step": step, "wall_time_s": wall, "scale_factor": scale,
                  "data": stream.state(),
