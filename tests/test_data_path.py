@@ -61,18 +61,23 @@ def assert_same(a, b):
         assert torch.equal(x["x"], y["x"])  # bit for bit, flips included
 
 
+def count_calls(monkeypatch, module, name: str) -> list[int]:
+    """Replaces ``module.name`` by a wrapper that counts its calls in this process: [count]."""
+    count = [0]
+    real = getattr(module, name)
+
+    def counting(*args):
+        count[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(module, name, counting)
+    return count
+
+
 @pytest.fixture
 def decodes(monkeypatch):
     """Counts the images decoded in this process."""
-    count = [0]
-    real = shards.decode_image
-
-    def counting(data, ext):
-        count[0] += 1
-        return real(data, ext)
-
-    monkeypatch.setattr(shards, "decode_image", counting)
-    return count
+    return count_calls(monkeypatch, shards, "decode_image")
 
 
 def test_cache_gives_the_same_batches_bit_for_bit_and_decodes_once(tmp_path, decodes):
@@ -155,14 +160,7 @@ def resized_pictures(flip=True):
 def test_prepared_pictures_give_the_same_batches_and_resize_once(workers, monkeypatch):
     from noisecraft.data import datasets
 
-    calls = [0]
-    real = datasets.prepare_array
-
-    def counting(a, pre):
-        calls[0] += 1
-        return real(a, pre)
-
-    monkeypatch.setattr(datasets, "prepare_array", counting)
+    calls = count_calls(monkeypatch, datasets, "prepare_array")
     expected = take(BatchStream(resized_pictures(), 7, seed=3, cache=False), 12)  # 4 an epoch
     assert calls[0] == 12 * 7  # every item resized, every epoch
     calls[0] = 0
