@@ -86,11 +86,7 @@ class Pipeline:
             if run.num_classes is None:
                 raise ValueError(f"labels need a class-conditional run; {run.run_dir} is "
                                  f"conditioned on {kind!r}")
-            bad = [k for k in labels if not 0 <= int(k) < run.num_classes]
-            if bad:
-                raise ValueError(f"class {bad[0]} is out of range: {run.run_dir} has classes "
-                                 f"0..{run.num_classes - 1}")
-            return None, np.array([int(k) for k in labels for _ in range(n)], dtype=np.int64)
+            return None, np.repeat(run.check_classes(labels), n)
         return run.default_prompts(n), run.default_labels(n)
 
     # ------------------------------------------------------------------ generation

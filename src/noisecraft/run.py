@@ -165,6 +165,18 @@ class LoadedRun:
             return None
         return np.arange(n, dtype=np.int64) % self.num_classes
 
+    def check_classes(self, classes: Any, what: str = "class") -> np.ndarray:
+        """``classes`` as int64, each one of this run's classes 0..K−1; else one error naming
+        the first bad value as ``what`` (the CLI passes "--class"). The run must be
+        class-conditional (callers word that error for their own arguments)."""
+        assert self.num_classes is not None, "check_classes needs a class-conditional run"
+        values = [int(k) for k in np.asarray(classes).reshape(-1)]
+        bad = [k for k in values if not 0 <= k < self.num_classes]
+        if bad:
+            raise ValueError(f"{what} {bad[0]} is out of range: {self.run_dir} has classes "
+                             f"0..{self.num_classes - 1}")
+        return np.asarray(values, dtype=np.int64)
+
     @torch.no_grad()
     def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,

@@ -149,3 +149,15 @@ def test_prompts_are_guided_with_the_empty_prompt_as_null(tmp_path, capsys):
     capsys.readouterr()
     assert sample(tmp_path / "nodrop", tmp_path / "b", "--prompt", "seven", "--guidance", 3) == 2
     assert "trained without caption dropout" in capsys.readouterr().err
+
+
+def test_the_python_pipeline_checks_classes_as_the_cli_does(runs):
+    """One range check (LoadedRun.check_classes) serves the CLI's --class and Pipeline's labels."""
+    from noisecraft import Pipeline
+
+    pipe = Pipeline.from_run(runs["cond"])
+    prompts, labels = pipe.conditions(2, labels=[1, 9])
+    assert prompts is None and labels.tolist() == [1, 1, 9, 9]
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match=f"^class {bad} is out of range: .* has classes 0..9$"):
+            pipe.conditions(2, labels=[3, bad])

@@ -70,11 +70,8 @@ def labels_from_args(run: Any, args: argparse.Namespace, n: int) -> np.ndarray |
         return run.default_labels(n)
     if run.num_classes is None:
         raise ValueError(f"{run.run_dir} is not class-conditional: --class does not apply")
-    bad = [k for k in args.classes if not 0 <= k < run.num_classes]
-    if bad:
-        raise ValueError(f"--class {bad[0]} is out of range: {run.run_dir} has classes "
-                         f"0..{run.num_classes - 1}")
-    return np.asarray(args.classes, dtype=np.int64)[np.arange(n) % len(args.classes)]
+    classes = run.check_classes(args.classes, "--class")
+    return classes[np.arange(n) % len(classes)]
 
 
 def guidance_kwargs(run: Any, args: argparse.Namespace) -> dict[str, Any]:
