@@ -101,3 +101,15 @@ def test_the_final_figures_are_the_saved_ones_and_batched_psnr_is_psnr(tmp_path)
     with torch.no_grad():
         whole = float(psnr(net.decode(net.encode(x)[0]), x).mean())
     assert reconstruction_psnr(net, x, batch_size=3) == pytest.approx(whole, rel=1e-6)
+
+
+def test_a_seed_torch_cannot_take_is_one_error(tmp_path, capsys):
+    """Seeds share the diffusion trainer's range (config.SEED_RANGE, a signed 64-bit integer),
+    checked exactly: 2⁶³ is one past the end (a float bound let it in)."""
+    with pytest.raises(SystemExit) as exit_:   # argparse's own one-line error, exit status 2
+        main(["train-autoencoder", "--data", "digits", "--out", str(tmp_path / "ae"), "--steps", "1",
+              "--seed", str(2**63), "--no-progress"])
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1 and "--seed" in err[0] and str(2**63) in err[0]
+    assert not (tmp_path / "ae").exists()

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .config import DataConfig, Settings, _build, _to_jsonable, registry, setting
+from .config import SEED_RANGE, DataConfig, Settings, _build, _to_jsonable, registry, setting
 from .errors import RunError
 from .io import checkpoint_file, read_json, read_safetensors
 
@@ -100,7 +100,7 @@ class AutoencoderTrainConfig(Settings):
     adversarial_start: int = setting(0, "optimizer steps before the discriminator and the "
                                      "adversarial term switch on (LDM's disc_start; e.g. half of "
                                      "--steps)", range="[0, inf)")
-    seed: int = setting(0, "seed for weights, noise and data order", range="[0, inf)")
+    seed: int = setting(0, "seed for weights, noise and data order", range=SEED_RANGE)
     log_every: int = setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
     sample_every: int = setting(500, "write a reconstruction grid every N steps and at the end "
                                 "(0 = never)", range="[0, inf)", resumable=True)

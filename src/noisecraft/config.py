@@ -52,6 +52,9 @@ CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
 """The learning-rate schedules after warm-up (``noisecraft.train.lr_at`` implements them)."""
 COMPILE_MODES = ("auto", "on", "off")
+# One range for every trainer's seed: a signed 64-bit integer, what torch generators and the
+# derived per-rank seeds are sure to take (the autoencoder trainer once took any size)
+SEED_RANGE = "[0, 9223372036854775807]"
 """``TrainConfig.compile``: torch.compile the network on CUDA only (auto), always, or never."""
 DATA_KINDS = ("image", "vector", "audio")  # as Preprocess.KINDS
 LATENT_POSTERIORS = ("mean", "sample")
@@ -96,7 +99,7 @@ class Interval:
         text = text.strip()
         if len(text) < 5 or text[0] not in "[(" or text[-1] not in "])" or "," not in text:
             raise ValueError(f"bad range {text!r}; write e.g. '[0, 1)'")
-        lo, hi = (float(part) for part in text[1:-1].split(","))
+        lo, hi = (_bound(part) for part in text[1:-1].split(","))
         return cls(lo, hi, text[0] == "[", text[-1] == "]", text)
 
     def __contains__(self, value: float) -> bool:
@@ -111,6 +114,15 @@ class Interval:
         if math.isinf(self.hi):
             return f"{what} {'>=' if self.lo_closed else '>'} {lo:g}"
         return f"{what} in {self.text}"
+
+
+def _bound(text: str) -> float:
+    """An end of a range: an int when written as one, so that large integer bounds (64-bit seeds)
+    compare exactly (as a float, 9223372036854775807 rounds up to 2⁶³ and lets 2⁶³ in)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def choices_of(f: dataclasses.Field) -> tuple[Any, ...] | None:
@@ -327,8 +339,7 @@ class TrainConfig(Settings):
     time_sampler: str = setting("uniform", "how t is drawn: uniform, or importance (Improved "
                                 "DDPM: p_t from the recent losses at t, reweighted to stay "
                                 "unbiased)", choices=registry("losses", "TIME_SAMPLERS"))
-    seed: int = setting(0, "seed for weights, noise and data order",
-                        range="[0, 9223372036854775807]")  # torch seeds are 64-bit
+    seed: int = setting(0, "seed for weights, noise and data order", range=SEED_RANGE)
     log_every: int = setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
     sample_every: int = setting(500, "write a sample grid every N steps and at the end "
                                 "(0 = never)", range="[0, inf)", resumable=True)
