@@ -34,7 +34,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .config import SEED_RANGE, DataConfig, Settings, _build, _to_jsonable, registry, setting
+from .config import (
+    DataConfig,
+    Settings,
+    _build,
+    _to_jsonable,
+    checkpoint_every_setting,
+    log_every_setting,
+    num_workers_setting,
+    registry,
+    sample_every_setting,
+    seed_setting,
+    setting,
+)
 from .errors import RunError
 from .io import checkpoint_file, read_json, read_safetensors
 
@@ -100,13 +112,11 @@ class AutoencoderTrainConfig(Settings):
     adversarial_start: int = setting(0, "optimizer steps before the discriminator and the "
                                      "adversarial term switch on (LDM's disc_start; e.g. half of "
                                      "--steps)", range="[0, inf)")
-    seed: int = setting(0, "seed for weights, noise and data order", range=SEED_RANGE)
-    log_every: int = setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
-    sample_every: int = setting(500, "write a reconstruction grid every N steps and at the end "
-                                "(0 = never)", range="[0, inf)", resumable=True)
-    checkpoint_every: int = setting(500, "save a checkpoint every N steps (0 = only at the end)",
-                                    range="[0, inf)", resumable=True)
-    num_workers: int = setting(0, "DataLoader workers", range="[0, inf)", resumable=True)
+    seed: int = seed_setting()
+    log_every: int = log_every_setting()
+    sample_every: int = sample_every_setting("reconstruction")
+    checkpoint_every: int = checkpoint_every_setting()
+    num_workers: int = num_workers_setting()
 
 
 @dataclass

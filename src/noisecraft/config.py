@@ -116,6 +116,30 @@ class Interval:
         return f"{what} in {self.text}"
 
 
+# The training-loop settings every trainer has (noisecraft train and train-autoencoder), declared
+# once; each call makes a fresh dataclass field.
+def seed_setting() -> Any:
+    return setting(0, "seed for weights, noise and data order", range=SEED_RANGE)
+
+
+def log_every_setting() -> Any:
+    return setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
+
+
+def sample_every_setting(grid: str) -> Any:
+    return setting(500, f"write a {grid} grid every N steps and at the end (0 = never)",
+                   range="[0, inf)", resumable=True)
+
+
+def checkpoint_every_setting() -> Any:
+    return setting(500, "save a checkpoint every N steps (0 = only at the end)",
+                   range="[0, inf)", resumable=True)
+
+
+def num_workers_setting() -> Any:
+    return setting(0, "DataLoader workers", range="[0, inf)", resumable=True)
+
+
 def _bound(text: str) -> float:
     """An end of a range: an int when written as one, so that large integer bounds (64-bit seeds)
     compare exactly (as a float, 9223372036854775807 rounds up to 2⁶³ and lets 2⁶³ in)."""
@@ -339,13 +363,11 @@ class TrainConfig(Settings):
     time_sampler: str = setting("uniform", "how t is drawn: uniform, or importance (Improved "
                                 "DDPM: p_t from the recent losses at t, reweighted to stay "
                                 "unbiased)", choices=registry("losses", "TIME_SAMPLERS"))
-    seed: int = setting(0, "seed for weights, noise and data order", range=SEED_RANGE)
-    log_every: int = setting(50, "log the loss every N steps", range="[1, inf)", resumable=True)
-    sample_every: int = setting(500, "write a sample grid every N steps and at the end "
-                                "(0 = never)", range="[0, inf)", resumable=True)
-    checkpoint_every: int = setting(500, "save a checkpoint every N steps (0 = only at the end)",
-                                    range="[0, inf)", resumable=True)
-    num_workers: int = setting(0, "DataLoader workers", range="[0, inf)", resumable=True)
+    seed: int = seed_setting()
+    log_every: int = log_every_setting()
+    sample_every: int = sample_every_setting("sample")
+    checkpoint_every: int = checkpoint_every_setting()
+    num_workers: int = num_workers_setting()
     compile: str = setting("auto", "torch.compile the network: auto (on CUDA only: on a CPU "
                            "compiling costs more than it saves), on, off; a failed compile "
                            "falls back to eager with a warning", choices=COMPILE_MODES,
