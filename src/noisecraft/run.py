@@ -306,15 +306,19 @@ class LoadedRun:
         x = torch.as_tensor(np.asarray(spectrograms), dtype=torch.float32)
         return spectrogram_to_audio(x, self.audio_config, n_iter=n_iter or GRIFFIN_LIM_ITERS).numpy()
 
+    def _latent(self, action: str) -> Any:
+        """The run's ``latent`` record, after checking that there is one and an autoencoder."""
+        if self.config.latent is None:
+            raise ValueError(f"{self.run_dir} is not a latent run; there is nothing to {action}")
+        if self.autoencoder is None:
+            raise RunError(f"{self.run_dir}: a latent run loaded without its autoencoder")
+        return self.config.latent
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Model-space pictures → the scaled posterior means z_s = (mean − shift) · scale a latent
         run's network models (the inverse direction of :meth:`decode`), on the CPU."""
-        lat = self.config.latent
-        if lat is None:
-            raise ValueError(f"{self.run_dir} is not a latent run; there is nothing to encode")
-        if self.autoencoder is None:
-            raise RunError(f"{self.run_dir}: a latent run loaded without its autoencoder")
+        lat = self._latent("encode")
         dev = self.autoencoder.device
         parts = [(self.autoencoder.encode(x[i:i + batch_size].to(dev, torch.float32))[0].float().cpu()
                   - lat.shift_factor) * lat.scale_factor for i in range(0, len(x), batch_size)]
@@ -324,11 +328,7 @@ class LoadedRun:
     def decode(self, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Scaled latents (N, C, H', W') → model-space pictures in [−1, 1] on the CPU:
         x = decode(z_s / scale + shift), with the run's recorded scale and shift."""
-        lat = self.config.latent
-        if lat is None:
-            raise ValueError(f"{self.run_dir} is not a latent run; there is nothing to decode")
-        if self.autoencoder is None:
-            raise RunError(f"{self.run_dir}: a latent run loaded without its autoencoder")
+        lat = self._latent("decode")
         dev = self.autoencoder.device
         parts = [self.autoencoder.decode(z[i:i + batch_size].to(dev, torch.float32)
                                          / lat.scale_factor + lat.shift_factor).float().cpu()
