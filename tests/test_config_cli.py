@@ -54,7 +54,8 @@ def test_every_train_config_field_is_a_flag_that_reaches_the_config():
             want = tuple(v / 2 for v in default)
             argv = ["--" + flag_name(TrainConfig, f), *map(str, want)]
         else:
-            want = default + 1 if isinstance(default, int) else default / 2 + 0.25
+            want = (default + 1 if isinstance(default, int) else default / 2 + 0.25
+                    if default is not None else 0.25)  # None: resolved later (label_dropout)
             argv = ["--" + flag_name(TrainConfig, f), str(want)]
         args = train_parser().parse_args(["--out", "x", *argv])
         got = TrainConfig(**given_settings(args, TrainConfig))
@@ -80,18 +81,45 @@ def test_help_shows_the_dataclass_defaults():
         assert f"(default {shown})" in text[lo:hi], (flag_name(cls, f), text[lo:hi])
 
 
-def test_python_defaults_are_the_cli_defaults():
-    """A run made with no flags has exactly TrainConfig()'s and BuildConfig()'s settings."""
+def test_python_defaults_are_the_cli_defaults(tmp_path):
+    """A run made with no flags has exactly TrainConfig()'s and BuildConfig()'s settings, and
+    the command's config is the library's (`noisecraft.train.prepare`, which the command calls)."""
+    from noisecraft.train.setup import prepare
+
     args = train_parser().parse_args(["--out", "x", "--data", "moons"])
     assert given_settings(args, TrainConfig) == {}
     assert given_settings(args, BuildConfig) == {"data": "moons"}
-    from noisecraft.cli.train import _new_config
-
-    config = _new_config(args, BuildConfig(data="moons"), data.load("moons"))
-    assert config.train == TrainConfig()
+    config = prepare(tmp_path / "a", data="moons").config
+    # label_dropout is unset (None) in TrainConfig() and resolved per run: 0 without classes
+    assert config.train == dataclasses.replace(TrainConfig(), label_dropout=0.0)
     assert config.schedule["kind"] == BuildConfig.schedule
     assert config.schedule["T"] == BuildConfig.timesteps
     assert config.prediction == BuildConfig.prediction
+    assert config.net == nets_config_of_default_preset("moons")
+
+
+def nets_config_of_default_preset(spec):
+    from noisecraft import nets
+
+    dataset = data.load(spec)
+    return nets.build(nets.DEFAULT_PRESETS[dataset.info["kind"]], in_channels=dataset.info["dim"],
+                      image_size=None, T=BuildConfig.timesteps, num_classes=None).config
+
+
+def test_a_class_conditional_python_run_gets_the_commands_label_dropout(tmp_path):
+    """new_run_config (Python) and `train --class-cond` (CLI) agree: a class-conditional run
+    defaults to label dropout 0.1, so it can be guided; unconditional runs get 0."""
+    from noisecraft.config import CLASS_COND_LABEL_DROPOUT
+    from noisecraft.train import new_run_config
+    from noisecraft.train.setup import prepare
+
+    digits = data.load("digits")
+    assert new_run_config(digits, "digits", class_conditional=True).train.label_dropout == \
+        CLASS_COND_LABEL_DROPOUT == 0.1
+    assert new_run_config(digits, "digits").train.label_dropout == 0.0
+    assert prepare(tmp_path / "c", data="digits", class_cond=True).config.train.label_dropout == 0.1
+    with pytest.raises(ValueError, match="needs a class-conditional run"):
+        new_run_config(digits, "digits", train=TrainConfig(label_dropout=0.2))
 
 
 def test_choices_come_from_the_library_registries():
@@ -156,15 +184,13 @@ def test_resume_refuses_every_given_flag_that_differs_zero_and_false_included(sa
 
 def test_resume_accepts_flags_equal_to_the_runs_own(saved_run, monkeypatch):
     """Repeating the run's settings is not a conflict; resumable flags update the config."""
-    from noisecraft.cli.train import _check_resume_flags
     from noisecraft.run import read_config
+    from noisecraft.train.setup import resume_config
 
     config = read_config(saved_run)
-    args = train_parser().parse_args(["--out", str(saved_run), "--resume", "--seed", "3", "--warmup",
-                                      "7", "--ema-warmup", "--data", "moons", "--net", "mlp",
-                                      "--timesteps", "50", "--no-learned-variance", "--steps", "20",
-                                      "--sample-every", "0"])
-    resumed = _check_resume_flags(args, config)
+    resumed = resume_config(config, dict(seed=3, warmup=7, ema_warmup=True, data="moons", net="mlp",
+                                         timesteps=50, learned_variance=False, steps=20,
+                                         sample_every=0))
     assert resumed.train == dataclasses.replace(config.train, steps=20, sample_every=0)
 
 

@@ -213,7 +213,7 @@ def test_refuses_to_overwrite_or_resume_nothing(tmp_path):
     train(tmp_path / "run", config, dataset)
     with pytest.raises(ValueError, match="already holds a trained run"):
         Trainer(config, tmp_path / "run", dataset)
-    with pytest.raises(RunError, match="state.json: missing"):
+    with pytest.raises(RunError, match="does not exist; nothing to resume"):
         Trainer(config, tmp_path / "empty", dataset, resume=True)
 
 

@@ -49,6 +49,7 @@ from .config import (
 )
 from .errors import RunError
 from .io import checkpoint_file, read_json, read_safetensors
+from .latentscale import scale_latent, unscale_latent
 
 CONFIG = "config.json"
 NOISECRAFT_WEIGHTS = "model.safetensors"
@@ -199,11 +200,11 @@ class LoadedAutoencoder:
         if sample:
             eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             z = mean + torch.exp(0.5 * logvar) * eps
-        return (z - self.shift_factor) * self.scale_factor
+        return scale_latent(z, self.scale_factor, self.shift_factor)
 
     def from_latent(self, z: Tensor) -> Tensor:
         """Scaled latents → images: decode(z / scale + shift)."""
-        return self.decode(z / self.scale_factor + self.shift_factor)
+        return self.decode(unscale_latent(z, self.scale_factor, self.shift_factor))
 
 
 # --------------------------------------------------------------------------- loading

@@ -324,6 +324,18 @@ class BuildConfig(Settings):
 CLASS_COND_LABEL_DROPOUT = 0.1
 
 
+def resolve_label_dropout(value: float | None, class_conditional: bool) -> float:
+    """The label dropout a run trains with: unset (None) is :data:`CLASS_COND_LABEL_DROPOUT` for
+    a class-conditional run (so it can be guided) and 0 otherwise; a positive value needs a
+    class-conditional run (there are no labels to drop)."""
+    if value is None:
+        return CLASS_COND_LABEL_DROPOUT if class_conditional else 0.0
+    if value > 0 and not class_conditional:
+        raise ValueError(f"label_dropout {value:g} (--label-dropout) needs a class-conditional run "
+                         "(--class-cond)")
+    return float(value)
+
+
 @dataclass
 class TrainConfig(Settings):
     """Optimisation settings. ``steps`` counts optimizer steps (each of ``accum`` micro-batches).
@@ -349,10 +361,10 @@ class TrainConfig(Settings):
     ema_decay: float = setting(0.999, "EMA decay per optimizer step", range="[0, 1)")
     ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n)/(10 + n)) over the first "
                                "updates, so early weights are forgotten")
-    label_dropout: float = setting(0.0, "with --class-cond: fraction of labels replaced by the "
-                                   "null label, for classifier-free guidance; `noisecraft train "
-                                   f"--class-cond` uses {CLASS_COND_LABEL_DROPOUT:g} unless given",
-                                   range="[0, 1)")
+    label_dropout: float | None = setting(
+        None, "with --class-cond: fraction of labels replaced by the null label, for "
+        f"classifier-free guidance (default {CLASS_COND_LABEL_DROPOUT:g} for class-conditional "
+        "runs, 0 otherwise; RunConfig resolves it)", range="[0, 1)")
     loss: str = setting("simple", "training objective: simple (MSE on the prediction), min-snr "
                         "(min-SNR-gamma weighted MSE), vlb (the variational bound), hybrid "
                         "(simple + lambda vlb; with --learned-variance)",
@@ -478,6 +490,18 @@ class LatentConfig:
     shift_factor: float = 0.0
     shape: list[int] = field(default_factory=list)
 
+    def to_model(self, z: Any) -> Any:
+        """Autoencoder latents z → the network's z_s (:func:`noisecraft.latentscale.scale_latent`)."""
+        from .latentscale import scale_latent
+
+        return scale_latent(z, self.scale_factor, self.shift_factor)
+
+    def from_model(self, z_s: Any) -> Any:
+        """The network's z_s → autoencoder latents z (:func:`~noisecraft.latentscale.unscale_latent`)."""
+        from .latentscale import unscale_latent
+
+        return unscale_latent(z_s, self.scale_factor, self.shift_factor)
+
     def __post_init__(self) -> None:
         if self.kind not in AUTOENCODER_KINDS:
             raise ValueError(f"autoencoder kind must be one of {', '.join(AUTOENCODER_KINDS)}, "
@@ -528,6 +552,10 @@ class RunConfig:
             if (self.condition.kind == "text") != isinstance(self.net.get("text_dim"), int):
                 raise ValueError(f"condition {self.condition.kind!r} needs a net with text_dim "
                                  "exactly when it is 'text'")
+        if isinstance(self.train, TrainConfig) and isinstance(self.data, DataConfig):
+            dropout = resolve_label_dropout(self.train.label_dropout, self.data.num_classes is not None)
+            if dropout != self.train.label_dropout:  # a copy: the caller's TrainConfig is theirs
+                self.train = dataclasses.replace(self.train, label_dropout=dropout)
         learned = bool(self.net.get("learned_variance", False)) if isinstance(self.net, dict) else False
         loss = self.train.loss if isinstance(self.train, TrainConfig) else None
         if loss == "hybrid" and not learned:

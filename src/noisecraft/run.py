@@ -320,8 +320,8 @@ class LoadedRun:
         run's network models (the inverse direction of :meth:`decode`), on the CPU."""
         lat = self._latent("encode")
         dev = self.autoencoder.device
-        parts = [(self.autoencoder.encode(x[i:i + batch_size].to(dev, torch.float32))[0].float().cpu()
-                  - lat.shift_factor) * lat.scale_factor for i in range(0, len(x), batch_size)]
+        parts = [lat.to_model(self.autoencoder.encode(x[i:i + batch_size].to(dev, torch.float32))[0]
+                              .float().cpu()) for i in range(0, len(x), batch_size)]
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -330,8 +330,8 @@ class LoadedRun:
         x = decode(z_s / scale + shift), with the run's recorded scale and shift."""
         lat = self._latent("decode")
         dev = self.autoencoder.device
-        parts = [self.autoencoder.decode(z[i:i + batch_size].to(dev, torch.float32)
-                                         / lat.scale_factor + lat.shift_factor).float().cpu()
+        parts = [self.autoencoder.decode(lat.from_model(z[i:i + batch_size].to(dev, torch.float32)))
+                 .float().cpu()
                  for i in range(0, len(z), batch_size)]
         return torch.cat(parts)
 

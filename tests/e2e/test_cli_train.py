@@ -76,7 +76,7 @@ def test_training_on_vectors_uses_the_mlp_and_scatter_plots(tmp_path, capsys):
     (["--net", "huge"], "argument --net: invalid choice: 'huge'"),
     (["--net", "tiny", "--data", "moons"], "use --net mlp"),
     (["--data", "no/such/data"], "data 'no/such/data' not found"),
-    (["--label-dropout", "0.2"], "--label-dropout needs --class-cond"),
+    (["--label-dropout", "0.2"], "(--label-dropout) needs a class-conditional run"),
 ])
 def test_bad_flags_exit_2_with_one_line_and_no_traceback(tmp_path, capsys, argv, message):
     base = ["train", "--data", "digits", "--out", str(tmp_path / "run"), "--steps", "1"]

@@ -168,3 +168,13 @@ def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
         if value is not None:
             out[f.name] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def flat_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The settings of ``cls`` given on the command line, named as the library's
+    ``noisecraft.train.prepare`` takes them (the flag with ``_`` for ``-``)."""
+    from ..config import flag_name, settings_of
+
+    given = given_settings(args, cls)
+    return {flag_name(cls, f).replace("-", "_"): given[f.name] for f in settings_of(cls)
+            if f.name in given}

@@ -11,11 +11,8 @@ saved beside the model); no perceptual term (see noisecraft.train.autoencoder).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-from typing import Any
 
-from ._args import add_settings, add_threads, command_parser, given_settings
+from ._args import add_settings, add_threads, command_parser, flat_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,69 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _check_resume_flags(args: argparse.Namespace, config: Any) -> Any:
-    """The run's config with the resumable flags applied; any other given flag must equal the
-    run's own value, else ValueError naming the flag and both values."""
-    from ..autoencoders import AutoencoderBuildConfig, AutoencoderTrainConfig
-    from ..config import flag_name, settings_of
-
-    updates = {}
-    for cls in (AutoencoderBuildConfig, AutoencoderTrainConfig):
-        given = given_settings(args, cls)
-        for f in settings_of(cls):
-            if f.name not in given:
-                continue
-            stored = f.metadata.get("stored")
-            saved = stored(config) if stored else getattr(config.train, f.name)
-            if f.metadata["resumable"]:
-                updates[f.name] = given[f.name]
-            elif given[f.name] != saved:
-                flag = "--" + flag_name(cls, f)
-                raise ValueError(f"{flag} {given[f.name]} conflicts with the run being resumed "
-                                 f"({flag} {saved})")
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, **updates))
-
-
 def run(args: argparse.Namespace) -> int:
-    from .. import data as nc_data
-    from ..autoencoders import (
-        AutoencoderBuildConfig,
-        AutoencoderTrainConfig,
-        read_autoencoder_config,
-    )
-    from ..run import check_device
-    from ..train.autoencoder import AutoencoderTrainer, new_autoencoder_config
+    from ..train.setup import autoencoder_sections, prepare_autoencoder
 
-    if args.device is not None:
-        check_device(args.device)
-    out = args.out
-    if args.resume:
-        config = _check_resume_flags(args, read_autoencoder_config(out))
-        d = config.data
-        dataset = nc_data.load(d.spec, image_size=d.image_size, channels=d.channels,
-                               flip=bool((d.preprocess or {}).get("flip")))
-        if dataset.preprocess.to_dict() != d.preprocess:
-            raise ValueError(f"{d.spec!r} now loads with preprocessing {dataset.preprocess.to_dict()}, "
-                             f"but the autoencoder was trained with {d.preprocess}")
-    else:
-        build = AutoencoderBuildConfig(**given_settings(args, AutoencoderBuildConfig))
-        if build.data is None:
-            raise ValueError("--data is required (unless --resume)")
-        foreign = not os.path.isfile(os.path.join(out, "config.json"))
-        if os.path.isdir(out) and os.listdir(out) and foreign:
-            raise ValueError(f"--out {out} is a non-empty folder that is not a run directory; "
-                             "choose a new or empty folder")
-        dataset = nc_data.load(build.data, image_size=build.image_size, channels=build.channels,
-                               flip=build.flip)
-        train = AutoencoderTrainConfig(**given_settings(args, AutoencoderTrainConfig))
-        config = new_autoencoder_config(dataset, build.data, preset=build.preset,
-                                        latent_channels=build.latent_channels, factor=build.factor,
-                                        train=train)
-    trainer = AutoencoderTrainer(config, out, dataset, resume=args.resume, device=args.device,
-                                 progress=not args.no_progress)
-    r = trainer.fit()
+    settings = {k: v for _, cls in autoencoder_sections() for k, v in flat_settings(args, cls).items()}
+    r = prepare_autoencoder(args.out, resume=args.resume, device=args.device,
+                            progress=not args.no_progress, **settings).fit()
     loss = f"{r.loss:.4f}" if r.loss is not None else "n/a (already at --steps)"
-    print(f"noisecraft: {out}: step {r.step}, loss {loss}, reconstruction PSNR {r.psnr:.2f} dB "
+    print(f"noisecraft: {args.out}: step {r.step}, loss {loss}, reconstruction PSNR {r.psnr:.2f} dB "
           f"(on {r.reference_images} training images), latent scale factor {r.scale_factor:.5f}, "
           f"{r.wall_time_s:.1f} s of training")
     return 0

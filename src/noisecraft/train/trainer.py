@@ -81,16 +81,20 @@ def rank_seed(seed: int, rank: int, stream: str) -> int:
     return derive_seed("noisecraft-train", seed, rank, stream)
 
 
-def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = "tiny",
+def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str | None = None,
                    net_overrides: dict[str, Any] | None = None,
                    schedule: str = BuildConfig.schedule, T: int = BuildConfig.timesteps,
                    prediction: str = BuildConfig.prediction, class_conditional: bool = False,
                    train: TrainConfig | None = None, sampling: SamplingConfig | None = None,
                    condition: ConditionConfig | None = None) -> RunConfig:
-    """The config of a new run: preset ``net`` sized to ``dataset`` (``dataset.info``) and the
-    schedule ``schedule`` with ``T`` steps. Images sample with x̂_0 clipped to [−1, 1] and
-    draw 64-picture grids; audio (log-mel spectrograms) clips too and draws 8; vectors sample
-    unclipped and plot 2,000 points.
+    """The config of a new run: preset ``net`` (default: ``nets.DEFAULT_PRESETS`` for the data's
+    kind) sized to ``dataset`` (``dataset.info``) and the schedule ``schedule`` with ``T`` steps.
+    Pixels and spectrograms sample with x̂_0 clipped to [−1, 1], their range; latent and vector
+    runs clip x̂_0 to the range of their training data (:func:`training_range`), which
+    holds every exact posterior mean E[x_0 | x_t] (a convex combination of data points), so the
+    clip only removes the network's error — the error that 1/α_t amplifies ~10⁴-fold at the end
+    of a cosine schedule. Images draw 64-picture grids, audio 8, vectors plot 2,000 points. A
+    class-conditional run's label dropout defaults to ``config.CLASS_COND_LABEL_DROPOUT``.
 
     ``condition``: kind "class" is ``class_conditional``; kind "text" loads the text encoder
     (recording its sha256 and sizing the net's ``text_dim``) and checks the captions' source."""
@@ -99,6 +103,8 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
     if kind not in ("image", "vector", "audio"):
         raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images, audio "
                          "and vectors")
+    if net is None:
+        net = nets.DEFAULT_PRESETS[kind]
     if net not in nets.PRESETS:
         raise ValueError(f"unknown network preset {net!r}; valid: {', '.join(nets.PRESETS)}")
     arch = nets.PRESETS[net]["arch"]
@@ -133,14 +139,39 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str = 
                       image_size=pre.image_size if kind == "image" else None,
                       channels=pre.channels if kind == "image" else None,
                       preprocess=pre.to_dict())
-    if sampling is None:  # latents are not confined to [−1, 1]: no clipping of x̂_0 there
-        sampling = (SamplingConfig(clip=None if latent is not None else (-1.0, 1.0), n=64)
-                    if kind == "image"
-                    else SamplingConfig(clip=(-1.0, 1.0), n=8) if kind == "audio"
-                    else SamplingConfig(clip=None, n=2000))
+    if sampling is None:
+        clip = training_range(dataset) if latent is not None or kind == "vector" else (-1.0, 1.0)
+        sampling = SamplingConfig(clip=clip, n={"image": 64, "audio": 8}.get(kind, 2000))
     return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
                      train=train or TrainConfig(), sampling=sampling, condition=condition,
                      latent=latent)
+
+
+# A latent drawn from the posterior N(mean, exp(logvar)) lies within 4 standard deviations of
+# its mean but for a fraction 6·10⁻⁵ of values: the range of "sample"-posterior latents.
+POSTERIOR_RANGE_STDS = 4.0
+
+
+def training_range(dataset: Any) -> tuple[float, float] | None:
+    """(min, max) over every value the network is trained on, in model units: vectors as held,
+    a latent run's scaled latents z_s = (z − shift)·scale (posterior means, ± 4σ for "sample").
+    E[x_0 | x_t] is a convex combination of training values, so it lies in this range."""
+    if hasattr(dataset, "latent") and hasattr(dataset, "mean"):
+        lat = dataset.latent
+        means = [m for m in (dataset.mean, getattr(dataset, "mean_flipped", None)) if m is not None]
+        spreads = [torch.zeros(()) for _ in means]
+        if lat.posterior == "sample":
+            logvars = (dataset.logvar, getattr(dataset, "logvar_flipped", None))
+            spreads = [POSTERIOR_RANGE_STDS * torch.exp(0.5 * lv) for lv in logvars if lv is not None]
+        lo = min(float((m - s).min()) for m, s in zip(means, spreads, strict=True))
+        hi = max(float((m + s).max()) for m, s in zip(means, spreads, strict=True))
+        lo, hi = (float(v) for v in lat.to_model(torch.tensor([lo, hi], dtype=torch.float64)))
+        return (lo, hi) if lo < hi else None
+    values = getattr(dataset, "vectors", None)
+    if not isinstance(values, Tensor):
+        values = torch.stack([dataset[i]["x"] for i in range(len(dataset))])
+    lo, hi = float(values.min()), float(values.max())
+    return (lo, hi) if lo < hi else None  # constant data: nothing to clip to
 
 
 def _text_condition(condition: ConditionConfig, dataset: Any, spec: str
@@ -207,16 +238,37 @@ class Trainer:
         self.resume = resume
         self.device = device
         self.progress = progress
-        self._check_checkpoint()
+        self.check_run_dir(self.run_dir, resume)
         self.net: nn.Module | None = None  # the trained network and its EMA, set by fit()
         self.ema: EMA | None = None
 
-    def _check_checkpoint(self) -> None:
-        if self.resume and not has_checkpoint(self.run_dir):
-            raise RunError(f"{self.run_dir / STATE}: missing; nothing to resume in {self.run_dir}")
-        if not self.resume and has_checkpoint(self.run_dir):
-            raise RunError(f"{self.run_dir} already holds a trained run; pass --resume to continue "
+    @staticmethod
+    def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+        """The run directory's own rules (``noisecraft train --out`` and :func:`prepare` apply
+        them before loading data): a new run goes into a new or empty folder or a run directory
+        with no checkpoint yet, never over a file or into a foreign folder; ``resume`` needs a
+        checkpoint, a new run refuses one."""
+        path = Path(run_dir)
+        if resume and not path.exists():
+            raise RunError(f"run directory {path} does not exist; nothing to resume")
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path}: exists and is not a folder; choose a new or empty folder")
+        Trainer._check_checkpoint_of(path, resume)
+        if (not resume and path.is_dir() and not (path / CONFIG).is_file()
+                and any(path.iterdir())):
+            raise RunError(f"--out {path} is a non-empty folder that is not a run directory; "
+                           "choose a new or empty folder")
+
+    @staticmethod
+    def _check_checkpoint_of(path: Path, resume: bool) -> None:
+        if resume and not has_checkpoint(path):
+            raise RunError(f"{path / STATE}: missing; nothing to resume in {path}")
+        if not resume and has_checkpoint(path):
+            raise RunError(f"{path} already holds a trained run; pass --resume to continue "
                            "it or choose another --out")
+
+    def _check_checkpoint(self) -> None:  # again under the lock: a writer may have saved since
+        self._check_checkpoint_of(self.run_dir, self.resume)
 
     # ------------------------------------------------------------------ public
     def fit(self, stop_at: int | None = None) -> TrainResult:
