@@ -1,27 +1,13 @@
-"""Run directories for inference: read ``config.json`` and the last committed checkpoint and
-rebuild a trained model (:func:`load_run`). Never imports the trainer.
-
-A run directory holds
-
-    config.json            RunConfig (see ``noisecraft.config``): rebuilds net, schedule, data transform
-    model.safetensors      the trained weights
-    ema.safetensors        their exponential moving average (what sampling uses by default)
-    optimizer.safetensors  AdamW's state, flattened to tensors + JSON metadata
-    state.json             step, RNG states, LR-schedule and data-order positions
-    log.jsonl              one JSON object per logged step
-    samples/               sample grids written during training
-    .lock                  the writer's lock (``noisecraft.lock``): one trainer at a time
-
-A checkpoint is saved as one transaction of ``noisecraft.io`` with ``state.json`` last (the
-commit point). Each safetensors file also records its step and loading checks it against
-``state.json``, so a mixed checkpoint can never load silently. Nothing is ever unpickled.
+"""Inference on a trained run: :func:`load_run` rebuilds the model from its run directory (the
+format lives in :mod:`noisecraft.rundir`) and :class:`LoadedRun` does with it everything the
+commands do — sample, generate, score, encode, edit — with the run's own defaults, conditions,
+guidance and latent decoding, so Python and the command line give the same numbers. Never
+imports the trainer.
 """
-
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +18,25 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import RunError
-from .io import JOURNAL, PREVIOUS, checkpoint_file, read_json, read_safetensors
-
-CONFIG = "config.json"
-MODEL = "model.safetensors"
-EMA_WEIGHTS = "ema.safetensors"
-OPTIMIZER = "optimizer.safetensors"
-STATE = "state.json"
-LOG = "log.jsonl"
-SAMPLES = "samples"
+from .io import checkpoint_file
+from .run_editing import RepresentationMixin
+from .rundir import (  # noqa: F401  (the run-directory format, re-exported for its importers)
+    CONFIG,
+    EMA_WEIGHTS,
+    LOG,
+    MODEL,
+    OPTIMIZER,
+    READ_ATTEMPTS,
+    SAMPLES,
+    STATE,
+    check_run_dir,
+    check_step,
+    has_checkpoint,
+    load_weights,
+    read_committed,
+    read_config,
+    read_state,
+)
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -56,62 +52,12 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load_weights(net: nn.Module, path: str | os.PathLike[str]) -> dict[str, str]:
-    """Load a weights file into ``net`` (strictly); returns the file's metadata. Weights with a
-    NaN or ±Inf are refused: they would sample black pictures and exit 0."""
-    tensors, metadata = read_safetensors(path)
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:
-        raise RunError(f"{path}: {len(bad)} of {len(tensors)} tensors hold NaN or Inf values "
-                       f"(first: {bad[0]!r}); the run diverged or the file is damaged")
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise RunError(f"{path}: does not fit the network in config.json "
-                       f"({str(e).splitlines()[0]})") from None
-    return metadata
-
-
-# --------------------------------------------------------------------------- reading a run
-def check_run_dir(run_dir: str | os.PathLike[str]) -> Path:
-    path = Path(run_dir)
-    if not path.exists():
-        raise RunError(f"run directory {path} does not exist")
-    if not path.is_dir():
-        raise RunError(f"{path} is not a run directory (not a folder)")
-    if not (path / CONFIG).is_file():
-        raise RunError(f"{path / CONFIG}: missing; {path} is not a noisecraft run directory")
-    return path
-
-
-def read_config(run_dir: str | os.PathLike[str]) -> RunConfig:
-    path = check_run_dir(run_dir) / CONFIG
-    return RunConfig.from_dict(read_json(path), source=str(path))
-
-
-def read_state(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    path = checkpoint_file(run_dir, STATE)
-    state = read_json(path)
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise RunError(f"{path}: not a noisecraft training state (no integer 'step')")
-    return state
-
-
-def check_step(path: Path, metadata: Mapping[str, str], step: int) -> None:
-    """A checkpoint file must belong to the step in state.json (see the module docstring)."""
-    if metadata.get("step") != str(step):
-        raise RunError(f"{path}: holds step {metadata.get('step')!r} but state.json says step "
-                       f"{step}; the checkpoint was interrupted while being saved")
-
-
-def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
-    return (Path(run_dir) / STATE).is_file()
 
 
 # --------------------------------------------------------------------------- load_run
 @dataclass
-class LoadedRun:
-    """A trained run, ready to sample: what :func:`load_run` returns."""
+class LoadedRun(RepresentationMixin):
+    """A trained run, ready to sample, score and edit: what :func:`load_run` returns."""
 
     run_dir: Path
     config: RunConfig
@@ -177,8 +123,135 @@ class LoadedRun:
                              f"0..{self.num_classes - 1}")
         return np.asarray(values, dtype=np.int64)
 
+    # ------------------------------------------------------------------ conditions
+    def conditions(self, n: int, prompts: str | list[str] | None = None,
+                   classes: Any = None) -> tuple[list[str] | None, np.ndarray | None]:
+        """One (prompt, label) per example — the one rule of every command and of ``Pipeline``:
+        ``n`` examples of each given prompt or class in turn (grouped, so a grid's rows follow
+        the conditions), or without either the run's defaults for ``n`` examples (its caption
+        template or its classes cycled 0, 1, …, K−1, 0, …; None for an unconditional run)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        kind = self.config.condition.kind
+        if prompts is not None and classes is not None:
+            raise ValueError("give prompts or classes, not both")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if prompts is not None:
+            if not self.text_conditional:
+                raise ValueError(f"prompts need a text-conditional run; {self.run_dir} is "
+                                 f"conditioned on {kind!r}")
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+            return [p for p in prompts for _ in range(n)], None
+        if classes is not None:
+            if self.num_classes is None:
+                raise ValueError(f"{self.run_dir} is not class-conditional: classes do not apply")
+            return None, np.repeat(self.check_classes(classes), n)
+        return self.default_prompts(n), self.default_labels(n)
+
+    def condition(self, labels: Any = None, prompts: list[str] | None = None,
+                  device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+        """The network's condition keywords for one batch: ``labels`` (checked against the run's
+        classes) and/or ``prompts`` through the run's frozen text encoder."""
+        dev = torch.device(device) if device is not None else self.device
+        cond: dict[str, torch.Tensor] = {}
+        if labels is not None:
+            if self.num_classes is None:
+                raise ValueError(f"{self.run_dir} is not class-conditional; labels do not apply")
+            cond["labels"] = torch.as_tensor(self.check_classes(labels), device=dev)
+        if prompts is not None:
+            from .conditioning import text_condition
+
+            cond.update(text_condition(self.text_encoder(), list(prompts), dev))
+        return cond
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def guided(self, scale: float, *, rescale: float = 0.0,
+               interval: tuple[float, float] | None = None, autoguide: LoadedRun | None = None
+               ) -> Any:
+        """The run's Denoiser under classifier-free guidance (or autoguidance), checked.
+
+        Classifier-free guidance needs a class-conditional run trained with label dropout, or a
+        text run trained with caption dropout (else its null condition was never learned and
+        w ≠ 1 mixes in an untrained branch); text runs use the empty prompt
+        (``conditioning.null_condition``). ``autoguide``, a second LoadedRun (a smaller or
+        earlier model of the same data), replaces the null branch and must share the data shape,
+        schedule and classes; it also guides unconditional runs.
+        """
+        from .guidance import Guided
+
+        name, condition = self.run_dir, self.config.condition
+        if autoguide is None and condition.kind == "text":
+            if scale != 1 and not condition.caption_dropout:
+                raise ValueError(f"{name} was trained without caption dropout, so it has no "
+                                 f"unconditional branch to guide with: guidance {scale:g} needs a "
+                                 "run trained with --caption-dropout > 0 (or an --autoguide model)")
+            from .conditioning import null_condition
+
+            return Guided(self.denoiser, scale, rescale=rescale, interval=interval,
+                          null=null_condition)
+        if autoguide is None:
+            if self.num_classes is None:
+                raise ValueError(f"{name} is not class-conditional: classifier-free guidance needs "
+                                 "a run trained with --class-cond or --condition text (or an "
+                                 "--autoguide model)")
+            if scale != 1 and self.config.train.label_dropout == 0:
+                raise ValueError(f"{name} was trained without label dropout, so it has no "
+                                 f"unconditional branch to guide with: guidance {scale:g} needs a "
+                                 "run trained with --label-dropout > 0 (or an --autoguide model)")
+            return Guided(self.denoiser, scale, rescale=rescale, interval=interval)
+        other = autoguide.run_dir
+        for what, mine, theirs in (("data shape", self.shape, autoguide.shape),
+                                   ("schedule", self.config.schedule, autoguide.config.schedule),
+                                   ("classes", self.num_classes, autoguide.num_classes)):
+            if mine != theirs:
+                raise ValueError(f"autoguide run {other} has {what} {theirs}, but {name} has "
+                                 f"{mine}; autoguidance needs a weaker model of the same task")
+        return Guided(self.denoiser, scale, rescale=rescale, interval=interval,
+                      unconditional=autoguide.denoiser)
+
+    def sampling_denoiser(self, guidance: float | None = None, *, guidance_rescale: float = 0.0,
+                          guidance_interval: tuple[float, float] | None = None,
+                          autoguide: LoadedRun | None = None, conditional: bool = True) -> Any:
+        """The Denoiser sampling uses: the run's own, or :meth:`guided` when ``guidance`` is
+        given (``conditional``: whether the examples carry a condition to guide towards)."""
+        if guidance is None:
+            for what, value in (("guidance_rescale", guidance_rescale),
+                                ("guidance_interval", guidance_interval),
+                                ("autoguide", autoguide)):
+                if value:
+                    raise ValueError(f"{what} needs a guidance scale (--guidance W)")
+            return self.denoiser
+        guided = self.guided(guidance, rescale=guidance_rescale, interval=guidance_interval,
+                             autoguide=autoguide)
+        if autoguide is None and not conditional:
+            raise ValueError(f"guidance needs a condition (labels or prompts); {self.run_dir} "
+                             "is sampled unconditionally")
+        if autoguide is not None:
+            autoguide.net.to(self.device)
+        return guided
+
+    def sampler_and_steps(self, sampler: str | None = None, steps: int | None = None
+                          ) -> tuple[str, int]:
+        """``sampler`` and ``steps``, or the run's own sampling settings (config.json's
+        ``sampling``), checked — the steps against the sampler's grid — before any work."""
+        from . import grids
+        from .samplers import SAMPLERS, check_sampler
+
+        sampler = check_sampler(sampler or self.config.sampling.sampler)
+        steps = self.config.sampling.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        grids.make(SAMPLERS[sampler].default_grid, self.schedule, steps)  # raises for steps > T
+        return sampler, steps
+
     @torch.no_grad()
-    def generate_tensor(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+    def generate_tensor(self, n: int, sampler: str | None = None, steps: int | None = None,
+                        seed: int = 0,
                         batch_size: int = 256, callback: Callable[..., Any] | None = None,
                         labels: np.ndarray | None = None,
                         device: str | torch.device | None = None,
@@ -198,10 +271,11 @@ class LoadedRun:
         ``prompts``: one per example (text runs). ``guidance``: the classifier-free guidance scale
         w (``noisecraft.guidance.Guided``; the empty prompt / label −1 is the unconditional branch),
         with ``guidance_rescale``, ``guidance_interval`` (in t) and ``autoguide`` (another run:
-        autoguidance), checked by :func:`noisecraft.guidance.guide_run`.
-        ``options`` are the sampler's own (``{"variance": "learned"}`` for ddpm, ``{"eta": 1.0}``
-        for ddim). ``progress`` draws a tqdm bar on stderr counting sampler steps over all
-        batches, with an ETA.
+        autoguidance), checked by :meth:`guided`. ``sampler``/``steps`` None: the run's own
+        (:meth:`sampler_and_steps`, config.json's ``sampling``). ``options`` are the
+        sampler's own (``{"variance": "learned"}`` for ddpm, ``{"eta": 1.0}`` for ddim).
+        ``progress`` draws a tqdm bar on stderr counting sampler steps over all batches, with an
+        ETA.
         """
         from .samplers import sample
 
@@ -209,41 +283,28 @@ class LoadedRun:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        sampler, steps = self.sampler_and_steps(sampler, steps)
         if labels is not None:
-            labels = np.asarray(labels)
-            if labels.shape != (n,):
-                raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+            labels = self.check_classes(labels) if self.num_classes is not None else labels
+            if np.asarray(labels).shape != (n,):
+                raise ValueError(f"labels must have shape ({n},), got {np.asarray(labels).shape}")
             if self.num_classes is None:
                 raise ValueError(f"{self.run_dir} is not class-conditional; labels do not apply")
-        encoder = None
         if prompts is not None:
-            encoder = self.text_encoder()
+            self.text_encoder()
             if isinstance(prompts, str) or len(prompts) != n:
                 raise ValueError(f"prompts must be a list of {n} strings, one per sample")
-        dev = torch.device(device) if device is not None else next(self.net.parameters()).device
+        dev = torch.device(device) if device is not None else self.device
         self.net.to(dev)
-        denoiser = self.denoiser
-        if guidance is not None:
-            from .guidance import guide_run
-
-            denoiser = guide_run(self, guidance, rescale=guidance_rescale,
-                                 interval=guidance_interval, autoguide=autoguide)
-            if autoguide is None and labels is None and prompts is None:
-                raise ValueError(f"guidance needs a condition (labels or prompts); {self.run_dir} "
-                                 "is sampled unconditionally")
-            if autoguide is not None:
-                autoguide.net.to(dev)
+        denoiser = self.sampling_denoiser(guidance, guidance_rescale=guidance_rescale,
+                                          guidance_interval=guidance_interval, autoguide=autoguide,
+                                          conditional=labels is not None or prompts is not None)
         bar = _step_bar(-(-n // batch_size), steps) if progress else None
         out = []
         for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(n, start + batch_size)
-            cond = {}
-            if labels is not None:
-                cond["labels"] = torch.as_tensor(labels[start:stop], dtype=torch.long, device=dev)
-            if encoder is not None:
-                from .conditioning import text_condition
-
-                cond.update(text_condition(encoder, list(prompts[start:stop]), dev))
+            cond = self.condition(None if labels is None else labels[start:stop],
+                                  None if prompts is None else prompts[start:stop], dev)
             x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps, options=options,
                        seed=seed, seed_offset=offset + start, device=dev,
@@ -255,7 +316,7 @@ class LoadedRun:
             bar.close()
         return torch.cat(out)
 
-    def generate(self, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+    def generate(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                  batch_size: int = 256, callback: Callable[..., Any] | None = None,
                  labels: np.ndarray | None = None, prompts: list[str] | None = None,
                  guidance: float | None = None,
@@ -284,6 +345,66 @@ class LoadedRun:
         if self.preprocess.kind == "audio":
             return torch.as_tensor(x).detach().cpu().float().clamp(-1, 1).numpy()
         return denormalize(x, self.preprocess).numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ sample (the command)
+    def sample(self, n: int = 64, *, prompts: str | list[str] | None = None, classes: Any = None,
+               sampler: str | None = None, steps: int | None = None, seed: int = 0,
+               batch_size: int = 256, guidance: float | None = None,
+               options: dict[str, Any] | None = None, progress: bool = False,
+               ranks: Any = None, **guided: Any) -> Samples | None:
+        """What ``noisecraft sample`` draws: ``n`` samples per prompt or class given (or ``n``
+        with the run's default conditions, :meth:`conditions`), by ``sampler`` with ``steps``
+        (default: the run's), as the data's own kind (:meth:`generate`). ``ranks`` (a
+        :class:`noisecraft.shard.Ranks`): shard the batches over torchrun's processes; rank 0
+        gets every sample, the others None."""
+        from . import shard
+
+        sampler, steps = self.sampler_and_steps(sampler, steps)
+        prompt_list, labels = self.conditions(n, prompts, classes)
+        total = len(prompt_list) if prompt_list is not None else (
+            len(labels) if labels is not None else n)
+        check_memory(total, self.shape)
+        out = shard.generate(self, total, sampler=sampler, steps=steps, seed=seed,
+                             batch_size=batch_size, labels=labels, prompts=prompt_list,
+                             guidance=guidance, options=options, progress=progress,
+                             ranks=ranks or shard.Ranks(), **guided)
+        if out is None:
+            return None
+        return Samples(output=out, labels=labels, prompts=prompt_list, sampler=sampler, steps=steps,
+                       seed=seed)
+
+    # ------------------------------------------------------------------ likelihood (nll)
+    def nll(self, x: torch.Tensor, labels: torch.Tensor | None = None, **options: Any
+            ) -> torch.Tensor:
+        """Bits/dim per example of data ``x`` in model space (pictures in [−1, 1]; a latent run
+        encodes them), by the unclipped network, the units by the data (:mod:`noisecraft.scoring`;
+        ``options``: its :class:`~noisecraft.scoring.NllOptions`)."""
+        from .scoring import NllOptions, bits_per_dim
+
+        return bits_per_dim(self, x, labels, NllOptions(**options))
+
+    def score(self, data: str | None = None, *, image: str | None = None, split: str = "test",
+              n: int | None = None, progress: bool = False, ranks: Any = None,
+              **options: Any) -> dict[str, Any] | None:
+        """What ``noisecraft nll`` reports (:func:`noisecraft.scoring.score`)."""
+        from .scoring import NllOptions, score
+
+        return score(self, data, image=image, split=split, n=n, options=NllOptions(**options),
+                     progress=progress, ranks=ranks)
+
+    # ------------------------------------------------------------------ pictures in
+    def read_picture(self, path: str | os.PathLike[str]) -> torch.Tensor:
+        """One picture file through the run's preprocessing: (1, C, H, W) in [−1, 1]."""
+        from .data.pictures import read_picture
+
+        return read_picture(path, self.preprocess)[0]
+
+    def read_mask(self, path: str | os.PathLike[str], picture: str | os.PathLike[str]
+                  ) -> torch.Tensor:
+        """The inpainting mask file (white = fill) of ``picture``: (1, 1, H, W), 1 = keep."""
+        from .data.pictures import read_mask, read_picture
+
+        return read_mask(path, read_picture(picture, self.preprocess)[1], self.preprocess)
 
     @property
     def audio_config(self) -> Any:
@@ -334,6 +455,34 @@ class LoadedRun:
                  .float().cpu()
                  for i in range(0, len(z), batch_size)]
         return torch.cat(parts)
+
+
+@dataclass
+class Samples:
+    """What :meth:`LoadedRun.sample` returns: the samples as the data's own kind, the label and
+    prompt of each (None where the run has none) and how they were drawn."""
+
+    output: np.ndarray
+    labels: np.ndarray | None
+    prompts: list[str] | None
+    sampler: str
+    steps: int
+    seed: int
+
+
+def check_memory(n: int, shape: tuple[int, ...]) -> None:
+    """All n samples are held at once (float32, then the uint8/float output, the .npz and the
+    grid): refuse before sampling when that cannot fit in this machine's memory."""
+    import math
+
+    from .data.limits import human, physical_memory
+
+    need = n * math.prod(shape) * (4 + 4 + 4)  # model space, output array, .npz buffer
+    memory = physical_memory()
+    if memory is not None and need > memory // 2:
+        raise ValueError(f"{n} samples of shape {tuple(shape)} need about {human(need)} of "
+                         f"memory, over half of this machine's {human(memory)}; draw them in "
+                         "several runs with different seeds")
 
 
 def _step_bar(batches: int, steps: int) -> Any:
@@ -390,43 +539,6 @@ def build_denoiser(net: nn.Module, config: RunConfig) -> tuple[Any, Any]:
     clip = tuple(config.sampling.clip) if config.sampling.clip is not None else None
     return Denoiser(net, schedule, config.prediction, clip=clip,
                     learned_variance=bool(config.net.get("learned_variance", False))), schedule
-
-
-# A reader racing a writer that saves every step retries this often before it gives up.
-READ_ATTEMPTS = 40
-
-
-def _commit_signature(path: Path) -> tuple[Any, ...]:
-    """What a save changes when it starts (``.previous/``) and commits (``state.json``'s inode)."""
-    try:
-        st = os.stat(path / STATE)
-        state: Any = (st.st_ino, st.st_mtime_ns, st.st_size)
-    except OSError:
-        state = None
-    return state, (path / PREVIOUS).exists(), (path / PREVIOUS / JOURNAL).exists()
-
-
-def read_committed(run_dir: str | os.PathLike[str], read: Callable[[], Any]) -> Any:
-    """``read()`` of one committed checkpoint while a writer may be saving the next.
-
-    Readers take no lock (they may not be allowed to write the directory). ``read`` checks
-    every file it takes against ``state.json``'s step, so a mix of two checkpoints raises; a
-    RunError raised while a save started or committed, or while the writer lock is held, is
-    such a race and the read is retried (bounded). Otherwise the error is real and raised.
-    """
-    from .lock import writer_active
-
-    path = Path(run_dir)
-    for attempt in range(READ_ATTEMPTS):
-        before = _commit_signature(path)
-        try:
-            return read()
-        except RunError:
-            raced = _commit_signature(path) != before or writer_active(path)
-            if not raced or attempt == READ_ATTEMPTS - 1:
-                raise
-        time.sleep(min(0.005 * (attempt + 1), 0.1))
-    raise AssertionError("unreachable")
 
 
 def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,

@@ -294,6 +294,15 @@ def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | N
 _STANDARD_ARGS = {"denoiser", "x_T", "grid", "noise", "callback", "cond"}
 
 
+def check_sampler(name: str, allowed: Sequence[str] | None = None) -> str:
+    """``name`` if it is a sampler of :data:`SAMPLERS` (and of ``allowed``, when given); else the
+    one "unknown sampler" ValueError naming it and the choices."""
+    choices = list(allowed) if allowed is not None else list(SAMPLERS)
+    if name not in choices:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(choices)}")
+    return name
+
+
 def options_of(name: str) -> list[str]:
     """The sampler-specific options of sampler ``name`` (e.g. ``["eta"]`` for DDIM)."""
     return [p for p in inspect.signature(SAMPLERS[name]).parameters if p not in _STANDARD_ARGS]

@@ -12,6 +12,7 @@ Imports nothing from ``noisecraft.train``: inference stands alone (tests/test_la
 from __future__ import annotations
 
 import io
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,17 @@ def join(device: str | torch.device = "cpu") -> Ranks:
 def leave(ranks: Ranks) -> None:
     if ranks.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: str | torch.device = "cpu") -> Iterator[Ranks]:
+    """:func:`join` for the ``with`` block, then :func:`leave`, however the block ends: the one
+    wrapper of every command that shards its work under torchrun."""
+    ranks = join(device)
+    try:
+        yield ranks
+    finally:
+        leave(ranks)
 
 
 def local_device(device: str | torch.device, ranks: Ranks) -> torch.device:

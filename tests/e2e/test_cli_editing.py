@@ -68,7 +68,7 @@ def test_encode_writes_x_T_and_round_trip_matching_the_library(run_dir, pictures
         x_T, decoded, db = f["x_T"], f["decoded"], f["psnr_db"]
         assert f["images"].shape == decoded.shape == (2, 8, 8, 1) and decoded.dtype == np.uint8
     run_ = load_run(run_dir)
-    from noisecraft.cli.editing import read_picture
+    from noisecraft.data.pictures import read_picture
 
     x0 = torch.cat([read_picture(p, run_.preprocess)[0] for p in paths])
     ref = encode(run_.denoiser, x0, run_.schedule, 6, "heun")
@@ -116,7 +116,7 @@ def test_conditional_runs_take_classes(cond_run, pictures, tmp_path):
     assert nc("edit", cond_run, "--image", paths[0], "--class", "1,2", "--guidance", 2, "--n", 2,
               "--steps", 4, "--out", tmp_path / "g", "--no-progress") == 0
     with np.load(tmp_path / "g.npz") as f:
-        assert f["labels"].tolist() == [1, 2]
+        assert f["labels"].tolist() == [1, 1, 2, 2]   # --n of each class (LoadedRun.conditions)
     assert nc("interpolate", cond_run, "--seeds", 0, 1, "--classes", 2, 7, "--frames", 3,
               "--steps", 4, "--out", tmp_path / "c", "--no-progress") == 0
     assert nc("inpaint", cond_run, "--image", paths[0], "--mask", mask, "--class", 1, "--n", 1,
@@ -139,7 +139,7 @@ def test_one_line_errors(run_dir, cond_run, pictures, tmp_path, capsys):
     out = ["--out", tmp_path / "x", "--no-progress"]
     err = _fails(capsys, "encode", run_dir, "--image", big, *out)
     assert "10x10" in err and "(1, 8, 8)" in err
-    assert "--mask" in _fails(capsys, "inpaint", run_dir, "--image", paths[0], "--mask", big, *out)
+    assert "mask" in _fails(capsys, "inpaint", run_dir, "--image", paths[0], "--mask", big, *out)
     assert "(0, 1]" in _fails(capsys, "edit", run_dir, "--image", paths[0], "--strength", 1.5, *out)
     assert "(0, 1]" in _fails(capsys, "edit", run_dir, "--image", paths[0], "--strength", 0, *out)
     assert "not class-conditional" in _fails(capsys, "edit", run_dir, "--image", paths[0],

@@ -63,15 +63,15 @@ def test_class_and_guidance_draw_what_the_library_draws(runs, tmp_path):
 
 
 def test_class_lists_cycle_and_rescale_and_interval_reach_the_sampler(runs, tmp_path):
-    assert sample(runs["cond"], tmp_path / "a", "--n", 5, "--class", "1,4,7", "--guidance", 2,
+    assert sample(runs["cond"], tmp_path / "a", "--n", 2, "--class", "1,4,7", "--guidance", 2,
                   "--guidance-rescale", 0.7, "--guidance-interval", 10, 40) == 0
     a = npz(tmp_path / "a.npz")
-    assert a["labels"].tolist() == [1, 4, 7, 1, 4]
+    assert a["labels"].tolist() == [1, 1, 4, 4, 7, 7]   # --n of each class, as --prompt does
     run = load_run(runs["cond"])
-    want = run.generate(5, steps=3, labels=a["labels"], guidance=2.0, guidance_rescale=0.7,
+    want = run.generate(6, steps=3, labels=a["labels"], guidance=2.0, guidance_rescale=0.7,
                         guidance_interval=(10.0, 40.0))
     np.testing.assert_array_equal(a["images"], want)
-    plain = run.generate(5, steps=3, labels=a["labels"], guidance=2.0)
+    plain = run.generate(6, steps=3, labels=a["labels"], guidance=2.0)
     assert not np.array_equal(a["images"], plain)
 
 
@@ -88,10 +88,10 @@ def test_autoguide_uses_the_other_run(runs, tmp_path):
 
 
 @pytest.mark.parametrize("case, extra, message", [
-    ("cond", ["--class", "10"], "--class 10 is out of range"),
-    ("cond", ["--class", "-1"], "--class -1 is out of range"),
+    ("cond", ["--class", "10"], "class 10 is out of range"),
+    ("cond", ["--class", "-1"], "class -1 is out of range"),
     ("cond", ["--class", "x"], "is not a class or a comma list"),
-    ("uncond", ["--class", "3"], "is not class-conditional: --class does not apply"),
+    ("uncond", ["--class", "3"], "is not class-conditional: classes do not apply"),
     ("uncond", ["--guidance", "2"], "is not class-conditional"),
     ("cond", ["--guidance", "-1"], "argument --guidance: '-1' must be a number >= 0"),
     ("nodrop", ["--guidance", "3"], "trained without label dropout"),

@@ -98,10 +98,10 @@ def test_nll_user_errors_exit_2(run8, tmp_path, capsys):
 
 
 def test_image_percentile_uses_a_bounded_reference_set_and_says_so(run8, capsys, monkeypatch):
-    from noisecraft.cli import nll as nll_cli
+    from noisecraft import scoring
 
     run_dir, spec, picture = run8
-    monkeypatch.setattr(nll_cli, "IMAGE_REFERENCE_N", 7)   # the default --n of --image
+    monkeypatch.setattr(scoring, "IMAGE_REFERENCE_N", 7)   # the default --n of --image
     assert main(["nll", run_dir, "--image", picture, "--data", spec, "--json", *FAST]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n"] == 7

@@ -1,6 +1,7 @@
 """The guidance flags shared by the commands that sample a trained run (sample, and edit/generate).
 
-    --class 3 | 1,4,7      which classes to draw, cycled over the samples (default: all classes)
+    --class 3 | 1,4,7      which classes to draw, --n samples of each (default: the classes
+                           0, 1, …, K−1 cycled over --n samples)
     --guidance W           classifier-free guidance scale w ≥ 0 (1 = the conditional model,
                            0 = the unconditional one; default: no guidance)
     --guidance-rescale φ   Lin et al. 2024 std-matching of the guided x̂_0, φ ∈ [0, 1]
@@ -11,15 +12,13 @@
 
 Autoguidance takes a run directory, not a step of the same run: the trainer keeps one checkpoint
 per run, so an "earlier checkpoint" is a copy of the run directory made at that step (or a run
-trained with fewer --steps). Every check lives in :func:`noisecraft.guidance.guide_run`.
+trained with fewer --steps). Every check lives in :meth:`noisecraft.LoadedRun.guided`.
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
-
-import numpy as np
 
 from ._args import non_negative_float
 
@@ -46,8 +45,8 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, classes: bool = True
     g = parser.add_argument_group("conditioning and guidance")
     if classes:
         g.add_argument("--class", dest="classes", type=_class_list, metavar="K[,K...]",
-                       help="class-conditional runs: the class(es) to draw, cycled over the "
-                       "samples (default: all classes 0, 1, …, K−1 cycled)")
+                       help="class-conditional runs: the class(es) to draw, --n samples of each "
+                       "(default: all classes 0, 1, …, K−1 cycled over --n samples)")
     g.add_argument("--guidance", type=non_negative_float, metavar="W",
                    help="classifier-free guidance scale w >= 0: 1 = the conditional model, "
                    "0 = the unconditional one, > 1 = stronger (default: no guidance); needs a "
@@ -64,19 +63,9 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, classes: bool = True
                    "branch")
 
 
-def labels_from_args(run: Any, args: argparse.Namespace, n: int) -> np.ndarray | None:
-    """The labels of ``n`` samples: --class cycled, or all classes cycled (None: unconditional)."""
-    if args.classes is None:
-        return run.default_labels(n)
-    if run.num_classes is None:
-        raise ValueError(f"{run.run_dir} is not class-conditional: --class does not apply")
-    classes = run.check_classes(args.classes, "--class")
-    return classes[np.arange(n) % len(classes)]
-
-
 def guidance_kwargs(run: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The ``guidance*`` / ``autoguide`` keywords of :meth:`LoadedRun.generate_tensor` (which
-    checks them against the run, through :func:`noisecraft.guidance.guide_run`)."""
+    """The ``guidance*`` / ``autoguide`` keywords of :meth:`LoadedRun.sample` and the editing
+    methods (which check them against the run, :meth:`LoadedRun.guided`)."""
     from ..run import load_run
 
     if args.guidance is None:
@@ -92,17 +81,6 @@ def guidance_kwargs(run: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale or 0.0,
             "guidance_interval": tuple(args.guidance_interval) if args.guidance_interval else None,
             "autoguide": autoguide}
-
-
-def guided_from_args(run: Any, args: argparse.Namespace) -> Any:
-    """The Denoiser to sample ``run`` with: its own, or the guided one the flags ask for."""
-    from ..guidance import guide_run
-
-    kw = guidance_kwargs(run, args)
-    if not kw:
-        return run.denoiser
-    return guide_run(run, kw["guidance"], rescale=kw["guidance_rescale"],
-                     interval=kw["guidance_interval"], autoguide=kw["autoguide"])
 
 
 def describe(kwargs: dict[str, Any]) -> str:

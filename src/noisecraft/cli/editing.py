@@ -2,36 +2,28 @@
 
 - encode:      pictures → x_T along the probability-flow ODE, decoded back (round-trip PSNR).
 - interpolate: spherical interpolation between two encoded pictures (or two seeds' noise), and
-               between two classes of a class-conditional run.
+               between two classes (or two prompts) of a conditional run.
 - edit:        SDEdit: noise a picture to t = strength·T and denoise, optionally as another class.
 - inpaint:     fill the white part of a mask, keeping the rest (replacement + RePaint resampling).
 
 Each writes FILE.png (a picture strip) and FILE.npz (uint8 images (N, H, W, C) in the data's own
 size and channels, plus the command's own arrays). Pictures go through the run's preprocessing
 (channels, resize + centre crop); a picture file holds 0..255 whatever the training data's range.
+Class-conditional runs take --class, text runs --prompt; latent runs work in their latent space
+and decode. Each command calls one method of ``noisecraft.LoadedRun`` (``invert``,
+``interpolate_pictures``, ``edit``, ``inpaint``): Python gets the same pictures.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
-import os
 import sys
 from typing import Any
 
 import numpy as np
 
 from ._args import add_run_arguments, add_threads, command_parser, non_negative_int, positive_int
-from ._guidance import (
-    add_guidance_arguments,
-    describe,
-    guidance_kwargs,
-    labels_from_args,
-)
-from .sample import output_base
-
-DEFAULT_STEPS = 100
+from ._guidance import add_guidance_arguments, describe, guidance_kwargs
 
 
 # --------------------------------------------------------------------------- parsers
@@ -52,10 +44,10 @@ def _common(p: argparse.ArgumentParser, encoders: bool = True) -> None:
     if encoders:
         from ..editing import ENCODERS
 
-        a("--sampler", default="ddim", choices=ENCODERS,
+        a("--sampler", choices=ENCODERS,
           help="deterministic solver of the probability-flow ODE (default ddim)")
     a("--steps", type=positive_int,
-      help=f"grid steps of a full T → 0 pass (default {DEFAULT_STEPS}, or T when smaller)")
+      help="grid steps of a full T → 0 pass (default: the run's sampling steps)")
     a("--no-progress", action="store_true", help="no progress bar")
     add_threads(p)
 
@@ -68,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a picture to encode (repeat for several)")
     p.add_argument("--class", dest="label", type=non_negative_int, metavar="K",
                    help="the pictures' class (class-conditional runs; default: the null label)")
+    p.add_argument("--prompt", metavar="TEXT",
+                   help="the pictures' prompt (text runs; default: the empty prompt)")
     p.set_defaults(func=run_encode)
 
     p = command_parser(sub, "interpolate", __doc__, "slerp between two encoded pictures or seeds",
@@ -80,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", nargs=2, type=non_negative_int, metavar=("KA", "KB"),
                    help="class at each end (class-conditional runs): the path also runs between "
                         "the classes")
+    p.add_argument("--prompts", nargs=2, metavar=("PA", "PB"),
+                   help="prompt at each end (text runs): the path also runs between the prompts")
     p.add_argument("--frames", type=positive_int, default=8, help="frames, ends included (default 8)")
     p.set_defaults(func=run_interpolate)
 
@@ -91,7 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--strength", type=_strength, default=0.5,
       help="t = strength·T in (0, 1]: 1 forgets the picture (default 0.5)")
     a("--sampler", help="any sampler of noisecraft.SAMPLERS (default: the run's)")
-    a("--n", type=positive_int, default=8, help="edits to draw (default 8)")
+    a("--n", type=positive_int, default=8,
+      help="edits to draw, of each --class or --prompt given (default 8)")
+    a("--prompt", action="append", metavar="TEXT",
+      help="text runs: edit towards this prompt (repeat for several; --n edits each)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
     add_guidance_arguments(p)
     p.set_defaults(func=run_edit)
@@ -105,6 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
       help="a picture of the same size: white (>= 128) marks the region to fill, black is kept")
     a("--class", dest="label", type=non_negative_int, metavar="K",
       help="fill as class K (class-conditional runs)")
+    a("--prompt", metavar="TEXT", help="fill towards this prompt (text runs)")
     a("--resample", type=positive_int, default=1,
       help="RePaint resamplings per jump point (default 1: plain replacement)")
     a("--jump", type=positive_int, default=1, help="RePaint jump length in steps (default 1)")
@@ -118,61 +118,10 @@ def _load(args: argparse.Namespace) -> Any:
     from ..run import load_run
 
     run_ = load_run(args.run_dir, use_ema=not args.no_ema, device=args.device)
-    if args.steps is None:
-        args.steps = min(DEFAULT_STEPS, run_.schedule.T)
     if run_.preprocess.kind != "image":
         raise ValueError(f"noisecraft {args.command} needs an image run, but {args.run_dir} models "
                          f"{run_.preprocess.kind} data")
     return run_
-
-
-def read_picture(path: str, pre: Any) -> tuple[Any, tuple[int, int]]:
-    """(1, C, H, W) in [−1, 1] through the run's preprocessing, and the file's own (H, W)."""
-    from ..data.folder import decode_image
-    from ..data.transforms import prepare_array, scale_to_unit
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such picture")
-    raw = decode_image(path)
-    a = prepare_array(raw, pre)
-    x = scale_to_unit(a, dataclasses.replace(pre, value_range=(0.0, 255.0)))[None]
-    if tuple(x.shape[1:]) != tuple(pre.shape):
-        raise ValueError(f"{path}: a {raw.shape[1]}x{raw.shape[0]} picture with {raw.shape[2]} "
-                         f"channel(s) gives {tuple(x.shape[1:])} after the run's preprocessing, "
-                         f"but the model takes {tuple(pre.shape)} (C, H, W)")
-    return x, raw.shape[:2]
-
-
-def read_mask(path: str, size: tuple[int, int], pre: Any) -> Any:
-    """The known-region mask (1, 1, H, W): 1 = keep (dark pixels), 0 = fill (white, >= 128)."""
-    import torch
-
-    from ..data.folder import decode_image
-    from ..data.transforms import convert_channels, resize_center_crop
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--mask {path}: no such file")
-    raw = decode_image(path)
-    if raw.shape[:2] != tuple(size):
-        raise ValueError(f"--mask {path} is {raw.shape[1]}x{raw.shape[0]} but the picture is "
-                         f"{size[1]}x{size[0]}; give a mask of the picture's size")
-    gray = convert_channels(raw, 1)
-    if pre.image_size is not None:
-        gray = resize_center_crop(gray, pre.image_size)
-    fill = torch.from_numpy(gray[..., 0] >= 128)
-    return (~fill).float()[None, None]
-
-
-def _labels(run_: Any, label: int | None, n: int) -> dict[str, Any]:
-    import torch
-
-    if label is None:
-        return {}
-    if run_.num_classes is None:
-        raise ValueError(f"--class {label}: {run_.run_dir} is not class-conditional")
-    if label >= run_.num_classes:
-        raise ValueError(f"--class {label}: the run has classes 0..{run_.num_classes - 1}")
-    return {"labels": torch.full((n,), label, dtype=torch.long)}
 
 
 class _Bar:
@@ -194,24 +143,26 @@ class _Bar:
             self.bar.close()
 
 
-def _grid_steps(run_: Any, sampler: str, steps: int) -> int:
-    from ..editing import _grid
+def _grid_steps(run_: Any, sampler: str, steps: int | None) -> tuple[str, int, int]:
+    """(sampler, steps, the grid's actual number of steps) with the run's defaults."""
+    from .. import grids
+    from ..samplers import SAMPLERS
 
-    return _grid(run_.schedule, sampler, steps, None).numel() - 1
+    sampler, steps = run_.sampler_and_steps(sampler, steps)
+    return sampler, steps, grids.make(SAMPLERS[sampler].default_grid, run_.schedule,
+                                      steps).numel() - 1
 
 
 def _write(base: Any, picture: Any, arrays: dict[str, np.ndarray]) -> None:
     from .. import viz
-    from ..io import atomic_write
+    from ..outputs import save_npz
 
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write(base.with_suffix(".npz"), buf.getvalue())
+    save_npz(base.with_suffix(".npz"), arrays)
     viz.save(picture, base.with_suffix(".png"))
 
 
-def _on(run_: Any, x: Any) -> Any:
-    return x.to(next(run_.net.parameters()).device)
+def _prompt(args: argparse.Namespace) -> Any:
+    return getattr(args, "prompt", None)
 
 
 # --------------------------------------------------------------------------- encode
@@ -219,100 +170,92 @@ def run_encode(args: argparse.Namespace) -> int:
     import torch
 
     from .. import viz
-    from ..editing import decode, encode, psnr
+    from ..outputs import output_base
 
     base = output_base(args.out)
     run_ = _load(args)
-    x0 = torch.cat([read_picture(p, run_.preprocess)[0] for p in args.image])
-    cond = {k: _on(run_, v) for k, v in _labels(run_, args.label, len(x0)).items()}
-    x0 = _on(run_, x0)
-    n = _grid_steps(run_, args.sampler, args.steps)
-    bar = _Bar(2 * n, f"encode+decode ({args.sampler})", not args.no_progress)
-    x_T = encode(run_.denoiser, x0, run_.schedule, args.steps, args.sampler, callback=bar, **cond)
-    back = decode(run_.denoiser, x_T, run_.schedule, args.steps, args.sampler, callback=bar, **cond)
+    x0 = torch.cat([run_.read_picture(p) for p in args.image])
+    sampler, steps, n = _grid_steps(run_, args.sampler or "ddim", args.steps)
+    bar = _Bar(2 * n, f"encode+decode ({sampler})", not args.no_progress)
+    inv = run_.invert(x0, sampler=sampler, steps=steps, classes=args.label, prompts=_prompt(args),
+                      callback=bar)
     bar.close()
-    db = psnr(back.cpu(), x0.cpu()).numpy()
-    rows = [run_.to_output(x0.cpu()), run_.to_output((x_T.cpu() / 3).clamp(-1, 1)),
-            run_.to_output(back.cpu())]
-    # x_T is N(0, I)-like: drawn at a third of its scale so that ±3σ fills the grey range
-    picture = viz.labelled_rows(rows, row_captions=["x_0", "x_T / 3", "decoded"])
-    _write(base, picture, {"x_T": x_T.cpu().float().numpy(), "images": rows[0],
+    db = inv.psnr_db.numpy()
+    # x_T is N(0, I)-like: drawn at a third of its scale so that ±3σ fills the grey range (a
+    # latent run's x_T is latent noise: it is shown decoded)
+    shown = inv.x_T / 3 if run_.config.latent is None else run_.decode(inv.x_T)
+    rows = [run_.to_output(x0) if run_.config.latent is None else _pictures(run_, x0),
+            _pictures(run_, shown.clamp(-1, 1)), _pictures(run_, inv.decoded)]
+    picture = viz.labelled_rows(rows, row_captions=["x_0", "x_T / 3" if run_.config.latent is None
+                                                    else "decoded x_T", "decoded"])
+    _write(base, picture, {"x_T": inv.x_T.float().numpy(), "images": rows[0],
                            "decoded": rows[2], "psnr_db": db.astype(np.float32)})
     for path, v in zip(args.image, db, strict=True):
         print(f"{path}: round-trip PSNR {v:.2f} dB")
-    print(f"noisecraft: encoded {len(x0)} picture(s) ({args.sampler}, {n} steps) -> "
+    print(f"noisecraft: encoded {len(x0)} picture(s) ({sampler}, {n} steps) -> "
           f"{base.with_suffix('.png')}, {base.with_suffix('.npz')} (x_T, decoded, psnr_db)")
     return 0
 
 
+def _pictures(run_: Any, x: Any) -> np.ndarray:
+    """Pixel-space pictures in [−1, 1] → uint8 (N, H, W, C) (no latent decoding)."""
+    from ..data import to_uint8
+
+    return to_uint8(x, run_.preprocess)
+
+
 # --------------------------------------------------------------------------- interpolate
 def run_interpolate(args: argparse.Namespace) -> int:
-
     from .. import viz
-    from ..editing import encode, interpolate, interpolation_weights
-    from ..noise import ExampleNoise
+    from ..editing import interpolation_weights
+    from ..outputs import output_base
 
     base = output_base(args.out)
     run_ = _load(args)
     if args.frames < 2:
         raise ValueError(f"--frames {args.frames}: need at least 2 (the two ends)")
-    conds = [{}, {}]
-    if args.classes is not None:
-        conds = [{k: _on(run_, v) for k, v in _labels(run_, k, 1).items()} for k in args.classes]
-    n = _grid_steps(run_, args.sampler, args.steps)
-    bar = _Bar(n * (2 if args.images else 0) + n, f"interpolate ({args.sampler})",
-               not args.no_progress)
-    if args.images:
-        ends = [encode(run_.denoiser, _on(run_, read_picture(p, run_.preprocess)[0]), run_.schedule,
-                       args.steps, args.sampler, callback=bar, **c)
-                for p, c in zip(args.images, conds, strict=True)]
-    else:
-        ends = [_on(run_, ExampleNoise(s, 1).randn(run_.shape)) for s in args.seeds]
-    frames = interpolate(run_.denoiser, ends[0], ends[1], run_.schedule, args.frames, args.steps,
-                         args.sampler, cond_a=conds[0] or None, cond_b=conds[1] or None)
+    sampler, steps, n = _grid_steps(run_, args.sampler or "ddim", args.steps)
+    bar = _Bar(n * (2 if args.images else 0) + n, f"interpolate ({sampler})", not args.no_progress)
+    ends = ([run_.read_picture(p) for p in args.images] if args.images else list(args.seeds))
+    frames = run_.interpolate_pictures(ends[0], ends[1], args.frames, sampler=sampler, steps=steps,
+                                       classes=args.classes, prompts=args.prompts, callback=bar)
     bar(None)
     bar.close()
-    images = run_.to_output(frames.cpu())
+    images = _pictures(run_, frames)
     _write(base, viz.image_grid(images, nrow=args.frames),
            {"images": images, "weights": interpolation_weights(args.frames).numpy()})
-    print(f"noisecraft: {args.frames} frames ({args.sampler}, {n} steps) -> "
+    print(f"noisecraft: {args.frames} frames ({sampler}, {n} steps) -> "
           f"{base.with_suffix('.png')}, {base.with_suffix('.npz')}")
     return 0
 
 
 # --------------------------------------------------------------------------- edit
 def run_edit(args: argparse.Namespace) -> int:
-    import torch
-
-    from .. import samplers, viz
-    from ..editing import sdedit
-    from ..guidance import guide_run
+    from .. import viz
+    from ..outputs import output_base
 
     base = output_base(args.out)
     run_ = _load(args)
-    sampler = args.sampler or run_.config.sampling.sampler
-    if sampler not in samplers.SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
-    x, _ = read_picture(args.image, run_.preprocess)
-    x0 = _on(run_, x.expand(args.n, *x.shape[1:]).contiguous())
-    labels = labels_from_args(run_, args, args.n)
-    cond = {} if labels is None else {"labels": _on(run_, torch.as_tensor(labels))}
+    x = run_.read_picture(args.image)
+    prompts, labels = run_.conditions(args.n, args.prompt, args.classes)
+    count = len(prompts) if prompts is not None else len(labels) if labels is not None else args.n
     guidance = guidance_kwargs(run_, args)
-    denoiser = run_.denoiser if not guidance else guide_run(
-        run_, guidance["guidance"], rescale=guidance["guidance_rescale"],
-        interval=guidance["guidance_interval"], autoguide=guidance["autoguide"])
-    taken = max(1, round(args.strength * args.steps))
+    sampler, steps = run_.sampler_and_steps(args.sampler, args.steps)
+    taken = max(1, round(args.strength * steps))
     bar = _Bar(taken, f"edit ({sampler})", not args.no_progress)
-    out = sdedit(denoiser, x0, run_.schedule, args.strength, args.steps, sampler,
-                 seed=args.seed, callback=bar, **cond)
+    out, labels = run_.edit(x, args.strength, count, sampler=sampler, steps=steps, seed=args.seed,
+                            classes=labels, prompts=prompts, callback=bar, **guidance)
     bar.close()
-    images = run_.to_output(out.cpu())
-    original = run_.to_output(x)
+    images = _pictures(run_, out)
+    original = _pictures(run_, x)
     arrays = {"images": images, "original": original}
     if labels is not None:
         arrays["labels"] = labels
-    _write(base, viz.image_grid(np.concatenate([original, images]), nrow=args.n + 1), arrays)
-    print(f"noisecraft: {args.n} edits at strength {args.strength} (t = "
+    if prompts is not None:
+        arrays["prompts"] = np.array(prompts, dtype=str)
+    _write(base, viz.image_grid(np.concatenate([original, images]), nrow=min(len(images), 16) + 1),
+           arrays)
+    print(f"noisecraft: {len(images)} edits at strength {args.strength} (t = "
           f"{args.strength * run_.schedule.T:g}, {sampler}"
           f"{describe(guidance)}, seed {args.seed}) -> "
           f"{base.with_suffix('.png')}, {base.with_suffix('.npz')}")
@@ -322,28 +265,24 @@ def run_edit(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- inpaint
 def run_inpaint(args: argparse.Namespace) -> int:
     from .. import viz
-    from ..editing import inpaint, repaint_path, steps_of
+    from ..editing import repaint_path, steps_of
+    from ..outputs import output_base
 
     base = output_base(args.out)
     run_ = _load(args)
-    if args.steps > run_.schedule.T:
-        raise ValueError(f"--steps {args.steps} exceeds the run's T = {run_.schedule.T}")
-    x, size = read_picture(args.image, run_.preprocess)
-    known = read_mask(args.mask, size, run_.preprocess)
-    if bool(known.all()):
-        raise ValueError(f"--mask {args.mask} has no white pixels: nothing to fill")
-    x0 = _on(run_, x.expand(args.n, *x.shape[1:]).contiguous())
-    cond = {k: _on(run_, v) for k, v in _labels(run_, args.label, args.n).items()}
-    calls = steps_of(repaint_path(args.steps, args.resample, args.jump))
+    _, steps = run_.sampler_and_steps("ddpm", args.steps)
+    x = run_.read_picture(args.image)
+    known = run_.read_mask(args.mask, args.image)
+    calls = steps_of(repaint_path(steps, args.resample, args.jump))
     bar = _Bar(calls, "inpaint", not args.no_progress)
-    out = inpaint(run_.denoiser, x0, _on(run_, known), run_.schedule, args.steps,
-                  resample=args.resample, jump=args.jump, seed=args.seed, callback=bar, **cond)
+    out = run_.inpaint(x, known, args.n, steps=steps, resample=args.resample, jump=args.jump,
+                       seed=args.seed, classes=args.label, prompts=_prompt(args), callback=bar)
     bar.close()
-    images = run_.to_output(out.cpu())
-    original = run_.to_output(x)
-    shown = run_.to_output((x * known - (1 - known)).clamp(-1, 1))   # the hole drawn black
+    images = _pictures(run_, out)
+    original = _pictures(run_, x)
+    shown = _pictures(run_, (x * known - (1 - known)).clamp(-1, 1))   # the hole drawn black
     _write(base, viz.image_grid(np.concatenate([original, shown, images]), nrow=args.n + 2),
            {"images": images, "original": original, "known": known[0, 0].bool().numpy()})
-    print(f"noisecraft: {args.n} fills ({args.steps} steps, resample {args.resample}, jump "
+    print(f"noisecraft: {args.n} fills ({steps} steps, resample {args.resample}, jump "
           f"{args.jump}, seed {args.seed}) -> {base.with_suffix('.png')}, {base.with_suffix('.npz')}")
     return 0
