@@ -119,7 +119,8 @@ def test_the_final_figures_are_the_saved_ones_and_batched_psnr_is_psnr(tmp_path)
     """The result reports the scale factor the last checkpoint recorded (now taken from that
     save instead of measured again) and the reference count it was measured on, and the batched
     PSNR equals the per-example definition computed in one pass."""
-    from noisecraft.train.autoencoder import psnr, reconstruction_psnr
+    from noisecraft.quality import psnr
+    from noisecraft.train.autoencoder import reconstruction_psnr
 
     ds, config = _config(2)
     trainer = AutoencoderTrainer(config, tmp_path / "ae", ds, device="cpu", progress=False)
@@ -130,7 +131,7 @@ def test_the_final_figures_are_the_saved_ones_and_batched_psnr_is_psnr(tmp_path)
     net = trainer.net.eval()
     x = torch.stack([ds[i]["x"] for i in range(10)])
     with torch.no_grad():
-        whole = float(psnr(net.decode(net.encode(x)[0]), x).mean())
+        whole = float(psnr(net.decode(net.encode(x)[0]), x, clamp=(-1.0, 1.0)).mean())
     assert reconstruction_psnr(net, x, batch_size=3) == pytest.approx(whole, rel=1e-6)
 
 
