@@ -1,12 +1,16 @@
 """Downloads against a local HTTP server on 127.0.0.1 serving files the test writes."""
 
+import email.message
 import functools
 import hashlib
 import io
 import os
+import re
 import shutil
 import tarfile
 import threading
+import urllib.request
+import urllib.response
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -69,6 +73,7 @@ def test_missing_file_on_server(server, tmp_path):
     _, url = server
     with pytest.raises(DataError, match=r"cannot download .*t(rain|10k).*404"):
         dl.download("mnist", str(tmp_path / "d"), mirror=url, log=lambda s: None)
+    assert os.listdir(tmp_path / "d") == []
 
 
 def fake_cifar_archive(path, n=20):
@@ -117,3 +122,55 @@ def test_published_checksums_are_recorded():
     assert all(len(f.md5) == 32 for f in dl.DATASETS["mnist"].files)
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*cifar10, mnist"):
         dl.download("imagenet", "x")
+
+
+class _Requests(_QuietHandler):
+    seen: list = []
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        super().do_GET()
+
+
+def test_an_https_mirror_that_redirects_to_http_is_refused(tmp_path, monkeypatch, capsys):
+    """The https mirror is faked inside urllib (no TLS server here): its transport answers 302
+    with a Location on a real local http server, and urllib's own redirect machinery runs. The
+    http server must never be asked, and the one error line names both URLs."""
+    root = tmp_path / "served"
+    root.mkdir()
+    for f in dl.DATASETS["mnist"].files:  # good files: following the redirect would succeed
+        (root / f.name).write_bytes(b"x")
+    _Requests.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Requests, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    plain = f"http://127.0.0.1:{httpd.server_address[1]}/"
+
+    class RedirectingHTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            name = req.full_url.rsplit("/", 1)[1]
+            headers = email.message.Message()
+            headers["Location"] = plain + name
+            response = urllib.response.addinfourl(io.BytesIO(b""), headers, req.full_url, 302)
+            response.msg = "Found"
+            return response
+
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(urllib.request, "HTTPSHandler", RedirectingHTTPS)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's cached opener, if any
+    mirror = "https://mirror.example/mnist/"
+    first = dl.DATASETS["mnist"].files[0].name
+    try:
+        with pytest.raises(DataError, match=re.escape(f"{mirror}{first} redirects to {plain}{first}")):
+            dl.download("mnist", str(tmp_path / "d"), mirror=mirror, log=lambda s: None)
+        rc = main(["data", "download", "mnist", str(tmp_path / "d"), "--mirror", mirror,
+                   "--allow-insecure-mirror"])  # allowing http mirrors does not allow a downgrade
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"{mirror}{first}" in err and f"{plain}{first}" in err and "https" in err, err
+        assert _Requests.seen == []
+        assert os.listdir(tmp_path / "d") == []  # no partial download left behind
+    finally:
+        httpd.shutdown()
+        thread.join()

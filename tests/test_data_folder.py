@@ -88,7 +88,8 @@ def test_truncated_image_is_named_or_skipped_with_a_count(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"cut\.png: not a readable image"):
         load(str(tmp_path))
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*cut\.png"):
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 file\(s\) that could not be read: cut\.png "
+                                         r"\(cut\.png: not a readable image"):
         ds = load(str(tmp_path), skip_bad=True)
     assert len(ds) == 1 and ds.skipped == 1 and ds.skipped_files[0].endswith("cut.png")
 
@@ -117,3 +118,19 @@ def test_loose_pictures_beside_class_folders_are_an_error(tmp_path):
     save(tmp_path / "stray.png", rgb(1))
     with pytest.raises(DataError, match=r"stray\.png.*class subfolders"):
         load(str(tmp_path))
+
+
+def test_skip_bad_counts_and_names_what_it_skipped_in_one_line(tmp_path):
+    for i in range(2):
+        save(tmp_path / f"good{i}.png", rgb(i, 8, 8))
+    for i in range(5):  # a decoder error can span lines; the warning must still be one
+        (tmp_path / f"bad{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([i]) * 20)
+    with pytest.warns(UserWarning) as record:
+        ds = load(str(tmp_path), skip_bad=True)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "\n" not in message and "\r" not in message, message
+    assert message.startswith(f"{tmp_path}: skipped 5 of 7 file(s)"), message
+    assert "bad0.png, bad1.png, bad2.png and 2 more" in message, message
+    assert len(ds) == 2 and ds.skipped == 5
+    assert ds.skipped_files == [str(tmp_path / f"bad{i}.png") for i in range(5)]

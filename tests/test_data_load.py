@@ -6,11 +6,13 @@ import wave
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from noisecraft import DataError
 from noisecraft.data import BUILTIN_NAMES, load
 from noisecraft.data.__init__ import resolve_format
+from noisecraft.data.toy import load_toy
 
 
 def write_wav_tar(path):
@@ -78,3 +80,37 @@ def test_audio_folder_gets_a_preprocess_record(tmp_path):
     assert tuple(ds[0]["x"].shape) == (1, ds.info["height"], ds.info["width"])
     with pytest.raises(ValueError, match="audio data; image_size"):
         load(str(tmp_path), image_size=32)
+
+
+def test_a_path_named_like_a_builtin_is_an_error_that_says_how_to_name_either(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    for i in range(3):
+        Image.new("RGB", (6, 6), (40 * i, 0, 0)).save(tmp_path / "digits" / f"{i}.png")
+    (tmp_path / "moons").write_text("a file is a path too")
+    for name in ("digits", "moons"):
+        with pytest.raises(ValueError, match=rf"'{name}' names both the built-in dataset and the "
+                                             rf"path {tmp_path / name}.*'\./{name}'.*'builtin:{name}'"):
+            load(name)
+        with pytest.raises(ValueError, match=f"'./{name}'"):
+            resolve_format(name)
+    folder = load("./digits")
+    assert len(folder) == 3 and folder.info["image_size"] == 6
+    builtin = load("builtin:digits")
+    assert resolve_format("builtin:digits") == "digits" and builtin.info["image_size"] == 8
+    assert len(builtin) == len(load("builtin:digits", split="train")) > 1000
+    moons = load("builtin:moons")
+    assert resolve_format("builtin:moons") == "toy" and moons.info["dim"] == 2
+    assert torch.equal(moons.vectors, load_toy("moons").vectors)
+    with pytest.raises(ValueError, match="'builtin:mnist'.*digits, moons, swissroll, gmm8"):
+        load("builtin:mnist")
+
+
+def test_the_builtin_spelling_is_recorded_and_loads_again(tmp_path, monkeypatch):
+    from noisecraft.train import new_run_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "moons").mkdir()
+    config = new_run_config(load("builtin:moons"), "builtin:moons", net="mlp")
+    assert config.data.spec == "builtin:moons"
+    assert load(config.data.spec).info["dim"] == 2

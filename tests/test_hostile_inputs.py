@@ -5,6 +5,7 @@ import gzip
 import io
 import json
 import os
+import re
 import struct
 import tarfile
 import wave
@@ -239,21 +240,86 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_checkpoint(vector_run
     assert load_run(run).step == 2
 
 
-@pytest.mark.parametrize("journal", [{"files": []}, {"files": ["../outside"]},
-                                     {"files": ["/etc/x"]}, {"files": "state.json"}, []])
-def test_a_forged_journal_is_ignored_and_touches_nothing_outside(vector_run, tmp_path, journal):
+def checkpoint_bytes(run):
+    """The checkpoint's files (the trainer rewrites config.json and .lock before it reads them)."""
+    return {n: (run / n).read_bytes() for n in os.listdir(run)
+            if n.endswith((".safetensors", "state.json")) and (run / n).is_file()}
+
+
+FORGED_JOURNALS = {"no files": {"files": []}, "a parent path": {"files": ["../outside"]},
+                   "an absolute path": {"files": ["/etc/x"]}, "a string": {"files": "state.json"},
+                   "a list": [], "a dot name": {"files": [".lock"]},
+                   "a repeated name": {"files": ["state.json", "state.json"]},
+                   "not JSON": "{files: [", "no files key": {"names": ["state.json"]}}
+
+
+@pytest.mark.parametrize("what", FORGED_JOURNALS)
+def test_a_forged_journal_is_refused_naming_it_and_touches_nothing(vector_run, tmp_path, capsys,
+                                                                     what):
+    # io.py never writes an empty journal or one that names a path: such a journal is not one
+    # of its transactions, so neither a reader nor the writer may guess what it covers.
     run = copy_run(vector_run, tmp_path / "run")
+    journal = FORGED_JOURNALS[what]
     (tmp_path / "outside").write_text("keep me")
     (run / ".previous").mkdir()
-    (run / ".previous" / "journal.json").write_text(json.dumps(journal))
+    (run / ".previous" / "journal.json").write_text(
+        journal if isinstance(journal, str) else json.dumps(journal))
     (run / ".previous" / "outside").write_text("forged")
-    assert load_run(run).step == 2
-    ncio.recover(run)
-    assert (tmp_path / "outside").read_text() == "keep me"
-    assert not (run / ".previous").exists()
+    before = checkpoint_bytes(run)
+    journal_path = str(run / ".previous" / "journal.json")
+    rc = main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "s"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert journal_path in err, err
+    with pytest.raises(RunError, match=re.escape(journal_path)):
+        load_run(run)
+    with pytest.raises(RunError, match=re.escape(journal_path)):
+        ncio.recover(run)
     config, dataset = vector_config(steps=3)
-    train(run, config, dataset, resume=True)
-    assert load_run(run).step == 3
+    with pytest.raises(RunError, match=re.escape(journal_path)):
+        train(run, config, dataset, resume=True)
+    assert (tmp_path / "outside").read_text() == "keep me"
+    assert (run / ".previous" / "outside").read_text() == "forged"  # left for the user to judge
+    assert checkpoint_bytes(run) == before
+
+
+def _valid_previous(where):
+    """A .previous/ whose journal is valid and would put a forged state.json in place."""
+    where.mkdir()
+    (where / "state.json").write_text('{"step": 99}')
+    (where / "journal.json").write_text('{"files": ["state.json"]}')
+    return where
+
+
+@pytest.mark.parametrize("kind", ["symlink to a directory", "dangling symlink", "regular file"])
+def test_a_previous_that_is_not_a_directory_is_refused_and_never_followed(vector_run, tmp_path,
+                                                                           capsys, kind):
+    run = copy_run(vector_run, tmp_path / "run")
+    prev = run / ".previous"
+    target = tmp_path / "elsewhere"
+    if kind == "symlink to a directory":
+        _valid_previous(target)
+        prev.symlink_to(target)
+    elif kind == "dangling symlink":
+        prev.symlink_to(target)
+    else:
+        prev.write_text("not a directory")
+    before = checkpoint_bytes(run)
+    what = "symbolic link" if "symlink" in kind else "not a directory"
+    with pytest.raises(RunError, match=f"{re.escape(str(prev))}: .*{what}"):
+        ncio.recover(run)
+    with pytest.raises(RunError, match=f"{re.escape(str(prev))}: .*{what}"):
+        load_run(run)
+    rc = main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "s"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err and str(prev) in err, err
+    config, dataset = vector_config(steps=3)
+    with pytest.raises(RunError, match=re.escape(str(prev))):
+        train(run, config, dataset, resume=True)
+    assert checkpoint_bytes(run) == before
+    if kind == "symlink to a directory":  # nothing was taken from or removed at the target
+        assert sorted(os.listdir(target)) == ["journal.json", "state.json"]
+        assert prev.is_symlink()
 
 
 def test_nan_weights_are_refused_by_load_run_naming_the_file(vector_run, tmp_path):
@@ -266,3 +332,18 @@ def test_nan_weights_are_refused_by_load_run_naming_the_file(vector_run, tmp_pat
     load_run(run)  # the EMA weights are fine
     with pytest.raises(RunError, match=f"model.safetensors: 1 of .* tensors hold NaN or Inf .*{first}"):
         load_run(run, use_ema=False)
+
+
+def test_a_symlink_inside_previous_is_refused_and_never_renamed_in(vector_run, tmp_path):
+    run = copy_run(vector_run, tmp_path / "run")
+    before = checkpoint_bytes(run)
+    (tmp_path / "forged.json").write_text('{"step": 99}')
+    prev = run / ".previous"
+    prev.mkdir()
+    (prev / "state.json").symlink_to(tmp_path / "forged.json")
+    (prev / "journal.json").write_text('{"files": ["state.json"]}')
+    (run / "state.json").unlink()  # so the save looks uncommitted and recover would rename
+    with pytest.raises(RunError, match=f"{re.escape(str(prev / 'state.json'))}: not a regular"):
+        ncio.recover(run)
+    assert not (run / "state.json").exists() and (prev / "state.json").is_symlink()
+    assert checkpoint_bytes(run) == {n: b for n, b in before.items() if n != "state.json"}

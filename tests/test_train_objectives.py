@@ -109,3 +109,35 @@ def test_a_learned_variance_net_samples_with_its_variance_by_default(tmp_path):
             for v in (None, "learned", "beta_tilde")}
     assert torch.equal(draw[None], draw["learned"])
     assert not torch.allclose(draw[None], draw["beta_tilde"])
+
+
+@pytest.mark.parametrize("loss", ["hybrid", "vlb"])
+def test_a_learned_variance_latent_run_trains(tmp_path, monkeypatch, loss):
+    """Latents are continuous and unbounded: the bound's decoder at t = 1 must be the Gaussian
+    one, not the 8-bit discretised one that the pictures' [0, 255] value range would suggest
+    (which refuses latents outside [−1, 1] on the first batch)."""
+    from noisecraft import data
+    from noisecraft.autoencoders import load_autoencoder
+    from noisecraft.data.latents import latent_dataset
+    from test_latent import _pictures, write_autoencoder
+    from train_helpers import SMALL_UNET
+
+    pixels = data.load(_pictures(tmp_path / "pics.npz", n=16))
+    latents = latent_dataset(pixels, load_autoencoder(write_autoencoder(tmp_path / "ae")),
+                             progress=False)
+    assert latents.preprocess.value_range == (0.0, 255.0)  # the pictures' record, kept
+    tc = TrainConfig(steps=2, batch_size=8, lr=1e-3, warmup=1, log_every=1, sample_every=0,
+                     checkpoint_every=0, ema_decay=0.9, loss=loss)
+    config = new_run_config(latents, "pics", net="tiny", T=20, train=tc,
+                            net_overrides={**SMALL_UNET, "learned_variance": True})
+    assert config.latent is not None
+    discrete = []
+    real = losses.objective
+
+    def spy(*args, **kw):
+        discrete.append(kw["discrete"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(losses, "objective", spy)
+    result = Trainer(config, tmp_path / "run", latents, device="cpu", progress=False).fit()
+    assert result.step == 2 and np.isfinite(result.loss) and discrete == [False, False]

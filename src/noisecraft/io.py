@@ -17,6 +17,11 @@ files, so saving one is a small transaction (:func:`atomic_write_many`):
 A kill between the renames leaves ``.previous/`` with a last file identical to the one in
 place: the save did not commit, and readers (:func:`checkpoint_file`) take the previous
 versions from there, while the writer puts them back (:func:`recover`) before it continues.
+
+Only what this protocol writes is trusted: a ``.previous`` that is a symlink or not a directory,
+a journal that is not a non-empty list of distinct plain file names, or an entry that is not a
+regular file is a RunError naming it, for readers and the writer alike, and nothing is changed
+(no journal at all is the legitimate "backup interrupted" case and is dropped).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -147,16 +153,64 @@ def _keep_previous(directory: Path, names: list[str]) -> None:
     atomic_write(prev / JOURNAL, json.dumps({"files": names}))
 
 
-def _pending(directory: Path) -> list[str] | None:
-    """The files of an interrupted, uncommitted save, or None when there is none."""
+def _previous(directory: Path) -> Path | None:
+    """PREVIOUS inside ``directory``, or None when there is none. Anything but a real directory
+    is refused, never followed: a symlink's target would be read as the run's checkpoint and its
+    files renamed over the run's own."""
     prev = directory / PREVIOUS
     try:
-        names = json.loads((prev / JOURNAL).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no journal: the backup itself was interrupted; nothing was renamed yet
-    if not _plain_names(names):
-        # Not a journal this module wrote (it never writes an empty list or a path): following
-        # it could replace or delete files anywhere, so it is treated as no journal at all.
+        mode = os.lstat(prev).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise RunError(f"{prev}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISLNK(mode):
+        raise RunError(f"{prev}: is a symbolic link (to {os.readlink(prev)}), which noisecraft "
+                       "does not follow; remove it if the files beside it are the checkpoint")
+    if not stat.S_ISDIR(mode):
+        raise RunError(f"{prev}: not a directory (noisecraft keeps the previous checkpoint "
+                       "there while it saves); remove it if the files beside it are the checkpoint")
+    return prev
+
+
+def _journal(prev: Path) -> list[str] | None:
+    """The file names the journal in ``prev`` covers, or None when there is no journal (the
+    backup itself was interrupted; nothing was renamed yet). Any other journal is not one this
+    module wrote (it never writes an empty list, a path or a dot name): following it could
+    replace or delete files anywhere, and ignoring it could leave a half-renamed checkpoint in
+    place, so it is a RunError naming it."""
+    path = prev / JOURNAL
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read()
+    try:
+        names = json.loads(raw.decode("utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        names = None
+    if not _plain_names(names) or len(set(names)) != len(names):
+        raise RunError(f"{path}: not a journal noisecraft wrote (it must list the saved files as "
+                       f'{{"files": [plain names, ...]}}); the save it describes cannot be '
+                       f"checked, so remove {prev} if the files beside it are the checkpoint")
+    for name in names:
+        try:
+            mode = os.lstat(prev / name).st_mode
+        except FileNotFoundError:  # the first save of a run has no previous version
+            continue
+        if not stat.S_ISREG(mode):
+            raise RunError(f"{prev / name}: not a regular file; noisecraft does not follow it")
+    return names
+
+
+def _pending(directory: Path) -> list[str] | None:
+    """The files of an interrupted, uncommitted save, or None when there is none."""
+    prev = _previous(directory)
+    names = None if prev is None else _journal(prev)
+    if prev is None or names is None:
         return None
     commit = names[-1]
     old, new = prev / commit, directory / commit
@@ -184,12 +238,16 @@ def checkpoint_file(run_dir: str | os.PathLike[str], name: str) -> Path:
 
 
 def recover(run_dir: str | os.PathLike[str]) -> None:
-    """Finish what an interrupted save left: restore the previous checkpoint or drop the backup."""
+    """Finish what an interrupted save left: restore the previous checkpoint or drop the backup.
+
+    A PREVIOUS that is not a plain directory, or a journal this module did not write, is a
+    RunError naming it, and nothing is changed: which checkpoint is the real one is then the
+    user's call."""
     directory = Path(run_dir)
+    prev = _previous(directory)  # checked before anything is removed
     for stale in directory.glob(".*.tmp"):  # temp files of a save that was killed (_write_temp)
         stale.unlink(missing_ok=True)
-    prev = directory / PREVIOUS
-    if not prev.is_dir():
+    if prev is None:
         return
     names = _pending(directory)
     for name in names or []:

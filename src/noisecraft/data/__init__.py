@@ -3,7 +3,8 @@
 A spec is one of
 
 - a built-in name: ``digits`` (scikit-learn's 8x8 digits), or a 2-D toy distribution ``moons``,
-  ``swissroll``, ``gmm8``, ``checkerboard`` (vectors, for the MLP backbone);
+  ``swissroll``, ``gmm8``, ``checkerboard`` (vectors, for the MLP backbone); ``builtin:NAME``
+  says the same, and must be used when a file or folder ``NAME`` exists (``./NAME`` is that);
 - a folder of MNIST-style IDX files (``train-images-idx3-ubyte[.gz]`` ...);
 - WebDataset tar shards: a folder of ``*.tar``/``*.tar.gz``, one shard file, or a brace pattern
   ``path/train-{0000..0004}.tar`` (streamed, shuffled, split over DataLoader workers and DDP ranks);
@@ -63,14 +64,34 @@ def _folder_format(path: str) -> str:
     return "folder"
 
 
+BUILTIN_PREFIX = "builtin:"  # ``builtin:digits`` names the built-in set even beside ./digits
+
+
+def builtin_name(spec: str) -> str | None:
+    """The built-in dataset ``spec`` names (``digits`` or ``builtin:digits``), else None. A bare
+    name that is also an existing path is ambiguous, and an error that says how to name either:
+    taking the built-in would silently ignore the user's folder."""
+    if spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_NAMES:
+            raise ValueError(f"{spec!r}: no such built-in dataset; valid: {', '.join(BUILTIN_NAMES)}")
+        return name
+    if spec not in BUILTIN_NAMES:
+        return None
+    if os.path.lexists(spec):
+        raise ValueError(f"data {spec!r} names both the built-in dataset and the path "
+                         f"{os.path.abspath(spec)}; write {'./' + spec!r} for the path or "
+                         f"{BUILTIN_PREFIX + spec!r} for the built-in")
+    return spec
+
+
 def resolve_format(spec: str) -> str:
     """The reader a spec goes to: 'digits', 'toy', 'idx', 'shards', 'arrays', 'folder' or 'audio'."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"a data spec must be a non-empty string, got {spec!r}")
-    if spec == "digits":
-        return "digits"
-    if spec in BUILTIN_NAMES:
-        return "toy"
+    builtin = builtin_name(spec)
+    if builtin is not None:
+        return "digits" if builtin == "digits" else "toy"
     if _is_shard_pattern(spec):
         from .shards import expand_pattern, shards_hold_audio
 
@@ -138,7 +159,7 @@ def load(spec: str, *, image_size: int | None = None, channels: int | None = Non
         from .toy import load_toy
 
         _reject_image_options(spec, image_size, channels, flip)
-        return load_toy(spec, split=split, seed=seed)
+        return load_toy(builtin_name(spec) or spec, split=split, seed=seed)
     if fmt == "idx":
         from .idx import load_idx
 

@@ -2,7 +2,9 @@
 
 The only place noisecraft touches the network, and only when asked. Each file is streamed to
 ``<name>.part`` while it is hashed, compared with the published md5/sha256, and only then moved
-into place (os.replace), so a broken or forged download never looks like data. A file already
+into place (os.replace), so a broken or forged download never looks like data. A redirect is
+followed only to a URL the mirror itself could have been, and never from https to another
+scheme. A file already
 present with the right checksum is not fetched again.
 
 - ``mnist``: the four original IDX gzip files (md5s from the MNIST page); the folder is then a
@@ -23,6 +25,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -153,15 +156,46 @@ def check_mirror(url: str, allow_insecure: bool = False) -> None:
                          "file:// (or http/ftp with --allow-insecure-mirror)")
 
 
-def _fetch(url: str, dest: str) -> None:
+class RedirectRefused(DataError):
+    """A mirror redirected to a URL that the mirror itself could not have been (module docs)."""
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL that ``check_mirror`` would accept, and never from https
+    to anything else: a downgrade hands the request to whoever sits on the path, which the
+    https mirror was chosen to avoid (``--allow-insecure-mirror`` does not change that)."""
+
+    def __init__(self, allow_insecure: bool):
+        super().__init__()
+        self.allow_insecure = allow_insecure
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        old, new = req.full_url, urllib.parse.urljoin(req.full_url, newurl)
+        if (urllib.parse.urlsplit(old).scheme.lower() == "https"
+                and urllib.parse.urlsplit(new).scheme.lower() != "https"):
+            raise RedirectRefused(f"{old} redirects to {new}: a redirect from https to another "
+                                  "scheme is refused; use a mirror that stays on https")
+        try:
+            check_mirror(new, self.allow_insecure)
+        except ValueError as e:
+            raise RedirectRefused(f"{old} redirects to {new}, which is refused: "
+                                  f"{str(e).split(': ', 1)[-1]}") from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, dest: str, allow_insecure: bool = False) -> None:
     fd = _open_part(dest)
+    opener = urllib.request.build_opener(_CheckedRedirects(allow_insecure))
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, os.fdopen(fd, "wb") as f:
+        with opener.open(url, timeout=TIMEOUT_S) as response, os.fdopen(fd, "wb") as f:
             fd = -1
             while chunk := response.read(CHUNK):
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
+    except RedirectRefused:
+        raise
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise DataError(f"cannot download {url}: {e}") from None
     finally:
@@ -199,9 +233,11 @@ def download(name: str, folder: str, *, mirror: str | None = None,
             url = base.rstrip("/") + "/" + file.name
             log(f"downloading {url}")
             try:
-                _fetch(url, part)
+                _fetch(url, part, allow_insecure)
             except DataError as e:
                 errors.append(str(e))
+                if os.path.isfile(part) and not os.path.islink(part):
+                    os.unlink(part)  # what a failed fetch wrote is not data
                 continue
             problem = checksum_problem(part, file)
             if problem is None:

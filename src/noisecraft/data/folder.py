@@ -114,10 +114,27 @@ def _entries(folder: str, split: str) -> tuple[list[_Entry], list[str] | None]:
     return entries, (classes or None)
 
 
+SKIPPED_NAMED = 3  # a skip warning names this many files; dataset.skipped_files holds them all
+
+
+def skipped_message(folder: str, skipped: list[str], total: int, first_error: str) -> str:
+    """One line: how many of ``total`` files were skipped, the first few by name (relative to
+    ``folder``), and why the first one was (error text can hold newlines; they are flattened)."""
+    names = [os.path.relpath(p, folder) for p in skipped[:SKIPPED_NAMED]]
+    more = f" and {len(skipped) - SKIPPED_NAMED} more" if len(skipped) > SKIPPED_NAMED else ""
+    why = " ".join(first_error.removeprefix(f"{skipped[0]}: ").split())
+    return (f"{folder}: skipped {len(skipped)} of {total} file(s) that could not be read: "
+            f"{', '.join(names)}{more} ({names[0]}: {why})")
+
+
 def load_folder(folder: str, *, split: str = "train", image_size: int | None = None,
                 channels: int | None = None, flip: bool = False,
                 skip_bad: bool = False) -> ArrayImageDataset:
-    """Every picture of one split of ``folder``, decoded and preprocessed into memory."""
+    """Every picture of one split of ``folder``, decoded and preprocessed into memory.
+
+    With ``skip_bad`` an unreadable file is left out instead of raising: the dataset's
+    ``skipped`` counts them, ``skipped_files`` lists their paths, and one UserWarning (a single
+    line, :func:`skipped_message`) names the count and the first few."""
     entries, classes = _entries(folder, split)
     if not entries:
         raise DataError(f"{folder}: no image files (the folder is empty or holds only sidecars)")
@@ -136,8 +153,8 @@ def load_folder(folder: str, *, split: str = "train", image_size: int | None = N
         raise bad[0][1]
     good = [(e, d) for e, d in zip(entries, decoded, strict=True) if not isinstance(d, DataError)]
     if bad:
-        listed = "; ".join(str(err) for _, err in bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        warnings.warn(f"{folder}: skipped {len(bad)} unreadable file(s): {listed}", stacklevel=3)
+        warnings.warn(skipped_message(folder, [e.path for e, _ in bad], len(entries),
+                                      str(bad[0][1])), stacklevel=3)
     if not good:
         raise DataError(f"{folder}: no readable image among {len(entries)} file(s)")
 

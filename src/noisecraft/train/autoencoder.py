@@ -64,6 +64,7 @@ from ..io import atomic_write, atomic_write_many, checkpoint_file, recover, tens
 from ..lock import RunLock
 from ..nets.autoencoder import AUTOENCODER_PRESETS, KLAutoencoder, autoencoder_from_config
 from ..nets.discriminator import PatchDiscriminator, discriminator_for, hinge_d_loss
+from ..quality import psnr
 from ..run import LOG, OPTIMIZER, SAMPLES, STATE, check_step, load_weights, read_state
 from . import checkpoint as ckpt
 from .batches import BatchStream
@@ -190,15 +191,11 @@ def measure_scale(net: KLAutoencoder, x: Tensor, batch_size: int = 256) -> float
 @torch.no_grad()
 def reconstruction_psnr(net: KLAutoencoder, x: Tensor, batch_size: int = 256) -> float:
     """Mean PSNR of the posterior-mean reconstructions of ``x``, in batches (bounded memory)."""
-    values = [psnr(net.decode(net.encode(x[i:i + batch_size])[0]), x[i:i + batch_size])
+    # clamped: the decoder's overshoot past [−1, 1] is cut off when a picture is saved
+    values = [psnr(net.decode(net.encode(x[i:i + batch_size])[0]), x[i:i + batch_size],
+                   data_range=2.0, clamp=(-1.0, 1.0))
               for i in range(0, len(x), batch_size)]
     return float(torch.cat(values).mean())
-
-
-def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """Per-example PSNR in dB of images in [−1, 1] (peak-to-peak 2): 10 log₁₀(2² / MSE)."""
-    mse = (x.clamp(-1, 1) - y.clamp(-1, 1)).square().flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
 @dataclass

@@ -581,9 +581,12 @@ def _check_labels(labels: Tensor, num_classes: int, keys: Any) -> None:
 
 
 def _eight_bit(config: RunConfig) -> bool:
-    """Whether the data is 8-bit images, for which the bound's decoder is the discretised one."""
+    """Whether the net sees 8-bit images, for which the bound's decoder is the discretised one.
+    A latent run's preprocess record is its pictures' (8-bit), but the net sees continuous,
+    unbounded latents: their decoder is the Gaussian density."""
     pre = config.data.preprocess or {}
-    return config.data.kind == "image" and list(pre.get("value_range", [])) == [0.0, 255.0]
+    return (config.latent is None and config.data.kind == "image"
+            and list(pre.get("value_range", [])) == [0.0, 255.0])
 
 
 def _state_bytes(state: Tensor) -> bytes:
