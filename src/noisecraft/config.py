@@ -264,6 +264,7 @@ class DataConfig:
     image_size: int | None = None
     channels: int | None = None
     preprocess: dict[str, Any] | None = None
+    skip_bad: bool = False  # unreadable files are skipped (counted and named) instead of fatal
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -309,6 +310,9 @@ class BuildConfig(Settings):
                                    stored=lambda c: c.data.channels)
     flip: bool = setting(False, "random left-right flips",
                          stored=lambda c: bool((c.data.preprocess or {}).get("flip")))
+    skip_bad: bool = setting(False, "skip files that cannot be read (truncated or corrupt "
+                             "pictures, bad WAV files), counting and naming them in one warning, "
+                             "instead of stopping", stored=lambda c: c.data.skip_bad)
     autoencoder: str | None = setting(
         None, "latent diffusion: train in the latent space of this autoencoder (a `noisecraft "
         "train-autoencoder` run or a diffusers AutoencoderKL folder); the latents are encoded once "

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from noisecraft.cli import main
@@ -130,3 +131,34 @@ def test_train_runs_unchanged_under_torchrun_with_two_cpu_processes(tmp_path):
     log = (run_dir / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [2, 4]
     assert load_run(run_dir).generate(3, steps=2).shape == (3, 2)
+
+
+def test_skip_bad_trains_past_a_truncated_picture_and_names_it(tmp_path, capsys):
+    """`train --skip-bad`: one truncated picture among good ones is skipped, counted and named
+    in one warning line; without the flag it stops the run with an error naming the file."""
+    from PIL import Image
+
+    from noisecraft.cli import main
+    from noisecraft.run import read_config
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    data = (folder / "3.png").read_bytes()
+    (folder / "3.png").write_bytes(data[: len(data) // 2])
+    base = ["train", "--data", str(folder), "--steps", "1", "--batch-size", "4", "--timesteps", "10",
+            "--sample-every", "0", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    assert "3.png" in capsys.readouterr().err
+    # a subprocess: pytest would capture the warning instead of letting the command print it
+    proc = noisecraft(*base, "--out", str(tmp_path / "b"), "--skip-bad")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and warning[0].startswith("noisecraft: warning: ")
+    assert "skipped 1 of 6" in warning[0] and "3.png" in warning[0]
+    assert read_config(tmp_path / "b").data.skip_bad
+    # a resumed run reads its data the same way (and still skips the file)
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", "--steps", "2",
+                 "--no-progress"]) == 0

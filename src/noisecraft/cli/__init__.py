@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ..errors import NoisecraftError
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     apply_threads(args)
+    shown = warnings.formatwarning
+    # A library warning (e.g. files skipped by --skip-bad) is one line, as errors are.
+    warnings.formatwarning = lambda message, *_, **__: f"noisecraft: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
     except (NoisecraftError, ValueError, FileNotFoundError, NotADirectoryError,
@@ -58,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("noisecraft: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

@@ -135,7 +135,9 @@ def _resumed(out: str | Path, settings: dict[str, Any], device: Any, progress: b
                               source=Path(out) / "config.json", device=device, progress=progress)
     else:
         options = ({"image_size": d.image_size, "channels": d.channels, "flip": flip}
-                   if d.kind == "image" else (d.preprocess or {}).get("audio", {}))
+                   if d.kind == "image" else dict((d.preprocess or {}).get("audio", {})))
+        if d.skip_bad:
+            options["skip_bad"] = True
         dataset = nc_data.load(d.spec, **options)
     if d.preprocess is not None and dataset.preprocess.to_dict() != d.preprocess:
         raise ValueError(f"{d.spec!r} now loads with preprocessing {dataset.preprocess.to_dict()}, "
@@ -162,7 +164,8 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
                               progress=progress)
     else:
         image_opts = {k: v for k, v in (("image_size", build.image_size),
-                                        ("channels", build.channels), ("flip", build.flip)) if v}
+                                        ("channels", build.channels), ("flip", build.flip),
+                                        ("skip_bad", build.skip_bad)) if v}
         dataset = nc_data.load(build.data, **image_opts)
     config = new_run_config(dataset, build.data, net=build.net,
                             net_overrides={"learned_variance": True} if build.learned_variance
@@ -170,6 +173,8 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
                             prediction=build.prediction, class_conditional=build.class_cond,
                             train=TrainConfig(**sections.pop("train")),
                             condition=ConditionConfig(**sections.pop("condition")))
+    if build.skip_bad:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, skip_bad=True))
     for attr, given in sections.items():
         if given:
             config = dataclasses.replace(
