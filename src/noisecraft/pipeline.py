@@ -64,30 +64,11 @@ class Pipeline:
     def conditions(self, n: int, prompts: str | Sequence[str] | None = None,
                    labels: int | Sequence[int] | None = None
                    ) -> tuple[list[str] | None, np.ndarray | None]:
-        """One (prompt, label) per image: ``n`` of each given prompt or label in turn, or the
-        run's defaults (its caption template or labels cycled over the classes)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        run, kind = self.run, self.run.config.condition.kind
-        if prompts is not None and labels is not None:
-            raise ValueError("give prompts or labels, not both")
-        if isinstance(prompts, str):
-            prompts = [prompts]
+        """One (prompt, label) per image: :meth:`LoadedRun.conditions`, the rule every command
+        follows (``n`` of each prompt or label given, or the run's defaults)."""
         if isinstance(labels, int | np.integer):
             labels = [int(labels)]
-        if prompts is not None:
-            if not run.text_conditional:
-                raise ValueError(f"prompts need a text-conditional run; {run.run_dir} is "
-                                 f"conditioned on {kind!r}")
-            if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-            return [p for p in prompts for _ in range(n)], None
-        if labels is not None:
-            if run.num_classes is None:
-                raise ValueError(f"labels need a class-conditional run; {run.run_dir} is "
-                                 f"conditioned on {kind!r}")
-            return None, np.repeat(run.check_classes(labels), n)
-        return run.default_prompts(n), run.default_labels(n)
+        return self.run.conditions(n, prompts, labels)
 
     # ------------------------------------------------------------------ generation
     def __call__(self, prompts: str | Sequence[str] | None = None, *, n: int = 1,
@@ -111,18 +92,13 @@ class Pipeline:
         All images are drawn in one batch so that the progress bar counts sampler steps; image i
         uses the noise stream of index i under ``seed``, as ``noisecraft sample`` does.
         ``guidance_options``: ``guidance_rescale``, ``guidance_interval``, ``autoguide`` of
-        :meth:`LoadedRun.generate_tensor` (checked there by :func:`noisecraft.guidance.guide_run`).
+        :meth:`LoadedRun.generate_tensor` (checked there by :meth:`LoadedRun.guided`).
         """
         from tqdm.auto import tqdm
 
-        from . import samplers
 
         run = self.run
-        sampler = sampler or run.config.sampling.sampler
-        if sampler not in samplers.SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; "
-                             f"choose one of {', '.join(samplers.SAMPLERS)}")
-        steps = steps or run.config.sampling.steps
+        sampler, steps = run.sampler_and_steps(sampler, steps)
         prompt_list, label_arr = self.conditions(n, prompts, labels)
         total = len(prompt_list) if prompt_list is not None else (
             len(label_arr) if label_arr is not None else n)

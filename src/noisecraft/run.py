@@ -243,7 +243,8 @@ class LoadedRun(RepresentationMixin):
         from .samplers import SAMPLERS, check_sampler
 
         sampler = check_sampler(sampler or self.config.sampling.sampler)
-        steps = self.config.sampling.steps if steps is None else steps
+        if steps is None:  # the run's own; never more than a respaced grid of T can take
+            steps = min(self.config.sampling.steps, self.schedule.T)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         grids.make(SAMPLERS[sampler].default_grid, self.schedule, steps)  # raises for steps > T
@@ -359,8 +360,8 @@ class LoadedRun(RepresentationMixin):
         gets every sample, the others None."""
         from . import shard
 
-        sampler, steps = self.sampler_and_steps(sampler, steps)
         prompt_list, labels = self.conditions(n, prompts, classes)
+        sampler, steps = self.sampler_and_steps(sampler, steps)
         total = len(prompt_list) if prompt_list is not None else (
             len(labels) if labels is not None else n)
         check_memory(total, self.shape)
@@ -391,6 +392,12 @@ class LoadedRun(RepresentationMixin):
 
         return score(self, data, image=image, split=split, n=n, options=NllOptions(**options),
                      progress=progress, ranks=ranks)
+
+    def evaluate(self, data: str, **options: Any) -> dict[str, Any] | None:
+        """What ``noisecraft evaluate`` records (:func:`noisecraft.evaluation.evaluate_run`)."""
+        from .evaluation import evaluate_run
+
+        return evaluate_run(self, data, **options)
 
     # ------------------------------------------------------------------ pictures in
     def read_picture(self, path: str | os.PathLike[str]) -> torch.Tensor:

@@ -11,8 +11,8 @@ Imports nothing from ``noisecraft.train``: inference stands alone (tests/test_la
 
 from __future__ import annotations
 
-import io
 import contextlib
+import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass

@@ -103,7 +103,7 @@ def test_prompt_on_a_run_without_text_is_refused(tmp_path, capsys):
                 "4", "--timesteps", "20", "--sample-every", "0", "--no-progress"]) == 0
     capsys.readouterr()
     assert cli(["sample", str(plain), "--out", str(tmp_path / "s"), "--prompt", "seven"]) == 2
-    assert "needs a text-conditional run" in capsys.readouterr().err
+    assert "need a text-conditional run" in capsys.readouterr().err
 
 
 def test_missing_text_extra_is_one_error_saying_what_to_install(tmp_path, monkeypatch, capsys):

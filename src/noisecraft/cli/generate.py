@@ -11,7 +11,6 @@ the final image. Without --out, FILE is RUN/generated/<first prompt or class>-se
 from __future__ import annotations
 
 import argparse
-import io
 import re
 from pathlib import Path
 
@@ -55,9 +54,8 @@ def _slug(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import viz
-    from ..io import atomic_write
+    from ..outputs import output_base, save_npz
     from ..pipeline import Pipeline
-    from .sample import output_base
 
     pipe = Pipeline.from_run(args.run_dir, device=args.device, use_ema=not args.no_ema)
     if args.out is None:
@@ -77,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
         arrays["prompts"] = np.array(out.prompts, dtype=str)
     if out.labels is not None:
         arrays["labels"] = out.labels
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write(base.with_suffix(".npz"), buf.getvalue())
+    save_npz(base.with_suffix(".npz"), arrays)
     groups = len(args.prompt or args.classes or [None])
     nrow = len(out.images) // groups if groups > 1 else None
     viz.save(viz.image_grid(out.images, nrow=nrow), base.with_suffix(".png"))
