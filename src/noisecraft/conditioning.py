@@ -142,7 +142,7 @@ def load_text_encoder(name: str | os.PathLike | None = None, *,
         # AutoModel would otherwise fall back to a pickled pytorch_model.bin
         raise FileNotFoundError(f"text encoder {name!r}: {weights} not found (safetensors weights "
                                 f"are required)")
-    from .metrics.cache import sha256_of_file
+    from .cache import sha256_of_file
 
     stat = weights.stat()
     key = (name, str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -169,7 +169,7 @@ def _load(name: str, folder: Path, digest: str, transformers: Any) -> TextEncode
 
 
 def _cache_file(encoder_sha256: str, text: str) -> Path:
-    from .metrics.cache import cache_dir
+    from .cache import cache_dir
 
     key = hashlib.sha256(f"{encoder_sha256}\n{text}".encode()).hexdigest()
     return cache_dir(CACHE_SUBDIR) / encoder_sha256[:16] / f"{key}.safetensors"
@@ -179,7 +179,7 @@ def _read_cached(encoder: TextEncoder, text: str) -> tuple[Tensor, Tensor] | Non
     path = _cache_file(encoder.sha256, text)
     if not path.is_file():
         return None
-    from .metrics.cache import load_arrays
+    from .cache import load_arrays
 
     try:
         arrays, meta = load_arrays(path)
@@ -211,7 +211,7 @@ def embed_captions(encoder: TextEncoder, prompts: list[str], *,
         else:
             encoder.memory[text] = hit
     if missing:
-        from .metrics.cache import save_arrays
+        from .cache import save_arrays
 
         for text, (tokens, pooled) in zip(missing, encoder.run(missing), strict=True):
             encoder.memory[text] = (tokens, pooled)

@@ -107,7 +107,7 @@ def _latent_data(spec: str, image_size: int | None, channels: int | None, flip: 
 
     from .. import data as nc_data
     from ..autoencoders import load_autoencoder
-    from ..data.latents import latent_dataset
+    from ..latent import latent_dataset
     from ..run import check_device, load_latent_autoencoder
 
     dev = (check_device(device) if device

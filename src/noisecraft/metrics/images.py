@@ -72,6 +72,9 @@ def load_labelled_images(spec: str, n: int | None = None, split: str = "train",
                          image_size: int | None = None, channels: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`load_image_set`, with the labels (int64, −1 where the data has none)."""
+    # metrics sit above data (tests/test_layout.py): a yardstick reads its reference set through
+    # the one spec resolver; no data module imports metrics. Imported here to keep
+    # ``import noisecraft.metrics`` light.
     from .. import data
 
     if n is not None and n < 1:
