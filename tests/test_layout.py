@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "noisecraft"
 # (a name imported from it that is not a module counts as "top").
 LAYERS: list[tuple[str, list[str]]] = [
     # leaf: no noisecraft imports but each other; facts and helpers everything may use
-    ("leaf", ["__version__", "errors", "io", "lock", "devices", "cache", "labels", "seeding",
+    ("leaf", ["__version__", "errors", "io", "lock", "devices", "cache", "conditions", "seeding",
               "threads", "shard", "noise", "schedule", "viz"]),
     # maths: the diffusion equations over a Denoiser and a schedule
     ("maths", ["denoiser", "process", "grids", "samplers", "losses", "likelihood", "ode",
@@ -158,6 +158,52 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     assert sorted(found) == ["data", "io", "run", "schedule"]
     assert [n for n, _ in imports_of("metrics", pkg / "__init__.py")] == ["metrics.fid"]
     assert _layer_of("run")[0] > _layer_of("metrics.features")[0]
+
+
+# One home per fact (issue 21): each of these literals is written in exactly one place in src/, and
+# everything else imports it from there.
+FACTS: dict[str, tuple[object, str]] = {
+    "shard suffixes": ((".tar", ".tar.gz", ".tgz"), "data.tar"),
+    "data kinds": (("image", "vector", "audio"), "data.transforms"),
+    "text condition keys": (("text", "text_mask", "text_pooled"), "conditions"),
+}
+# Copies still left in files others own, each with the owner who removes it; a stale entry fails.
+KNOWN_COPIES: dict[tuple[str, str], str] = {
+    ("data kinds", "train.trainer"): "new_run_config's kind check writes the tuple (the coordinator's)",
+    ("null label", "guidance"): "guidance.NULL_LABEL = -1 (the sampler helper's file)",
+}
+
+
+def _fact_places() -> dict[str, list[tuple[str, int]]]:
+    """Where each fact's literal occurs; the null label: every ``*LABEL = -1`` assignment."""
+    places: dict[str, list[tuple[str, int]]] = {name: [] for name in [*FACTS, "null label"]}
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Tuple) and all(isinstance(e, ast.Constant) for e in node.elts):
+                value = tuple(e.value for e in node.elts)
+                places.update({name: places[name] + [(module, node.lineno)]
+                               for name, (literal, _) in FACTS.items() if value == literal})
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id.endswith("LABEL")
+                                                     for t in node.targets)
+                    and isinstance(node.value, ast.UnaryOp) and isinstance(node.value.op, ast.USub)
+                    and isinstance(node.value.operand, ast.Constant) and node.value.operand.value == 1):
+                places["null label"].append((module, node.lineno))
+    return places
+
+
+def test_each_fact_has_one_home():
+    homes = {**{name: home for name, (_, home) in FACTS.items()}, "null label": "conditions"}
+    bad = []
+    for name, found in _fact_places().items():
+        where = [m for m, _ in found]
+        if where.count(homes[name]) != 1:
+            bad.append(f"{name}: expected its one definition in noisecraft.{homes[name]}, found {found}")
+        bad += [f"{name}: a copy in noisecraft.{m}, line {line}; import it from "
+                f"noisecraft.{homes[name]}" for m, line in found
+                if m != homes[name] and (name, m) not in KNOWN_COPIES]
+    stale = [key for key in KNOWN_COPIES if key[1] not in [m for m, _ in _fact_places()[key[0]]]]
+    bad += [f"remove the fixed KNOWN_COPIES entry {key}" for key in stale]
+    assert not bad, "\n".join(bad)
 
 
 INFERENCE = ["noisecraft", "noisecraft.run", "noisecraft.io", "noisecraft.viz", "noisecraft.metrics",

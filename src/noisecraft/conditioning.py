@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .conditions import NULL_LABEL, TEXT_KEYS
 from .config import DEFAULT_TEXT_ENCODER, ConditionConfig
 from .errors import NoisecraftError
 
@@ -246,10 +247,10 @@ def encode_prompts(encoder: TextEncoder, prompts: list[str] | tuple[str, ...], *
 
 def text_condition(encoder: TextEncoder, prompts: list[str] | tuple[str, ...],
                    device: torch.device | str | None = None) -> dict[str, Tensor]:
-    """The keyword arguments of a text-conditioned net: ``{"text", "text_mask", "text_pooled"}``."""
+    """The keyword arguments of a text-conditioned net: ``{"text", "text_mask", "text_pooled"}``
+    (``conditions.TEXT_KEYS``: tokens, their mask, the pooled vector)."""
     tokens, mask, pooled = encode_prompts(encoder, prompts)
-    return {"text": tokens.to(device or "cpu"), "text_mask": mask.to(device or "cpu"),
-            "text_pooled": pooled.to(device or "cpu")}
+    return {k: v.to(device or "cpu") for k, v in zip(TEXT_KEYS, (tokens, mask, pooled), strict=True)}
 
 
 def null_condition(**cond: Any) -> dict[str, Any]:
@@ -260,10 +261,10 @@ def null_condition(**cond: Any) -> dict[str, Any]:
     for name, value in cond.items():
         if value is None:
             out[name] = None
-        elif name in ("text", "text_mask", "text_pooled"):
+        elif name in TEXT_KEYS:
             out[name] = torch.zeros_like(value[:1])
         elif name == "labels":
-            out[name] = torch.full_like(torch.as_tensor(value), -1)
+            out[name] = torch.full_like(torch.as_tensor(value), NULL_LABEL)
         else:
             raise ValueError(f"no null condition is known for {name!r}")
     return out

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .datasets import NO_LABEL
 from .mel import (
     GRIFFIN_LIM_ITERS,
     AudioConfig,
@@ -28,11 +29,10 @@ from .mel import (
     spectrogram_to_audio,
     spectrogram_to_mel_power,
 )
+from .tar import SHARD_SUFFIXES
 from .transforms import Preprocess
 from .wav import load_waveform, read_wav, resample, write_wav
 
-NO_LABEL = -1
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _FEATURE_BATCH = 256  # clips per STFT call while loading: amortises torch overhead, bounds memory
 
 
