@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section  # noqa: E402
 
 from noisecraft.editing import ENCODERS, decode, encode, psnr  # noqa: E402
-from noisecraft.explain import _held_out, count_calls  # noqa: E402
+from noisecraft.explain import count_calls, held_out  # noqa: E402
 from noisecraft.run import load_run  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = load_run(args.run_dir)
-    x0, labels = _held_out(run, args.n)
+    x0, labels = held_out(run, args.n)
     cond = {} if labels is None else {"labels": labels}
     lines = [f"inversion round trip — {datetime.date.today()}, torch {torch.__version__}, "
              f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}; "

@@ -36,7 +36,7 @@ from _report import write_section
 from noisecraft import data
 from noisecraft.autoencoders import AutoencoderTrainConfig, load_autoencoder
 from noisecraft.config import TrainConfig
-from noisecraft.data.latents import latent_dataset
+from noisecraft.latent import latent_dataset
 from noisecraft.metrics.classifier import classify, prepare_classifier
 from noisecraft.run import load_run
 from noisecraft.train import Trainer, new_run_config

@@ -19,18 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from noisecraft.data import mel
-from noisecraft.data.audio import (
+from noisecraft.data import audio, mel, wav
+from noisecraft.data.audio import load_audio
+from noisecraft.data.mel import (
     AudioConfig,
     audio_to_spectrogram,
-    load_audio,
-    load_waveform,
-    read_wav,
-    resample,
     spectrogram_to_audio,
     spectrogram_to_mel_power,
-    write_wav,
 )
+from noisecraft.data.wav import load_waveform, read_wav, resample, write_wav
 from noisecraft.errors import DataError
 
 SMALL = AudioConfig(n_mels=32, frames=32)  # 31 hops of 64 samples ≈ 0.25 s: quick to build and invert
@@ -488,3 +485,11 @@ def test_shards_captions_splits_and_bad_members(tmp_path):
     broken.write_bytes((tmp_path / "a-0.tar.gz").read_bytes()[:100])
     with pytest.raises(DataError, match="broken.tar.gz: not a readable"):
         load_audio(broken, config=SMALL)
+
+
+def test_codec_and_features_stay_importable_from_data_audio():
+    """data.audio finds clips; the codec (wav) and features (mel) are re-exported, not copied."""
+    for name in audio.__all__:
+        home = wav if hasattr(wav, name) else mel if hasattr(mel, name) else audio
+        assert getattr(audio, name) is getattr(home, name), name
+    assert not hasattr(wav, "AudioConfig") and not hasattr(mel, "read_wav")

@@ -18,20 +18,22 @@ import pytest
 import torch
 from PIL import Image
 
-from noisecraft import Denoiser, GaussianMixture, Schedule
+from noisecraft import Denoiser, GaussianMixture, Schedule, data, explain
+from noisecraft.analytic import exact_reverse_conditional
 from noisecraft.explain import (
     SECTIONS,
     _bimodal,
-    bound_estimate,
     bound_share,
     count_calls,
-    exact_reverse_conditional,
+    high_noise_share,
+    high_noise_text,
     loss_by_noise_level,
     principal_plane,
     quality_vs_nfe,
     report,
-    sliced_wasserstein,
 )
+from noisecraft.likelihood import bound_estimate
+from noisecraft.metrics.distances import sliced_wasserstein
 
 sys.path.insert(0, os.path.dirname(__file__))
 from train_helpers import image_config, train, vector_config  # noqa: E402
@@ -223,9 +225,51 @@ def test_vector_report_has_every_section_with_inline_png_only(tmp_path):
     train(tmp_path / "v", config, dataset)
     from noisecraft.run import load_run
 
-    page, _ = report(load_run(tmp_path / "v"), n_samples=16, held_out=32, steps=5)
+    run = load_run(tmp_path / "v")
+    page, _ = report(run, n_samples=16, held_out=32, steps=5)
     check_page(page)
     assert "Spectra need image data" in page
+    # the captions state what the schedules do, in numbers computed from them (see below)
+    T = run.schedule.T
+    lin, cos = (_share_from_alpha_bars(Schedule.from_name(n, T=T)) for n in ("linear", "cosine"))
+    how = "fewer" if cos < lin else "more"   # T = 50 here: the linear schedule never gets there
+    assert (f"with T = {T}, the cosine schedule gives {how} steps to high noise than the linear "
+            f"one: steps with log-SNR < -5 are {100 * lin:.1f} % of a linear schedule and "
+            f"{100 * cos:.1f} % of a cosine one") in page
+    assert "more of the steps to high noise" not in page
+    assert "only its mean is" in page and "step is the average of the posteriors" not in page
+
+
+def _share_from_alpha_bars(schedule: Schedule) -> float:
+    """Share of t = 1..T with log(ᾱ_t / (1 − ᾱ_t)) < −5, straight from the ᾱ table (not log_snr)."""
+    ab = schedule.alpha_bars.numpy()
+    return float(np.mean(np.log(ab) - np.log1p(-ab) < -5))
+
+
+def test_cosine_gives_fewer_steps_to_high_noise_than_linear():
+    """The issue's figures (29.8 % and 5.3 % at T = 1000), recomputed from the ᾱ tables, and the
+    caption phrase built from the schedules says exactly those numbers."""
+    lin, cos = Schedule.linear(1000), Schedule.cosine(1000)
+    assert round(100 * _share_from_alpha_bars(lin), 1) == 29.8
+    assert round(100 * _share_from_alpha_bars(cos), 1) == 5.3
+    assert high_noise_share(lin) == pytest.approx(_share_from_alpha_bars(lin), abs=1e-12)
+    assert high_noise_share(cos) == pytest.approx(_share_from_alpha_bars(cos), abs=1e-12)
+    assert high_noise_text(1000) == ("with T = 1000, the cosine schedule gives fewer steps to high "
+                                     "noise than the linear one: steps with log-SNR < -5 are "
+                                     "29.8 % of a linear schedule and 5.3 % of a cosine one")
+
+
+def test_held_out_is_the_test_split_and_falls_back_to_all():
+    """data.held_out: digits' test split in the reader's order, labels included; a spec without a
+    test split gives its examples from split "all"; a bad n names the value."""
+    x, labels = data.held_out("digits", 5, image_size=8, channels=1)
+    test = data.load("digits", split="test", image_size=8, channels=1)
+    want = [test[i] for i in range(5)]
+    assert torch.equal(x, torch.stack([w["x"] for w in want]).float())
+    assert labels.tolist() == [w["label"] for w in want]
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+        data.held_out("digits", 0)
+    assert explain.held_out is explain._held_out   # the old private name stays importable
 
 
 def test_sections_subset_and_bad_names(tmp_path):

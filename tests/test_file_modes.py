@@ -72,8 +72,8 @@ def test_only_https_and_local_mirrors_unless_opted_in(url, tmp_path):
 def test_wav_files_and_metric_caches_respect_the_umask(tmp_path, umask):
     import numpy as np
 
+    from noisecraft.cache import load_arrays, save_arrays
     from noisecraft.data.audio import write_wav
-    from noisecraft.metrics.cache import load_arrays, save_arrays
 
     write_wav(tmp_path / "a.wav", np.zeros(100, dtype=np.float32), 8000)
     save_arrays(tmp_path / "stats.safetensors", {"mu": np.arange(3.0)}, {"n": 3})

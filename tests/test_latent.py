@@ -8,8 +8,8 @@ import torch
 from noisecraft import data
 from noisecraft.autoencoders import AutoencoderRunConfig, load_autoencoder
 from noisecraft.config import DataConfig
-from noisecraft.data.latents import latent_dataset
 from noisecraft.io import tensors_to_bytes
+from noisecraft.latent import latent_dataset
 from noisecraft.nets.autoencoder import build_autoencoder
 
 

@@ -137,6 +137,27 @@ class GaussianMixture:
         return _IdealNet(self, schedule, prediction)
 
 
+def exact_reverse_conditional(mixture: GaussianMixture, schedule: Schedule, t: int, x_t: float,
+                              xs: Tensor) -> Tensor:
+    """The density q(x_{t−1} | x_t) of 1-D mixture data on the points ``xs`` (float64).
+
+    Bayes on the grid: q(x_{t−1} | x_t) ∝ q(x_t | x_{t−1}) p_{t−1}(x_{t−1}), with p_{t−1} the
+    mixture's marginal at t − 1 and q(x_t | x_{t−1}) = N(√α_t x_{t−1}, β_t); normalised by the
+    trapezoid rule over ``xs`` (which must cover the mass).
+    """
+    if mixture.dim != 1:
+        raise ValueError(f"exact_reverse_conditional needs 1-D data, got dimension {mixture.dim}")
+    xs = xs.double().reshape(-1)
+    a_prev, s_prev = (v.item() for v in schedule.marginal(float(t - 1)))
+    log_alpha = (schedule.log_alpha_bar(float(t)) - schedule.log_alpha_bar(float(t - 1))).item()
+    beta = -math.expm1(log_alpha)
+    log_prior = mixture.log_prob(xs[:, None], a_prev, s_prev)
+    log_lik = -0.5 * (x_t - math.exp(0.5 * log_alpha) * xs) ** 2 / beta
+    log_p = log_prior + log_lik
+    p = torch.exp(log_p - log_p.max())
+    return p / torch.trapezoid(p, xs)
+
+
 class _IdealNet(nn.Module):
     def __init__(self, mixture: GaussianMixture, schedule: Schedule, prediction: str):
         super().__init__()

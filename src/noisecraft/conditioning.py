@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .conditions import NULL_LABEL, TEXT_KEYS
 from .config import DEFAULT_TEXT_ENCODER, ConditionConfig
 from .errors import NoisecraftError
 
@@ -142,7 +143,7 @@ def load_text_encoder(name: str | os.PathLike | None = None, *,
         # AutoModel would otherwise fall back to a pickled pytorch_model.bin
         raise FileNotFoundError(f"text encoder {name!r}: {weights} not found (safetensors weights "
                                 f"are required)")
-    from .metrics.cache import sha256_of_file
+    from .cache import sha256_of_file
 
     stat = weights.stat()
     key = (name, str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -169,7 +170,7 @@ def _load(name: str, folder: Path, digest: str, transformers: Any) -> TextEncode
 
 
 def _cache_file(encoder_sha256: str, text: str) -> Path:
-    from .metrics.cache import cache_dir
+    from .cache import cache_dir
 
     key = hashlib.sha256(f"{encoder_sha256}\n{text}".encode()).hexdigest()
     return cache_dir(CACHE_SUBDIR) / encoder_sha256[:16] / f"{key}.safetensors"
@@ -179,7 +180,7 @@ def _read_cached(encoder: TextEncoder, text: str) -> tuple[Tensor, Tensor] | Non
     path = _cache_file(encoder.sha256, text)
     if not path.is_file():
         return None
-    from .metrics.cache import load_arrays
+    from .cache import load_arrays
 
     try:
         arrays, meta = load_arrays(path)
@@ -211,7 +212,7 @@ def embed_captions(encoder: TextEncoder, prompts: list[str], *,
         else:
             encoder.memory[text] = hit
     if missing:
-        from .metrics.cache import save_arrays
+        from .cache import save_arrays
 
         for text, (tokens, pooled) in zip(missing, encoder.run(missing), strict=True):
             encoder.memory[text] = (tokens, pooled)
@@ -246,10 +247,10 @@ def encode_prompts(encoder: TextEncoder, prompts: list[str] | tuple[str, ...], *
 
 def text_condition(encoder: TextEncoder, prompts: list[str] | tuple[str, ...],
                    device: torch.device | str | None = None) -> dict[str, Tensor]:
-    """The keyword arguments of a text-conditioned net: ``{"text", "text_mask", "text_pooled"}``."""
+    """The keyword arguments of a text-conditioned net: ``{"text", "text_mask", "text_pooled"}``
+    (``conditions.TEXT_KEYS``: tokens, their mask, the pooled vector)."""
     tokens, mask, pooled = encode_prompts(encoder, prompts)
-    return {"text": tokens.to(device or "cpu"), "text_mask": mask.to(device or "cpu"),
-            "text_pooled": pooled.to(device or "cpu")}
+    return {k: v.to(device or "cpu") for k, v in zip(TEXT_KEYS, (tokens, mask, pooled), strict=True)}
 
 
 def null_condition(**cond: Any) -> dict[str, Any]:
@@ -260,10 +261,10 @@ def null_condition(**cond: Any) -> dict[str, Any]:
     for name, value in cond.items():
         if value is None:
             out[name] = None
-        elif name in ("text", "text_mask", "text_pooled"):
+        elif name in TEXT_KEYS:
             out[name] = torch.zeros_like(value[:1])
         elif name == "labels":
-            out[name] = torch.full_like(torch.as_tensor(value), -1)
+            out[name] = torch.full_like(torch.as_tensor(value), NULL_LABEL)
         else:
             raise ValueError(f"no null condition is known for {name!r}")
     return out

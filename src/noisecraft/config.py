@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .data.transforms import KINDS as DATA_KINDS  # one home: Preprocess's kinds
 from .errors import RunError
 
 CONFIG_VERSION = 1
@@ -56,7 +57,6 @@ COMPILE_MODES = ("auto", "on", "off")
 # derived per-rank seeds are sure to take (the autoencoder trainer once took any size)
 SEED_RANGE = "[0, 9223372036854775807]"
 """``TrainConfig.compile``: torch.compile the network on CUDA only (auto), always, or never."""
-DATA_KINDS = ("image", "vector", "audio")  # as Preprocess.KINDS
 LATENT_POSTERIORS = ("mean", "sample")
 """What a latent run trains on: the posterior mean of each latent, or a fresh draw from q(z|x)."""
 

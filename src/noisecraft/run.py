@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .devices import check_device  # noqa: F401
 from .errors import RunError
 from .io import checkpoint_file
 from .run_editing import RepresentationMixin
@@ -37,21 +38,6 @@ from .rundir import (  # noqa: F401  (the run-directory format, re-exported for 
     read_config,
     read_state,
 )
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device, refusing names torch does not know and absent CUDA."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
-    return dev
-
-
 
 
 # --------------------------------------------------------------------------- load_run

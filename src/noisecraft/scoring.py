@@ -130,8 +130,8 @@ def score_split(run: Any, spec: str, split: str = "test", n: int | None = None,
     the null label instead of the data's; ``ranking``: the picture these examples rank (said on
     stderr before the work)."""
     from . import data, shard
+    from .conditions import NULL_LABEL
     from .errors import DataError
-    from .guidance import NULL_LABEL
 
     o = options or NllOptions()
     ranks = ranks or shard.Ranks()
@@ -209,7 +209,7 @@ def score(run: Any, data: str | None = None, *, image: str | None = None, split:
                   standard_error=float(bits.std(unbiased=True) / math.sqrt(len(bits)))
                   if len(bits) > 1 else float("nan"))
     if x_image is not None:
-        from .guidance import NULL_LABEL
+        from .conditions import NULL_LABEL
 
         labels = (torch.full((1,), NULL_LABEL, dtype=torch.long) if run.num_classes is not None
                   else None)

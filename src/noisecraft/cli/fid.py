@@ -82,7 +82,7 @@ def read_statistics(path: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metrics.cache import content_hash, sha256_of_file
+    from ..cache import content_hash, sha256_of_file
     from ..metrics.classifier import SUPPORTED, prepare_classifier
     from ..metrics.features import extract_features, feature_space_info, reference_features
     from ..metrics.fid import feature_statistics, frechet_distance

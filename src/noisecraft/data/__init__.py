@@ -26,15 +26,16 @@ from torch.utils.data import Dataset, IterableDataset
 
 from ..errors import DataError
 from .datasets import NO_LABEL
+from .splits import held_out
+from .tar import SHARD_SUFFIXES
 from .transforms import Preprocess, denormalize, to_uint8
 
 BUILTIN_NAMES = ("digits", "moons", "swissroll", "gmm8", "checkerboard")
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ARRAY_SUFFIXES = (".npz", ".npy")
 AUDIO_SUFFIXES = (".wav",)
 SKIPPABLE_FORMATS = ("folder", "shards", "audio")  # readers that can leave one bad file out
 
-__all__ = ["BUILTIN_NAMES", "NO_LABEL", "Preprocess", "denormalize", "load", "to_uint8"]
+__all__ = ["BUILTIN_NAMES", "NO_LABEL", "Preprocess", "denormalize", "held_out", "load", "to_uint8"]
 
 
 def _is_shard_pattern(spec: str) -> bool:

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .datasets import ArrayImageDataset
+from .datasets import NO_LABEL, ArrayImageDataset
 from .limits import physical_memory
 from .shards import _SHARD_ERRORS, ShardDataset, corrupt_shard, shard_samples
 from .transforms import prepare_array
@@ -105,7 +105,7 @@ def _decode_shard(dataset: ShardDataset, url: str) -> dict[str, Any]:
                 a, label, caption = dataset._decoded(sample)
             except DataError as e:
                 bad[len(pictures)] = str(e)
-                a, label, caption = blank, -1, ""
+                a, label, caption = blank, NO_LABEL, ""
             pictures.append(a)
             labels.append(label)
             captions.append(caption)

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..conditions import NULL_LABEL as NO_LABEL  # data's name for it: the example has no class
 from ..errors import DataError
 from .transforms import Preprocess, prepare_array, random_flip, scale_to_unit
-
-NO_LABEL = -1
 
 
 def image_info(pre: Preprocess, *, num_classes: int | None, count: int | None,

@@ -1,6 +1,7 @@
 """Latent datasets: a picture dataset encoded once by an autoencoder, cached on disk by content.
 
-``latent_dataset(pixels, ae, posterior=...)`` encodes every picture x to the posterior
+``noisecraft.latent.latent_dataset(pixels, ae, posterior=...)`` (one layer up, where the run's
+:class:`~noisecraft.config.LatentConfig` is known) encodes every picture x to the posterior
 q(z|x) = N(mean, exp(logvar)) and keeps (mean, logvar); items are then
 
     {"x": (z − shift) · scale, "label", "caption", "key"}
@@ -20,7 +21,6 @@ item picks one of the two with probability ½ (the pixel-space flip, done before
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
-from ..config import LATENT_POSTERIORS, LatentConfig
+from ..latentscale import scale_latent
 from .datasets import NO_LABEL
 from .transforms import Preprocess
 
@@ -136,7 +136,7 @@ def cache_key(ae_sha256: str, identity: str, flip: bool) -> str:
 def cached_posteriors(dataset: Dataset | IterableDataset, ae: Any, flip: bool = False,
                       progress: bool = True) -> tuple[dict[str, Any], str, bool]:
     """(posteriors as :func:`encode_all` returns them, cache key, whether they came from the cache)."""
-    from ..metrics.cache import cache_dir, load_arrays, save_arrays
+    from ..cache import cache_dir, load_arrays, save_arrays
 
     key = cache_key(ae.sha256, data_identity(dataset), flip)
     path = cache_dir("latents") / f"{key}.safetensors"
@@ -155,9 +155,11 @@ def cached_posteriors(dataset: Dataset | IterableDataset, ae: Any, flip: bool = 
 class LatentDataset(Dataset):
     """Scaled latents of a picture dataset (module docstring). ``.preprocess`` is the pictures'
     own record (how samples are turned back into uint8 images after decoding); ``.info`` describes
-    the latent images the diffusion network sees; ``.latent`` is the run's :class:`LatentConfig`."""
+    the latent images the diffusion network sees; ``.latent`` is the run's ``config.LatentConfig``,
+    passed in by its builder (``noisecraft.latent``): the data layer reads only its ``posterior``,
+    ``scale_factor``, ``shift_factor`` and ``shape``."""
 
-    def __init__(self, posteriors: dict[str, Any], latent: LatentConfig, preprocess: Preprocess,
+    def __init__(self, posteriors: dict[str, Any], latent: Any, preprocess: Preprocess,
                  info: dict[str, Any], source: str, cache_key: str = "", from_cache: bool = False,
                  autoencoder: Any = None):
         self.mean, self.logvar = posteriors["mean"], posteriors["logvar"]
@@ -183,38 +185,6 @@ class LatentDataset(Dataset):
         if self.latent.posterior == "sample":
             z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape)
         label = int(self.labels[i])
-        return {"x": (z - self.latent.shift_factor) * self.latent.scale_factor,
+        return {"x": scale_latent(z, self.latent.scale_factor, self.latent.shift_factor),
                 "label": label if label >= 0 else NO_LABEL, "caption": self.captions[i],
                 "key": self.keys[i]}
-
-
-def latent_dataset(pixels: Dataset | IterableDataset, ae: Any, *, posterior: str = "mean",
-                   flip: bool = False, scale_factor: float | None = None,
-                   progress: bool = True) -> LatentDataset:
-    """The latent dataset of ``pixels`` (loaded without flips; ``flip`` flips before encoding).
-
-    ``scale_factor`` None measures it (module docstring); a resumed run passes its recorded one.
-    """
-    if posterior not in LATENT_POSTERIORS:
-        raise ValueError(f"latent posterior must be one of {', '.join(LATENT_POSTERIORS)}, "
-                         f"got {posterior!r}")
-    pre: Preprocess = pixels.preprocess  # type: ignore[union-attr]
-    if pre.kind != "image":
-        raise ValueError(f"{getattr(pixels, 'source', 'the data')} is {pre.kind} data; latent "
-                         "diffusion needs images")
-    if pre.flip:
-        raise ValueError("load the pictures without flips; latent_dataset(flip=True) flips them "
-                         "before encoding")
-    shape = list(ae.latent_shape(pre.shape))
-    posteriors, key, hit = cached_posteriors(pixels, ae, flip=flip, progress=progress)
-    if list(posteriors["mean"].shape[1:]) != shape:
-        raise ValueError(f"{ae.path}: latents of shape {list(posteriors['mean'].shape[1:])}, "
-                         f"expected {shape}")
-    if scale_factor is None:
-        scale_factor = 1.0 / latent_std(posteriors["mean"], posteriors["logvar"], posterior)
-    latent = LatentConfig(autoencoder=str(ae.path.resolve()), sha256=ae.sha256, kind=ae.kind,
-                          posterior=posterior, scale_factor=scale_factor,
-                          shift_factor=ae.shift_factor, shape=shape)
-    return LatentDataset(posteriors, latent, dataclasses.replace(pre, flip=flip),
-                         dict(pixels.info), getattr(pixels, "source", ""),  # type: ignore[union-attr]
-                         cache_key=key, from_cache=hit, autoencoder=ae)

@@ -1,7 +1,24 @@
-"""Spectral DSP over torch: mel scales, the mel filterbank, STFT power, its inversion.
+"""Audio features: waveforms ↔ log-mel spectrograms in [−1, 1] of shape (1, n_mels, frames), and
+the spectral DSP under them (mel scales, the mel filterbank, STFT power, its inversion).
 
-Nothing here knows about files or datasets; ``audio.py`` strings these together.
+Nothing here knows about files or datasets: ``wav.py`` is the codec, ``audio.py`` finds clips
+and builds datasets.
 
+Forward (:func:`audio_to_spectrogram`, settings in :class:`AudioConfig`): a mono waveform at
+``sample_rate`` → the first ``(frames − 1) · hop_length`` samples, zero padded at the end when the
+clip is shorter (so every clip gives exactly ``frames`` centred STFT frames) → power |STFT|² (Hann
+window, scaled so a sine of amplitude A peaks at A/2, see :func:`stft`) → mel power
+P = F |STFT|² (:func:`mel_filterbank`) → decibels clipped to the range [min_db, max_db], which
+also serves as the log floor (P is floored at 10^(min_db/10)):
+
+    x = 2 · (10·log10 max(P, 10^(min_db/10)) − min_db) / (max_db − min_db) − 1,  clamped to [−1, 1].
+
+The levels are absolute (a full-scale sine sits near −6 dB), not relative to each clip's
+maximum, so the map is invertible and a clip's loudness is part of what a model learns.
+
+Inverse (listening, :func:`spectrogram_to_audio`): x → P → non-negative least-squares linear
+power (:func:`mel_power_to_linear`) → magnitude → fast Griffin-Lim (:func:`griffin_lim`) →
+waveform (``wav.write_wav`` writes it).
 Mel scales (``scale=``):
 - ``"slaney"`` (the default, Slaney's Auditory Toolbox, librosa's ``htk=False``): linear below
   1 kHz and logarithmic above, m(f) = 3 f / 200 for f < 1000 Hz and
@@ -17,7 +34,11 @@ that grows with the band's width.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,3 +191,129 @@ def _impose(magnitude: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
 def spectral_convergence(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     """||reference − estimate||_F / ||reference||_F over all elements (a ratio, 0 is perfect)."""
     return float(torch.linalg.vector_norm(reference - estimate) / torch.linalg.vector_norm(reference))
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-mel spectrograms of waveforms
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Every choice between a WAV file and the (1, n_mels, frames) tensor a model sees.
+
+    Defaults suit 8 kHz speech (FSDD): 32 ms windows every 8 ms (75 % overlap, which Griffin-Lim
+    needs to rebuild phase well), 64 Slaney-scale mels up to 4 kHz and 128 frames ≈ 1.02 s,
+    longer than 99 % of FSDD clips. ``f_max=None`` means the Nyquist frequency.
+    """
+
+    sample_rate: int = 8000
+    n_fft: int = 256
+    hop_length: int = 64
+    win_length: int = 256
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float | None = None
+    mel_scale: str = "slaney"
+    frames: int = 128
+    min_db: float = -80.0
+    max_db: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "frames"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AudioConfig.{name} must be a positive integer, got {value!r}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"AudioConfig.win_length={self.win_length} exceeds n_fft={self.n_fft}")
+        if self.hop_length > self.win_length // 2:
+            # Less than 50 % overlap leaves gaps the Hann windows cannot cover for the inverse.
+            raise ValueError(f"AudioConfig.hop_length={self.hop_length} must be at most "
+                             f"win_length // 2 = {self.win_length // 2}")
+        if self.frames < 2:
+            raise ValueError(f"AudioConfig.frames must be >= 2, got {self.frames}")
+        if not (math.isfinite(self.min_db) and math.isfinite(self.max_db) and self.min_db < self.max_db):
+            raise ValueError(f"AudioConfig needs finite min_db < max_db, "
+                             f"got {self.min_db}, {self.max_db}")
+        mel_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max,
+                           self.mel_scale)  # raises ValueError naming the bad mel setting
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per clip: ``frames`` centred frames span (frames − 1) hops."""
+        return (self.frames - 1) * self.hop_length
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (1, self.n_mels, self.frames)
+
+    def filterbank(self) -> torch.Tensor:
+        """The (n_mels, n_fft // 2 + 1) mel filters; cached per setting, so treat it as read-only."""
+        return _cached_filterbank(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max,
+                                  self.mel_scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AudioConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in names:
+                raise ValueError(f"unknown audio option {key!r}; known: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float | None,
+                       scale: str) -> torch.Tensor:
+    # Building it costs about as much as a clip's STFT, and loading calls it once per batch.
+    return mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, scale)
+
+
+def audio_to_spectrogram(waveform: torch.Tensor | np.ndarray, config: AudioConfig) -> torch.Tensor:
+    """Mono waveform(s) (n,) or (batch, n) at ``config.sample_rate`` → (…, 1, n_mels, frames) in [−1, 1].
+
+    Clips longer than ``config.n_samples`` keep their start; shorter ones are padded with silence.
+    """
+    w = torch.as_tensor(waveform, dtype=torch.float32)
+    if w.ndim not in (1, 2) or w.shape[-1] == 0:
+        raise ValueError(f"waveform must be (n,) or (batch, n) with n > 0, got shape {tuple(w.shape)}")
+    n = config.n_samples
+    w = w[..., :n] if w.shape[-1] >= n else torch.nn.functional.pad(w, (0, n - w.shape[-1]))
+    power = stft(w, config.n_fft, config.hop_length, config.win_length).abs().square()
+    mel_power = config.filterbank() @ power
+    floor = 10.0 ** (config.min_db / 10.0)
+    db = 10.0 * torch.log10(mel_power.clamp_min(floor))
+    x = 2.0 * (db - config.min_db) / (config.max_db - config.min_db) - 1.0
+    return x.clamp(-1.0, 1.0).unsqueeze(-3)
+
+
+def spectrogram_to_mel_power(x: torch.Tensor, config: AudioConfig) -> torch.Tensor:
+    """Inverse of the [−1, 1] scaling: mel power P = 10^(dB/10); values outside [−1, 1] are clamped."""
+    unit = (x.to(torch.float32).clamp(-1.0, 1.0) + 1.0) / 2.0
+    db = unit * (config.max_db - config.min_db) + config.min_db
+    return 10.0 ** (db / 10.0)
+
+
+def spectrogram_to_audio(x: torch.Tensor, config: AudioConfig, n_iter: int = GRIFFIN_LIM_ITERS, *,
+                         momentum: float = 0.99,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """(1, n_mels, F) or (batch, 1, n_mels, F) spectrograms in [−1, 1] → waveforms (n,) or (batch, n).
+
+    F may differ from ``config.frames``; the waveform has (F − 1) · hop_length samples.
+    Phases come from ``n_iter`` iterations of fast Griffin-Lim with ``momentum``; the random
+    initial phases come from ``generator`` (seed 0 when None, so the result is reproducible).
+    """
+    x = torch.as_tensor(x)
+    if x.ndim not in (3, 4) or x.shape[-3] != 1 or x.shape[-2] != config.n_mels or x.shape[-1] < 2:
+        raise ValueError(f"spectrogram must be (1, {config.n_mels}, frames) or (batch, 1, "
+                         f"{config.n_mels}, frames), got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("spectrogram contains NaN or infinite values")
+    mel_power = spectrogram_to_mel_power(x.squeeze(-3).detach().cpu(), config)
+    magnitude = mel_power_to_linear(mel_power, config.filterbank()).sqrt()
+    length = (x.shape[-1] - 1) * config.hop_length
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    return griffin_lim(magnitude, config.n_fft, config.hop_length, config.win_length, length,
+                           n_iter=n_iter, momentum=momentum, generator=generator)

@@ -47,10 +47,9 @@ from ..seeding import derive_seed
 from .captions import json_caption
 from .datasets import NO_LABEL, image_info
 from .decode import ImageDecodeError, decode_image
-from .tar import TarFormatError, iter_members
+from .tar import SHARD_SUFFIXES, TarFormatError, iter_members
 from .transforms import Preprocess, prepare_array, random_flip, scale_to_unit
 
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 SHUFFLE_BUFFER = 2000
 _SHARD_ERRORS = (OSError, TarFormatError)

@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from .limits import MAX_MEMBER_BYTES, human
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # the one list: what a shard file is called
 BLOCK = 512
 READ_SIZE = 1 << 16      # compressed bytes per zlib call (64 KiB) ...
 MAX_OUTPUT = 1 << 20     # ... and at most 1 MiB out: the first member comes quickly, bounded memory

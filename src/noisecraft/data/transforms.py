@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-KINDS = ("image", "vector", "audio")
+KINDS = ("image", "vector", "audio")  # the data kinds, written once (config.DATA_KINDS imports them)
 CHANNELS = (1, 3, 4)
 _PIL_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
 # Pixel diffusion beyond this side is out of reach (use latent diffusion); resizing to it would

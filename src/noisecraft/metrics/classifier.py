@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache import cache_dir, load_arrays, save_arrays
+from ..cache import cache_dir, load_arrays, save_arrays
 from .images import as_uint8_images, grey_float
 
 CLASSIFIER_VERSION = 1

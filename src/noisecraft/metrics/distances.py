@@ -1,9 +1,12 @@
-"""Batched Euclidean nearest-neighbour distances in float64 (shared by precision/recall and the
-memorisation audit), so an (N × M) distance matrix never has to exist at once."""
+"""Distances between two samples, in float64: batched Euclidean nearest neighbours (shared by
+precision/recall and the memorisation audit), so an (N × M) distance matrix never has to exist at
+once; and the sliced Wasserstein distance, the yardstick for toy and vector runs."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
 
 def pairwise_sq_distances(a: np.ndarray, b: np.ndarray,
@@ -40,3 +43,20 @@ def k_smallest(query: np.ndarray, support: np.ndarray, k: int, batch_size: int =
         index[start:start + len(sq)] = np.take_along_axis(part, order, axis=1)
         dist[start:start + len(sq)] = np.sqrt(np.take_along_axis(part_sq, order, axis=1))
     return dist, index
+
+
+def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 128,
+                       generator: torch.Generator | None = None) -> float:
+    """The sliced 2-Wasserstein distance √(E_θ W_2²(θ·a, θ·b)) over ``projections`` random unit
+    directions θ; each 1-D W_2 compares the quantiles of the two projected samples at the
+    same 257 levels (so a and b may differ in size)."""
+    a = a.reshape(a.shape[0], -1).double()
+    b = b.reshape(b.shape[0], -1).double()
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"sliced_wasserstein: dimensions differ, {a.shape[1]} vs {b.shape[1]}")
+    theta = torch.randn(a.shape[1], projections, generator=generator, dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    q = torch.linspace(0, 1, 257, dtype=torch.float64)
+    qa = torch.quantile(a @ theta, q, dim=0)
+    qb = torch.quantile(b @ theta, q, dim=0)
+    return float(torch.sqrt(torch.trapezoid((qa - qb) ** 2, q, dim=0).mean()))

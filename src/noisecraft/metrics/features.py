@@ -17,7 +17,7 @@ import re
 import numpy as np
 import torch
 
-from .cache import cache_dir, content_hash, load_arrays, save_arrays
+from ..cache import cache_dir, content_hash, load_arrays, save_arrays
 from .fid import feature_statistics
 from .images import as_uint8_images
 
@@ -55,7 +55,7 @@ def extract_features(images, space: str = "inception", *, batch_size: int = 50,
     ``device`` runs the Inception network (the small classifiers are CPU-sized)."""
     _check_space(space)
     if space == "inception":
-        from ..run import check_device
+        from ..devices import check_device
         from .inception import inception_features
 
         return inception_features(images, batch_size=batch_size, weights=weights, progress=progress,

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..conditions import NULL_LABEL
+
 
 def as_uint8_images(images, name: str = "images") -> np.ndarray:
     """Check and return ``images`` as a uint8 array (N, H, W, C) with C in {1, 3}.
@@ -72,6 +74,9 @@ def load_labelled_images(spec: str, n: int | None = None, split: str = "train",
                          image_size: int | None = None, channels: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`load_image_set`, with the labels (int64, −1 where the data has none)."""
+    # metrics sit above data (tests/test_layout.py): a yardstick reads its reference set through
+    # the one spec resolver; no data module imports metrics. Imported here to keep
+    # ``import noisecraft.metrics`` light.
     from .. import data
 
     if n is not None and n < 1:
@@ -85,7 +90,7 @@ def load_labelled_images(spec: str, n: int | None = None, split: str = "train",
         if n is not None and i >= n:
             break
         xs.append(item["x"])
-        labels.append(-1 if item["label"] is None else int(item["label"]))
+        labels.append(NULL_LABEL if item["label"] is None else int(item["label"]))
     if not xs:
         raise ValueError(f"{spec!r} (split {split!r}) holds no images")
     return data.to_uint8(torch.stack(xs), dataset.preprocess), np.asarray(labels, dtype=np.int64)

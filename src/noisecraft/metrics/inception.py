@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import sha256_of_file
+from ..cache import sha256_of_file
 from .images import as_uint8_images, resize_nchw
 
 FID_INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -94,7 +94,7 @@ def inception_features(images, batch_size: int = 50, weights: str | os.PathLike 
     """Pool-3 features (N, 2048), float64, of uint8 (N, H, W, C) images.
 
     ``progress`` draws a tqdm bar on stderr (FID on thousands of images takes minutes on a CPU).
-    ``device`` runs the pre-processing and the network there (``run.check_device`` names).
+    ``device`` runs the pre-processing and the network there (``devices.check_device`` names).
     """
     images = as_uint8_images(images)
     if batch_size < 1:

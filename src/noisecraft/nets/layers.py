@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..conditions import NULL_LABEL, TEXT_KEYS
+
 # DDPM embeds the integer step of a T = 1000 chain; we embed t · REFERENCE_T / T.
 REFERENCE_T = 1000.0
 
@@ -70,7 +72,7 @@ class LabelEmbedding(nn.Module):
     guidance mixes.
     """
 
-    NULL_LABEL = -1
+    NULL_LABEL = NULL_LABEL  # conditions.NULL_LABEL, kept as a class attribute for readers
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
@@ -101,9 +103,6 @@ def take_labels(cond: Mapping[str, Any], num_classes: int | None) -> Tensor | No
     A keyword whose value is None is the null condition and is accepted by every net.
     """
     return take_conditions(cond, num_classes, None)["labels"]
-
-
-TEXT_KEYS = ("text", "text_mask", "text_pooled")
 
 
 def take_conditions(cond: Mapping[str, Any], num_classes: int | None,

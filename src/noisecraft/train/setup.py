@@ -104,7 +104,7 @@ def latent_data(spec: str, *, image_size: int | None, channels: int | None, flip
     a resumed one (``config``) reuses its recorded scale and checks its autoencoder is unchanged."""
     from .. import data as nc_data
     from ..autoencoders import load_autoencoder
-    from ..data.latents import latent_dataset
+    from ..latent import latent_dataset
     from ..run import load_latent_autoencoder
 
     dev = _device(device)

@@ -31,7 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, IterableDataset
 
 from .. import losses, nets
+from ..conditions import NULL_LABEL
 from ..config import BuildConfig, ConditionConfig, DataConfig, RunConfig, SamplingConfig, TrainConfig
+from ..data.transforms import KINDS
 from ..denoiser import Denoiser
 from ..errors import DataError, RunError
 from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
@@ -100,7 +102,7 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str | 
     (recording its sha256 and sizing the net's ``text_dim``) and checks the captions' source."""
     info, pre = dataset.info, dataset.preprocess  # type: ignore[union-attr]
     kind = info["kind"]
-    if kind not in ("image", "vector", "audio"):
+    if kind not in KINDS:
         raise ValueError(f"{spec!r} is {kind} data; `noisecraft train` handles images, audio "
                          "and vectors")
     if net is None:
@@ -431,7 +433,7 @@ class Trainer:
             if p_drop > 0:
                 # Classifier-free guidance: some examples train the null condition (label −1).
                 drop = torch.rand(labels.shape, generator=gen, device=dev) < p_drop
-                labels = torch.where(drop, torch.full_like(labels, -1), labels)
+                labels = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
             cond["labels"] = labels
         tc = self.config.train
         t, weights = self.time_sampler.sample(x0.shape[0], generator=gen, device=dev)
