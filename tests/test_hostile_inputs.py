@@ -347,3 +347,25 @@ def test_a_symlink_inside_previous_is_refused_and_never_renamed_in(vector_run, t
         ncio.recover(run)
     assert not (run / "state.json").exists() and (prev / "state.json").is_symlink()
     assert checkpoint_bytes(run) == {n: b for n, b in before.items() if n != "state.json"}
+
+
+# ------------------------------------------------------------------ refused before any work
+def test_sample_steps_beyond_T_is_refused_before_the_progress_bar(vector_run, tmp_path, capsys):
+    """`sample --steps 5000` on T = 50: one error line, and no progress bar drawn first."""
+    assert main(["sample", str(vector_run), "--steps", "5000", "--sampler", "ddim",
+                 "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("noisecraft: error: steps = 5000 exceeds T") and err.count("\n") == 1, err
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_train_out_an_existing_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("precious")
+    assert main(["train", "--data", "moons", "--out", str(target), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"noisecraft: error: --out {target}: exists and is not a folder; choose a new " \
+                  "or empty folder\n"
+    assert target.read_text() == "precious"
+    assert main(["train-autoencoder", "--data", "digits", "--out", str(target), "--steps", "1"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err

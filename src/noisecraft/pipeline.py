@@ -94,8 +94,7 @@ class Pipeline:
         ``guidance_options``: ``guidance_rescale``, ``guidance_interval``, ``autoguide`` of
         :meth:`LoadedRun.generate_tensor` (checked there by :meth:`LoadedRun.guided`).
         """
-        from tqdm.auto import tqdm
-
+        from .progress import Bar
 
         run = self.run
         sampler, steps = run.sampler_and_steps(sampler, steps)
@@ -103,7 +102,7 @@ class Pipeline:
         total = len(prompt_list) if prompt_list is not None else (
             len(label_arr) if label_arr is not None else n)
         trace: dict[str, list[Any]] = {"t": [], "x_t": [], "x0": []}
-        bar = tqdm(total=steps, unit="step", desc="sample", dynamic_ncols=True, disable=not progress)
+        bar = Bar(steps, "sample", enabled=progress)
 
         def callback(i: int, t: Any, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
             bar.update(1)

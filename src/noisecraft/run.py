@@ -286,7 +286,9 @@ class LoadedRun(RepresentationMixin):
         denoiser = self.sampling_denoiser(guidance, guidance_rescale=guidance_rescale,
                                           guidance_interval=guidance_interval, autoguide=autoguide,
                                           conditional=labels is not None or prompts is not None)
-        bar = _step_bar(-(-n // batch_size), steps) if progress else None
+        from .progress import Bar, counting
+
+        bar = Bar(-(-n // batch_size) * steps, "sample") if progress else None
         out = []
         for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(n, start + batch_size)
@@ -295,7 +297,7 @@ class LoadedRun(RepresentationMixin):
             x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps, options=options,
                        seed=seed, seed_offset=offset + start, device=dev,
-                       callback=_with_bar(callback if start == 0 else None, bar), **cond)
+                       callback=counting(callback if start == 0 else None, bar), **cond)
             out.append(x.float().cpu())
             if bar is not None:  # in step with the batches even if a sampler reports fewer steps
                 bar.update((batch + 1) * steps - bar.n)
@@ -476,28 +478,6 @@ def check_memory(n: int, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{n} samples of shape {tuple(shape)} need about {human(need)} of "
                          f"memory, over half of this machine's {human(memory)}; draw them in "
                          "several runs with different seeds")
-
-
-def _step_bar(batches: int, steps: int) -> Any:
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=batches * steps, desc="sample", unit="step", file=sys.stderr,
-                dynamic_ncols=True)
-
-
-def _with_bar(callback: Callable[..., Any] | None, bar: Any) -> Callable[..., Any] | None:
-    """``callback`` that also advances ``bar`` by one sampler step (either may be None)."""
-    if bar is None:
-        return callback
-
-    def step(*args: Any) -> None:
-        bar.update(1)
-        if callback is not None:
-            callback(*args)
-
-    return step
 
 
 def load_latent_autoencoder(config: RunConfig, source: Path, device: str | torch.device) -> Any:

@@ -147,11 +147,9 @@ def score_split(run: Any, spec: str, split: str = "test", n: int | None = None,
     if ranking is not None and ranks.is_main:  # said up front: the reference set is the long part
         print(f"noisecraft: ranking {ranking} among the first {total} examples of {spec} "
               f"[{split}] (--n {n})", file=sys.stderr)
-    bar = None
-    if progress and ranks.is_main:
-        from tqdm.auto import tqdm
+    from .progress import Bar
 
-        bar = tqdm(total=total, desc="nll", unit="example", file=sys.stderr, dynamic_ncols=True)
+    bar = Bar(total, "nll", "example", enabled=progress and ranks.is_main)
     shape = tuple(pre.shape)  # the data's shape (a latent run encodes it in bits_per_dim)
     conditional = run.num_classes is not None
     count = 0
@@ -175,10 +173,8 @@ def score_split(run: Any, spec: str, split: str = "test", n: int | None = None,
         lab = torch.tensor([y for _, y in chunk], dtype=torch.long) if conditional else None
         parts[start] = bits_per_dim(run, torch.stack([x for x, _ in chunk]), lab, o,
                                     start).numpy()
-        if bar is not None:
-            bar.update(len(chunk) * ranks.world_size)
-    if bar is not None:
-        bar.close()
+        bar.update(len(chunk) * ranks.world_size)
+    bar.close()
     if count == 0:
         raise DataError(f"{spec}: the {split} split is empty")
     bits = shard.gather(parts, count, ranks)

@@ -17,7 +17,6 @@ and decode. Each command calls one method of ``noisecraft.LoadedRun`` (``invert`
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import numpy as np
@@ -124,23 +123,10 @@ def _load(args: argparse.Namespace) -> Any:
     return run_
 
 
-class _Bar:
-    """A tqdm bar as a sampler callback (nothing when --no-progress)."""
+def _Bar(total: int, desc: str, enabled: bool) -> Any:
+    from ..progress import Bar
 
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
-
-    def __call__(self, *_: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    return Bar(total, desc, enabled=enabled, leave=False)
 
 
 def _grid_steps(run_: Any, sampler: str, steps: int | None) -> tuple[str, int, int]:

@@ -80,14 +80,13 @@ def encode_all(dataset: Dataset | IterableDataset, ae: Any, flip: bool = False,
                batch_size: int = ENCODE_BATCH, progress: bool = True) -> dict[str, Any]:
     """Every example's posterior: {"mean", "logvar" (N, C, H', W') float32, "labels" int64 (N,),
     "captions", "keys"} (+ "mean_flipped", "logvar_flipped" with ``flip``)."""
-    from tqdm.auto import tqdm
+    from ..progress import Bar
 
     out: dict[str, list[Any]] = {k: [] for k in ("mean", "logvar", "mean_flipped", "logvar_flipped",
                                                   "labels", "captions", "keys")}
     xs: list[Tensor] = []
     count = getattr(dataset, "info", {}).get("count")
-    bar = tqdm(total=count, unit="img", desc="encode latents", dynamic_ncols=True, leave=False,
-               disable=not progress)
+    bar = Bar(count, "encode latents", "img", enabled=progress, leave=False)
 
     def flush() -> None:
         x = torch.stack(xs).to(ae.device)

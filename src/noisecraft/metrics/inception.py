@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +99,14 @@ def inception_features(images, batch_size: int = 50, weights: str | os.PathLike 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
     net = load_inception(weights).to(device)
-    starts = range(0, len(images), batch_size)
-    if progress:
-        from tqdm import tqdm
+    from ..progress import Bar
 
-        starts = tqdm(starts, desc="inception features", unit="batch", file=sys.stderr)
+    starts = range(0, len(images), batch_size)
+    bar = Bar(len(starts), "inception features", "batch", enabled=progress)
     out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
     for start in starts:
         x = preprocess(images[start:start + batch_size], device)
         out[start:start + len(x)] = net(x).double().cpu().numpy()
+        bar.update(1)
+    bar.close()
     return out

@@ -261,11 +261,10 @@ class AutoencoderTrainer:
     def _loop(self, net: KLAutoencoder, opt: torch.optim.Optimizer, adv: Adversary | None,
               gen: torch.Generator, stream: BatchStream, reference: Tensor, step: int, end: int,
               wall: float) -> AutoencoderResult:
-        from tqdm.auto import tqdm
+        from ..progress import Bar
 
         tc, dev = self.config.train, self.device
-        bar = tqdm(total=tc.steps, initial=step, unit="step", desc="train-autoencoder",
-                   dynamic_ncols=True, disable=not self.progress)
+        bar = Bar(tc.steps, "train-autoencoder", initial=step, enabled=self.progress)
         sums, adv_sums = np.zeros(3), np.zeros(3)  # (loss, rec, kl), (g_adv, d_loss, λ)
         count, adv_count, last = 0, 0, None
         t0 = time.perf_counter()

@@ -354,13 +354,12 @@ class Trainer:
     def _loop(self, ctx: distributed.Context, model: nn.Module, net: nn.Module, ema: EMA,
               opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream, denoiser: Any,
               step: int, end: int, wall: float, writer: Any) -> TrainResult:
-        from tqdm.auto import tqdm
+        from ..progress import Bar
 
         tc = self.config.train
         dev = ctx.device
         global_batch = tc.batch_size * tc.accum * ctx.world_size
-        bar = tqdm(total=tc.steps, initial=step, unit="step", dynamic_ncols=True, desc="train",
-                   disable=not (ctx.is_main and self.progress))
+        bar = Bar(tc.steps, "train", initial=step, enabled=ctx.is_main and self.progress)
         sums = torch.zeros(2, dtype=torch.float64, device=dev)  # Σ loss, Σ grad norm since last log
         count = 0
         last_loss, last_rate = None, None
