@@ -316,3 +316,23 @@ def test_cli_writes_the_page_and_refuses_bad_out(tmp_path, capsys):
     check_page(Path(out).read_text(encoding="utf-8"))
     assert main(["explain", str(tmp_path / "v"), "--out", str(tmp_path / "r.txt")]) == 2
     assert "must end in .html" in capsys.readouterr().err
+
+
+def test_loss_and_likelihood_sections_read_the_unclipped_density(tmp_path, monkeypatch):
+    """The explain report's bound and loss are the density `noisecraft nll` scores: the run's
+    Denoiser without the sampling clip (a vector run now samples with x̂_0 clipped to its data)."""
+    from noisecraft.explain import objective
+    from noisecraft.run import load_run
+
+    config, dataset = vector_config(steps=1)
+    train(tmp_path / "v", config, dataset)
+    run = load_run(tmp_path / "v")
+    assert run.denoiser.clip is not None
+    seen = []
+    real_bound, real_loss = objective.bound_estimate, objective.loss_by_noise_level
+    monkeypatch.setattr(objective, "bound_estimate",
+                        lambda den, *a, **k: seen.append(den.clip) or real_bound(den, *a, **k))
+    monkeypatch.setattr(objective, "loss_by_noise_level",
+                        lambda den, *a, **k: seen.append(den.clip) or real_loss(den, *a, **k))
+    report(run, sections=["loss", "likelihood"], n_samples=8, held_out=8)
+    assert seen == [None, None, None]

@@ -15,6 +15,7 @@ from torch import Tensor
 from .. import losses, viz
 from ..likelihood import bound_estimate
 from ..process import q_sample
+from ..scoring import likelihood_denoiser
 from .context import Context
 from .page import Section, fig
 
@@ -71,7 +72,8 @@ def section_loss(ctx: Context) -> Section:
     ts = sorted({1, 2, *np.linspace(1, T, 24).round().astype(int).tolist()})
     g = torch.Generator().manual_seed(ctx.seed + 1)
     cond = {} if ctx.labels is None else {"labels": ctx.labels}
-    res = loss_by_noise_level(ctx.run.denoiser, ctx.held_out, ts, generator=g, **cond)
+    # the density's own reading, unclipped, as `noisecraft nll` scores (clipping is a sampler's)
+    res = loss_by_noise_level(likelihood_denoiser(ctx.run), ctx.held_out, ts, generator=g, **cond)
     t = res["t"]
     # the KL terms (t ≥ 2) are ≥ 0; the decoder term of a continuous density may be negative
     share, total = bound_share(t[1:], res["bound_bits"][1:])
@@ -109,10 +111,9 @@ def section_likelihood(ctx: Context) -> Section:
         shift_name = "with N(0, 0.5²) noise added"
     g = torch.Generator().manual_seed(ctx.seed + 11)
     cond = {} if ctx.labels is None else {"labels": ctx.labels[: x.shape[0]]}
-    a = bound_estimate(ctx.run.denoiser, x, LIKELIHOOD_STRATA, generator=g, discrete=discrete,
-                       **cond)
-    b = bound_estimate(ctx.run.denoiser, shifted, LIKELIHOOD_STRATA, generator=g,
-                       discrete=discrete, **cond)
+    den = likelihood_denoiser(ctx.run)  # unclipped, as `noisecraft nll` scores
+    a = bound_estimate(den, x, LIKELIHOOD_STRATA, generator=g, discrete=discrete, **cond)
+    b = bound_estimate(den, shifted, LIKELIHOOD_STRATA, generator=g, discrete=discrete, **cond)
     chart = viz.histogram_chart([("held-out data", a.numpy()), (shift_name, b.numpy())], bins=20,
                                 title="negative log-likelihood bound (bits/dim)",
                                 xlabel="bits/dim")
