@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     # leaf: no noisecraft imports but each other; facts and helpers everything may use
     ("leaf", ["__version__", "errors", "io", "lock", "devices", "cache", "conditions", "seeding",
               "threads", "shard", "noise", "schedule", "viz", "latentscale", "quality",
-              "progress"]),
+              "progress", "checks"]),
     # maths: the diffusion equations over a Denoiser and a schedule
     ("maths", ["denoiser", "process", "grids", "samplers", "losses", "likelihood", "ode",
                "analytic", "guidance", "editing", "spectral"]),
