@@ -267,7 +267,7 @@ def test_held_out_is_the_test_split_and_falls_back_to_all():
     want = [test[i] for i in range(5)]
     assert torch.equal(x, torch.stack([w["x"] for w in want]).float())
     assert labels.tolist() == [w["label"] for w in want]
-    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="held_out: n must be a positive integer, got 0"):
         data.held_out("digits", 0)
     assert explain.held_out is explain._held_out   # the old private name stays importable
 

@@ -118,7 +118,7 @@ def test_a_learned_variance_latent_run_trains(tmp_path, monkeypatch, loss):
     (which refuses latents outside [−1, 1] on the first batch)."""
     from noisecraft import data
     from noisecraft.autoencoders import load_autoencoder
-    from noisecraft.data.latents import latent_dataset
+    from noisecraft.latent import latent_dataset
     from test_latent import _pictures, write_autoencoder
     from train_helpers import SMALL_UNET
 

@@ -54,8 +54,8 @@ def number(name: str, value: Any, low: float | None = None, high: float | None =
         if low is None and high is None:
             what = "a finite number"
         else:
-            lo = "(" if low_open else "["
-            hi = ")" if high_open else "]"
+            lo = "(" if low_open or low is None else "["
+            hi = ")" if high_open or high is None else "]"   # ±inf are never admitted
             what = (f"a number in {lo}{low if low is not None else '-inf'}, "
                     f"{high if high is not None else 'inf'}{hi}")
         raise ValueError(f"{name} must be {what}, got {value!r}")

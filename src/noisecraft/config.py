@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .checks import integer, number
 from .data.transforms import KINDS as DATA_KINDS  # one home: Preprocess's kinds
 from .errors import RunError
 
@@ -243,8 +244,7 @@ def default_of(f: dataclasses.Field) -> Any:
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    integer(name, value, minimum=minimum)
 
 
 @dataclass
@@ -514,11 +514,7 @@ class LatentConfig:
             raise ValueError(f"latent posterior must be one of {', '.join(LATENT_POSTERIORS)}, "
                              f"got {self.posterior!r}")
         for name, lo in (("scale_factor", 0.0), ("shift_factor", -math.inf)):
-            value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not math.isfinite(value) or not value > lo):
-                raise ValueError(f"{name} must be a finite number{' > 0' if lo == 0 else ''}, "
-                                 f"got {value!r}")
+            number(name, getattr(self, name), lo if lo == 0 else None, low_open=True)
         self.shape = list(self.shape)
         if len(self.shape) != 3:
             raise ValueError(f"latent shape must be (C, H, W), got {self.shape!r}")

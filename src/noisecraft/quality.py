@@ -5,10 +5,10 @@ A leaf module: it imports torch only, so any layer may use it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from .checks import number
 
 
 def psnr(x: Tensor, ref: Tensor, data_range: float = 2.0,
@@ -26,9 +26,7 @@ def psnr(x: Tensor, ref: Tensor, data_range: float = 2.0,
         raise ValueError(f"psnr: shapes differ: {tuple(x.shape)} vs {tuple(ref.shape)}")
     if x.ndim < 2:
         raise ValueError(f"psnr: needs a batch of examples (N, ...), got shape {tuple(x.shape)}")
-    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) \
-            or not math.isfinite(data_range) or data_range <= 0:
-        raise ValueError(f"psnr: data_range must be a positive finite number, got {data_range!r}")
+    number("psnr: data_range", data_range, 0, low_open=True)
     a, b = x.double(), ref.double()
     if clamp is not None:
         lo, hi = clamp

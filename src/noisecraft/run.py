@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import positive_int
 from .config import RunConfig
 from .devices import check_device  # noqa: F401
 from .errors import RunError
@@ -116,8 +117,7 @@ class LoadedRun(RepresentationMixin):
         ``n`` examples of each given prompt or class in turn (grouped, so a grid's rows follow
         the conditions), or without either the run's defaults for ``n`` examples (its caption
         template or its classes cycled 0, 1, …, K−1, 0, …; None for an unconditional run)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        positive_int("n", n)
         kind = self.config.condition.kind
         if prompts is not None and classes is not None:
             raise ValueError("give prompts or classes, not both")
@@ -231,8 +231,7 @@ class LoadedRun(RepresentationMixin):
         sampler = check_sampler(sampler or self.config.sampling.sampler)
         if steps is None:  # the run's own; never more than a respaced grid of T can take
             steps = min(self.config.sampling.steps, self.schedule.T)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        positive_int("steps", steps)
         grids.make(SAMPLERS[sampler].default_grid, self.schedule, steps)  # raises for steps > T
         return sampler, steps
 
@@ -266,10 +265,8 @@ class LoadedRun(RepresentationMixin):
         """
         from .samplers import sample
 
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        positive_int("n", n)
+        positive_int("batch_size", batch_size)
         sampler, steps = self.sampler_and_steps(sampler, steps)
         if labels is not None:
             labels = self.check_classes(labels) if self.num_classes is not None else labels

@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from .checks import positive_int
+
 SMALL_MACHINE_CPUS = 2
 
 _at_import = torch.get_num_threads()
@@ -40,8 +42,8 @@ def set_threads(n: int | None = None) -> int:
     """Set torch's intra-op CPU threads to ``n`` (None: :func:`default_threads`, which may leave
     torch's choice alone); returns the count in force. The API's lazy default then stays off."""
     global _settled
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    if n is not None:
+        positive_int("threads", n)
     _settled = True
     n = default_threads() if n is None else n
     if n is not None:

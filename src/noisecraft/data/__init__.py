@@ -24,6 +24,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset
 
+from ..checks import optional_positive_int
 from ..errors import DataError
 from .datasets import NO_LABEL
 from .splits import held_out
@@ -137,9 +138,7 @@ def load(spec: str, *, image_size: int | None = None, channels: int | None = Non
     """
     if channels is not None and channels not in (1, 3, 4):
         raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or image_size < 1):
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    optional_positive_int("image_size", image_size)
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     fmt = resolve_format(spec)

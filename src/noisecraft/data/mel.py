@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import positive_int
+
 MEL_SCALES = ("slaney", "htk")
 GRIFFIN_LIM_ITERS = 64  # the default: on FSDD the spectral convergence has levelled off by then
 
@@ -220,9 +222,7 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "frames"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"AudioConfig.{name} must be a positive integer, got {value!r}")
+            positive_int(f"AudioConfig.{name}", getattr(self, name))
         if self.win_length > self.n_fft:
             raise ValueError(f"AudioConfig.win_length={self.win_length} exceeds n_fft={self.n_fft}")
         if self.hop_length > self.win_length // 2:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..checks import positive_int
+
 
 def held_out(spec: str, n: int, *, image_size: int | None = None, channels: int | None = None
              ) -> tuple[Tensor, Tensor]:
@@ -17,8 +19,7 @@ def held_out(spec: str, n: int, *, image_size: int | None = None, channels: int 
     """
     from . import load  # the package's spec resolver (this module is imported by the package)
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"held_out: n must be an integer >= 1, got {n!r}")
+    positive_int("held_out: n", n)
     options = {k: v for k, v in (("image_size", image_size), ("channels", channels)) if v is not None}
     try:
         ds = load(spec, split="test", **options)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 
+from ..checks import positive_int
 from ..errors import DataError
 from ..io import atomic_write
 
@@ -115,8 +116,7 @@ def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, samp
 
     The file appears atomically (temporary file in the same folder, fsync, rename).
     """
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
-        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    positive_int("sample_rate", sample_rate)
     a = waveform.detach().cpu().numpy() if isinstance(waveform, torch.Tensor) else np.asarray(waveform)
     if a.ndim == 1:
         a = a[None, :]

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data import default_collate as collate
 
+from ..checks import integer
 from ..data.cache import cached
 from ..errors import DataError
 from ..seeding import derive_seed
@@ -139,8 +140,7 @@ class BatchStream:
 
     def seek(self, epoch: int, position: int) -> None:
         for name, value in (("epoch", epoch), ("position", position)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"data {name} must be a non-negative integer, got {value!r}")
+            integer(f"data {name}", value, minimum=0)
         self.close()
         self.epoch, self.position = epoch, position
 

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,8 @@ from ..config import BuildConfig, ConditionConfig, DataConfig, RunConfig, Sampli
 from ..data.transforms import KINDS
 from ..denoiser import Denoiser
 from ..errors import DataError, RunError
-from ..io import atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
-from ..lock import RunLock
+from ..io import PREVIOUS, atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
+from ..lock import LOCK, RunLock
 from ..run import (
     CONFIG,
     EMA_WEIGHTS,
@@ -215,6 +216,11 @@ class TrainResult:
     examples_per_s: float | None
 
 
+# What a run directory may hold (DESIGN §2.6); anything else makes a folder foreign.
+RUN_FILES = frozenset({CONFIG, MODEL, EMA_WEIGHTS, OPTIMIZER, STATE, LOG, SAMPLES, LOCK, PREVIOUS,
+                       "tensorboard"})
+
+
 class Trainer:
     """Trains ``config``'s network on ``dataset`` into ``run_dir``.
 
@@ -255,11 +261,15 @@ class Trainer:
             raise RunError(f"run directory {path} does not exist; nothing to resume")
         if path.exists() and not path.is_dir():
             raise RunError(f"--out {path}: exists and is not a folder; choose a new or empty folder")
-        Trainer._check_checkpoint_of(path, resume)
-        if (not resume and path.is_dir() and not (path / CONFIG).is_file()
-                and any(path.iterdir())):
-            raise RunError(f"--out {path} is a non-empty folder that is not a run directory; "
-                           "choose a new or empty folder")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 checks; the writer
+            Trainer._check_checkpoint_of(path, resume)  # lock's check is shared with every rank
+        foreign = [p.name for p in path.iterdir() if p.name not in RUN_FILES
+                   and not (p.name.startswith(".") and p.name.endswith(".tmp"))  # io's temp files
+                   ] if path.is_dir() and int(os.environ.get("RANK", "0")) == 0 else []
+        if not resume and not (path / CONFIG).is_file() and foreign:
+            # a run killed before its first save leaves only its own names (log, lock, samples)
+            raise RunError(f"--out {path} is a non-empty folder that is not a run directory "
+                           f"(it holds {foreign[0]!r}); choose a new or empty folder")
 
     @staticmethod
     def _check_checkpoint_of(path: Path, resume: bool) -> None:
