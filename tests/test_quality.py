@@ -34,7 +34,7 @@ def test_clamp_compares_the_pictures_as_saved():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"data_range": 0.0}, "data_range must be a number in (0, inf), got 0.0"),
+    ({"data_range": 0.0}, r"data_range must be a number in \(0, inf\), got 0.0"),
     ({"data_range": float("nan")}, "data_range .* got nan"),
     ({"clamp": (1.0, -1.0)}, r"clamp must be \(lo, hi\) with lo < hi, got \(1.0, -1.0\)"),
 ])
