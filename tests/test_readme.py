@@ -259,4 +259,8 @@ def test_readme_python_examples_run(checkout) -> None:
     runs: dict = {}
     exec(compile(blocks[1].replace("steps=2000", "steps=3"), str(README), "exec"), runs)
     assert runs["images"].shape == (500, 8, 8, 1) and runs["images"].dtype.name == "uint8"
+    assert runs["drawn"].labels.tolist() == [3] * 250 + [7] * 250
     assert runs["fid"] > 0 and (checkout / "runs" / "api-digits" / "ema.safetensors").is_file()
+    assert runs["record"]["n"] == 20 and np.isfinite(runs["record"]["mean"])
+    assert runs["edits"].shape == (4, 1, 8, 8) and runs["labels"].tolist() == [8] * 4
+    assert runs["run"].config.train.label_dropout == 0.1
