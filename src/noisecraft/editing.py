@@ -4,7 +4,7 @@ All four are short functions over a :class:`~noisecraft.Denoiser` and a time gri
 :mod:`noisecraft.grids`; decoding goes through the samplers of :mod:`noisecraft.samplers`.
 
 - :func:`encode` runs the probability-flow ODE *up* from x_0 to x_T on the sampler's own grid
-  reversed, with the same update formula as that sampler (ddim, euler, heun, dpmpp-2m), so that
+  reversed, with that sampler's own step function (ddim, euler, heun, dpmpp-2m), so that
   :func:`decode` (the sampler on the same grid) returns x_0 up to the solver's error, which falls
   with the steps at the solver's order.
 - :func:`slerp` / :func:`interpolate`: spherical interpolation between encoded x_T; between two
@@ -33,7 +33,7 @@ from torch import Tensor
 from . import grids
 from .denoiser import Denoised, Denoiser
 from .noise import BatchNoise, ExampleNoise, NoiseSource
-from .samplers import SAMPLERS, as_denoiser
+from .samplers import SAMPLERS, Walk, as_denoiser, walk
 from .schedule import Schedule
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
@@ -97,33 +97,7 @@ def partial_grid(schedule: Schedule, t_start: float, steps: int, kind: str = "re
 
 
 # ---------------------------------------------------------------------------- encode / decode
-class _Up:
-    """The reversed grid 0 = u_0 < u_1 < … < u_N = T with its marginals as Python floats."""
-
-    def __init__(self, denoiser: Denoiser, x0: Tensor, grid: Tensor, cond: dict[str, Any]):
-        if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
-            raise ValueError("x0 must be a floating-point tensor with a batch dimension, got "
-                             + (f"{tuple(x0.shape)} {x0.dtype}" if isinstance(x0, Tensor)
-                                else type(x0).__name__))
-        up = grid.flip(0)
-        self.t = up.tolist()
-        alpha, sigma = denoiser.schedule.marginal(up)
-        self.alpha, self.sigma = alpha.tolist(), sigma.tolist()
-        self.denoiser, self.cond = denoiser, cond
-        self.in_dtype = x0.dtype
-        self.dtype = torch.promote_types(x0.dtype, torch.float32)
-
-    def denoise(self, x: Tensor, i: int) -> Denoised:
-        return self.denoiser(x.to(self.in_dtype), self.t[i], **self.cond)
-
-    def sigma_tilde(self, i: int) -> float:
-        return self.sigma[i] / self.alpha[i]
-
-    def lam(self, i: int) -> float:
-        return math.log(self.alpha[i] / self.sigma[i])
-
-
-def _invert_last_step(w: _Up, x0: Tensor, iterations: int) -> tuple[Tensor, Denoised]:
+def _invert_last_step(w: Walk, x0: Tensor, iterations: int) -> tuple[Tensor, Denoised]:
     """x_{u_1} with x̂_0(x_{u_1}, u_1) = x_0: the inverse of every decoder's last step.
 
     Fixed-point iteration x ← α x_0 + σ ε̂(x): a solution satisfies x = α x̂_0 + σ ε̂ with
@@ -137,35 +111,6 @@ def _invert_last_step(w: _Up, x0: Tensor, iterations: int) -> tuple[Tensor, Deno
     return x, w.denoise(x, 1)
 
 
-def _encode_steps(sampler: str, w: _Up, x: Tensor, d: Denoised, callback: Callback | None
-                  ) -> Tensor:
-    """Steps u_1 → u_2 → … → u_N with ``sampler``'s update run in the increasing direction."""
-    x0_prev, h_prev = None, None
-    for i in range(1, len(w.t) - 1):
-        if i > 1:
-            d = w.denoise(x, i)
-        a_s, a_t = w.alpha[i], w.alpha[i + 1]
-        ds = w.sigma_tilde(i + 1) - w.sigma_tilde(i)
-        if sampler in ("ddim", "euler"):      # y_t = y_s + (σ̃_t − σ̃_s) ε̂(x_s)
-            x = a_t * (x / a_s + ds * d.eps)
-        elif sampler == "heun":
-            y = x / a_s
-            eps_t = w.denoise(a_t * (y + ds * d.eps), i + 1).eps
-            x = a_t * (y + ds * 0.5 * (d.eps + eps_t))
-        else:                                  # dpmpp-2m, h < 0 going up
-            h = w.lam(i + 1) - w.lam(i)
-            if x0_prev is None:
-                D = d.x0
-            else:
-                r = h_prev / h
-                D = (1 + 0.5 / r) * d.x0 - (0.5 / r) * x0_prev
-            x = (w.sigma[i + 1] / w.sigma[i]) * x - (a_t * math.expm1(-h)) * D
-            x0_prev, h_prev = d.x0, h
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return x
-
-
 @torch.no_grad()
 def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
            sampler: str = "ddim", *, grid: Tensor | str | None = None,
@@ -175,9 +120,10 @@ def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
 
     The grid is the one :func:`decode` (and ``noisecraft.sample(..., sampler, steps)``) uses,
     run backwards: 0 = u_0 < u_1 < … < u_N = T. The first step inverts the decoders' last one
-    (x_0 = x̂_0(x_{u_1})) by fixed-point iteration; every later step is ``sampler``'s own update
-    with the roles of start and end swapped (DDIM/Euler: y_t = y_s + (σ̃_t − σ̃_s) ε̂(x_s); Heun:
-    the trapezoidal corrector; DPM-Solver++(2M): the multistep exponential integrator in λ).
+    (x_0 = x̂_0(x_{u_1})) by fixed-point iteration; every later step is ``sampler``'s own step
+    function (``SAMPLERS[sampler].step``, the one the sampler uses) run from u_i up to u_{i+1}
+    (DDIM/Euler: y_u = y_t + (σ̃_u − σ̃_t) ε̂(x_t); Heun: the trapezoidal corrector;
+    DPM-Solver++(2M): the multistep exponential integrator in λ, with h < 0).
     ``decode(encode(x_0))`` returns x_0 to the solver's error, O(h^order).
 
     Args:
@@ -195,11 +141,12 @@ def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
     if isinstance(last_step_iterations, bool) or not isinstance(last_step_iterations, int) \
             or last_step_iterations < 1:
         raise ValueError(f"last_step_iterations must be an integer >= 1, got {last_step_iterations!r}")
-    w = _Up(denoiser, x0, g, cond)
+    w = Walk(denoiser, x0, g, cond, up=True, name="x0")
     x, d = _invert_last_step(w, x0.to(w.dtype), last_step_iterations)
     if callback is not None:
         callback(0, w.t[1], x, d.x0)
-    return _encode_steps(sampler, w, x, d, callback).to(x0.dtype)
+    # Steps u_1 → … → u_N: the sampler's own step function, run with s > t.
+    return walk(SAMPLERS[sampler].step, w, x, callback, first=1, denoised=d).to(x0.dtype)
 
 
 @torch.no_grad()
