@@ -168,6 +168,40 @@ def test_condition_mix_is_the_weighted_prediction_and_interpolation_ends_at_the_
     assert torch.allclose(frames[:, 0], torch.tensor([2.0, 4.0, 6.0]), atol=1e-5)
 
 
+class _CountingEps(torch.nn.Module):
+    """ε̂ = x·(1 + label/10): depends on the label; records the batch of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, t, labels):
+        self.batches.append(x.shape[0])
+        return x * (1 + labels.to(x.dtype)[:, None] / 10)
+
+
+def test_condition_mix_mixes_eps_in_one_batched_pass_and_clips_once():
+    """ε̂ of the mix is (1 − w) ε̂_a + w ε̂_b written from the net's own formula; the two conditions
+    run as one pass of 2n; x̂_0 is derived from the mixed ε̂ and clipped once (not a mix of
+    clipped branches)."""
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    w = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    ca, cb = {"labels": torch.full((3,), 2)}, {"labels": torch.full((3,), 6)}
+    eps = x * ((1 - w[:, None]) * 1.2 + w[:, None] * 1.6)
+    a, s = (v.item() for v in SCHEDULE.marginal(900.0))
+    for clip in (None, (-1.0, 1.0)):
+        net = _CountingEps()
+        d = ConditionMix(Denoiser(net, SCHEDULE, "eps", clip=clip), ca, cb, w)(x, 900.0)
+        assert net.batches == [6]
+        x0 = (x - s * eps) / a
+        if clip is None:
+            torch.testing.assert_close(d.eps, eps)
+            torch.testing.assert_close(d.x0, x0)
+        else:
+            assert (x0.abs() > 1).any()          # the clip is active on this draw
+            torch.testing.assert_close(d.x0, x0.clamp(-1, 1))
+
+
 def test_interpolate_endpoints_decode_the_endpoints():
     m, den = _mixture()
     a, b = torch.randn(1, D, dtype=torch.float64), torch.randn(1, D, dtype=torch.float64)

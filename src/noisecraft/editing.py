@@ -23,15 +23,15 @@ y = x/α, σ̃ = σ/α, λ = log(α/σ); the probability-flow ODE is dy/dσ̃ = 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import grids
+from . import grids, process
 from .denoiser import Denoised, Denoiser
+from .guidance import ConditionMix
 from .noise import BatchNoise, ExampleNoise, NoiseSource
 from .samplers import SAMPLERS, Walk, as_denoiser, walk
 from .schedule import Schedule
@@ -188,34 +188,6 @@ def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
     return (ca * af + cb * bf).reshape(a.shape).to(a.dtype)
 
 
-class ConditionMix:
-    """A Denoiser whose prediction is (1 − w) D(x_t, c_a) + w D(x_t, c_b).
-
-    Mixing ε̂ mixes scores: ∇log p = (1 − w)∇log p_a + w∇log p_b, the score of the geometric
-    mixture p_a^{1−w} p_b^{w} (up to normalisation at each t). ``w`` is a number or a (batch,)
-    tensor; c_a, c_b are keyword dicts (``{"labels": …}``).
-    """
-
-    def __init__(self, denoiser: Denoiser, cond_a: dict[str, Any], cond_b: dict[str, Any],
-                 weight: float | Tensor):
-        self.denoiser = denoiser
-        self.schedule = denoiser.schedule
-        self.learned_variance = False
-        self.cond_a, self.cond_b, self.weight = dict(cond_a), dict(cond_b), weight
-
-    def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Denoised:
-        da = self.denoiser(x_t, t, **{**cond, **self.cond_a})
-        db = self.denoiser(x_t, t, **{**cond, **self.cond_b})
-        w = torch.as_tensor(self.weight, dtype=da.x0.dtype, device=x_t.device)
-        w = w.reshape(-1, *([1] * (x_t.ndim - 1))) if w.ndim else w
-
-        def mix(a: Tensor, b: Tensor) -> Tensor:
-            return (1 - w) * a + w * b
-
-        return Denoised(x0=mix(da.x0, db.x0), eps=mix(da.eps, db.eps), v=mix(da.v, db.v),
-                        output=mix(da.output, db.output))
-
-
 def interpolation_weights(n: int) -> Tensor:
     """n >= 2 evenly spaced weights 0, 1/(n−1), …, 1."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -289,8 +261,8 @@ def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: i
     g = partial_grid(schedule, t_start, max(1, round(strength * steps)), kind)
     noise = _noise_source(x0.shape[0], seed, generator)
     dtype = torch.promote_types(x0.dtype, torch.float32)
-    alpha, sigma = (v.item() for v in schedule.marginal(t_start))
-    x_t = alpha * x0.to(dtype) + sigma * noise.randn(x0.shape[1:], dtype=dtype, device=x0.device)
+    x_t, _ = process.q_sample(schedule, x0, t_start,
+                      noise=noise.randn(x0.shape[1:], dtype=dtype, device=x0.device))
     return fn(denoiser, x_t.to(x0.dtype), g, noise=noise, callback=callback, cond=cond,
               **(options or {}))
 
@@ -344,10 +316,14 @@ def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: in
     Ancestral sampling on the respaced grid (``steps`` steps). Going down from t to s:
 
         x_s^known ~ q(x_s | x_0) = N(α_s x_0, σ_s² I),
-        x_s^fill  ~ p_θ(x_s | x_t) = N(c_0 x̂_0 + c_t x_t, β̃_{t|s} I),
+        x_s^fill  ~ p_θ(x_s | x_t) = N(c_0 x̂_0 + c_t x_t, ς² I),
         x_s = m ⊙ x_s^known + (1 − m) ⊙ x_s^fill;
 
-    going up (RePaint resampling) x_t ~ q(x_t | x_s) = N(α_{t|s} x_s, σ²_{t|s} I). At s = 0 the
+    going up (RePaint resampling) x_t ~ q(x_t | x_s) = N(α_{t|s} x_s, σ²_{t|s} I). p_θ is
+    :func:`noisecraft.process.reverse_mean_log_variance` with the ``ddpm`` sampler's default ς²
+    (β̃_{t|s}, or the learned variance of a network that has one), q(x_s | x_0) is
+    :func:`~noisecraft.process.q_sample` and q(x_t | x_s) :func:`~noisecraft.process.q_sample_from`,
+    so no formula of the two processes is written here. At s = 0 the
     known region is x_0 itself, so it comes back unchanged. ``resample`` = 1 is plain
     replacement; larger values give the unknown region more chances to agree with the known one.
     """
@@ -356,30 +332,31 @@ def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: in
     g = grids.respaced(schedule, steps)
     path = repaint_path(steps, resample, jump)
     noise = _noise_source(x0.shape[0], seed, generator)
+    variance = process.resolve_variance(None, getattr(denoiser, "learned_variance", False))
     dtype = m.dtype
     event, dev = x0.shape[1:], x0.device
     ref = x0.to(dtype)
     gt = g.tolist()
-    alpha, sigma = (v.tolist() for v in schedule.marginal(g))
-    c0s, cts, pvars = (v.tolist() for v in schedule.posterior_coefficients(g[:-1], g[1:]))
-    x = noise.randn(event, dtype=dtype, device=dev)
+
+    def z() -> Tensor:
+        return noise.randn(event, dtype=dtype, device=dev)
+
+    x = z()
     for k in range(1, len(path)):
         i, j = path[k - 1], path[k]
         if j == i + 1:                                     # down: t_i → t_j
             d = denoiser(x.to(x0.dtype), gt[i], **cond)
-            fill = c0s[i] * d.x0 + cts[i] * x
+            fill, log_var = process.reverse_mean_log_variance(schedule, d, x, gt[i], gt[j], variance)
             if gt[j] > 0:
-                fill = fill + math.sqrt(pvars[i]) * noise.randn(event, dtype=dtype, device=dev)
-                keep = alpha[j] * ref + sigma[j] * noise.randn(event, dtype=dtype, device=dev)
+                fill = fill + torch.exp(0.5 * log_var) * z()             # p_θ(x_s | x_t)
+                keep, _ = process.q_sample(schedule, ref, gt[j], noise=z())       # q(x_s | x_0)
             else:
                 keep = ref
             x = m * keep + (1 - m) * fill
             if callback is not None:
                 callback(k - 1, gt[j], x, d.x0)
-        else:                                              # up: t_i → t_j > t_i
-            a = alpha[j] / alpha[i]
-            var = -math.expm1(2 * (math.log(alpha[j]) - math.log(alpha[i])))   # 1 − ᾱ_t/ᾱ_s
-            x = a * x + math.sqrt(var) * noise.randn(event, dtype=dtype, device=dev)
+        else:                                              # up: q(x_{t_j} | x_{t_i}), t_j > t_i
+            x, _ = process.q_sample_from(schedule, x, gt[i], gt[j], noise=z())
     return x.to(x0.dtype)
 
 
