@@ -370,3 +370,42 @@ def test_noise_batch_must_match(denoiser, schedule):
     with pytest.raises(ValueError, match="batch of 3 but x_T has batch 2"):
         samplers.ddpm(denoiser, torch.zeros(2, 2), grids.respaced(schedule, 5),
                       noise=BatchNoise(3))
+
+
+def test_check_sampler_is_the_one_sampler_name_check():
+    """One function names the sampler and the choices, for the whole library: ``sample``,
+    ``options_of`` and the editing functions (whose inversion allows only the ODE samplers)."""
+    from noisecraft import editing
+
+    assert samplers.check_sampler("heun") == "heun"
+    assert samplers.check_sampler("heun", editing.ENCODERS) == "heun"
+    with pytest.raises(ValueError, match="unknown sampler 'plms'; choose one of ddpm, ddim, euler, "
+                                         "heun, dpmpp-2m, sde$"):
+        samplers.check_sampler("plms")
+    with pytest.raises(ValueError, match="unknown sampler 3"):
+        samplers.check_sampler(3)
+    with pytest.raises(ValueError, match="sampler 'ddpm' does not apply here; choose one of ddim, "
+                                         "euler, heun, dpmpp-2m$"):
+        samplers.check_sampler("ddpm", editing.ENCODERS)
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        samplers.options_of("plms")
+    for call in (lambda: editing.encode(_zero_net, torch.zeros(2, 3), Schedule.linear(T=100), 5,
+                                        "ddpm"),
+                 lambda: editing.sdedit(_zero_net, torch.zeros(2, 3), Schedule.linear(T=100), 0.5,
+                                        sampler="plms")):
+        with pytest.raises(ValueError, match="sampler '(ddpm' does not apply|plms'; choose)"):
+            call()
+
+
+def test_one_default_step_count():
+    import inspect
+
+    from noisecraft import editing
+
+    for fn in (editing.sdedit, editing.inpaint):
+        assert inspect.signature(fn).parameters["steps"].default == samplers.DEFAULT_STEPS
+    schedule = Schedule.linear(T=100)
+    calls = []
+    editing.decode(_zero_net, torch.zeros(1, 2), schedule,
+                   callback=lambda i, t, x, x0: calls.append(t))
+    assert len(calls) == samplers.DEFAULT_STEPS

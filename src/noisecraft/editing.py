@@ -33,7 +33,7 @@ from . import grids, process
 from .denoiser import Denoised, Denoiser
 from .guidance import ConditionMix
 from .noise import BatchNoise, ExampleNoise, NoiseSource
-from .samplers import SAMPLERS, Walk, as_denoiser, walk
+from .samplers import DEFAULT_STEPS, SAMPLERS, Walk, as_denoiser, check_sampler, walk
 from .schedule import Schedule
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
@@ -59,16 +59,15 @@ def _denoiser(model: Any, schedule: Schedule) -> Any:
 # ---------------------------------------------------------------------------- grids
 def _grid(schedule: Schedule, sampler: str, steps: int | None, grid: Tensor | str | None) -> Tensor:
     """The decoding grid T = t_0 > … > t_N = 0, as :func:`noisecraft.sample` builds it."""
-    if sampler not in ENCODERS:
-        raise ValueError(f"unknown or non-invertible sampler {sampler!r}; choose one of "
-                         f"{', '.join(ENCODERS)}")
+    check_sampler(sampler, ENCODERS)
     if grid is not None and not isinstance(grid, str):
         g = grids.check(grid, schedule)
         if steps is not None and steps != g.numel() - 1:
             raise ValueError(f"steps = {steps!r} conflicts with the given grid of "
                              f"{g.numel() - 1} steps; pass one or the other")
         return g
-    return grids.make(grid or SAMPLERS[sampler].default_grid, schedule, 50 if steps is None else steps)
+    return grids.make(grid or SAMPLERS[sampler].default_grid, schedule,
+                      DEFAULT_STEPS if steps is None else steps)
 
 
 def partial_grid(schedule: Schedule, t_start: float, steps: int, kind: str = "respaced") -> Tensor:
@@ -130,7 +129,8 @@ def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
         model: a Denoiser (or a raw ε-network, wrapped as ``Denoiser(model, schedule)``).
         x0: data in model space, (batch, *event_shape).
         schedule: the run's schedule (must be the Denoiser's).
-        steps: grid steps (default 50); sampler: one of :data:`ENCODERS`.
+        steps: grid steps (default :data:`~noisecraft.samplers.DEFAULT_STEPS`); sampler: one of
+            :data:`ENCODERS`.
         grid: a grid name of :data:`noisecraft.grids.GRIDS` or a tensor (default: the sampler's).
         last_step_iterations: fixed-point iterations of the first step (>= 1).
         callback: ``callback(i, t, x_t, x0_hat)`` after each step, t increasing.
@@ -240,7 +240,7 @@ def check_strength(strength: float) -> float:
 
 
 @torch.no_grad()
-def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: int = 50,
+def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: int = DEFAULT_STEPS,
            sampler: str = "ddim", *, seed: int | None = None,
            generator: torch.Generator | None = None, callback: Callback | None = None,
            options: dict[str, Any] | None = None, **cond: Any) -> Tensor:
@@ -253,9 +253,7 @@ def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: i
     """
     strength = check_strength(strength)
     denoiser = _denoiser(model, schedule)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    fn = SAMPLERS[sampler]
+    fn = SAMPLERS[check_sampler(sampler)]
     t_start = strength * schedule.T
     kind = "log-snr" if fn.default_grid == "log-snr" else "respaced"
     g = partial_grid(schedule, t_start, max(1, round(strength * steps)), kind)
@@ -307,7 +305,7 @@ def check_mask(mask: Tensor, x0: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: int = 50, *,
+def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: int = DEFAULT_STEPS, *,
             resample: int = 1, jump: int = 1, seed: int | None = None,
             generator: torch.Generator | None = None, callback: Callback | None = None,
             **cond: Any) -> Tensor:

@@ -58,6 +58,7 @@ Sampler = Callable[..., Tensor]
 SAMPLERS: dict[str, Sampler] = {}
 
 DEFAULT_STEPS = 50
+"""The default number of grid steps of every sampler, inversion and edit: its one home."""
 
 
 def _register(name: str, grid: str, step: Step) -> Callable[[Sampler], Sampler]:
@@ -337,8 +338,21 @@ def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | N
 _STANDARD_ARGS = {"denoiser", "x_T", "grid", "noise", "callback", "cond"}
 
 
+def check_sampler(name: str, allowed: Sequence[str] | None = None) -> str:
+    """``name`` if it is a key of :data:`SAMPLERS` (and of ``allowed``, when given: e.g. the
+    invertible ones of :data:`noisecraft.editing.ENCODERS`); else the one ValueError that names
+    it and the choices. Every sampler name the library or a command takes is checked here."""
+    choices = list(SAMPLERS) if allowed is None else [n for n in allowed if n in SAMPLERS]
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(choices)}")
+    if name not in choices:
+        raise ValueError(f"sampler {name!r} does not apply here; choose one of {', '.join(choices)}")
+    return name
+
+
 def options_of(name: str) -> list[str]:
     """The sampler-specific options of sampler ``name`` (e.g. ``["eta"]`` for DDIM)."""
+    check_sampler(name)
     return [p for p in inspect.signature(SAMPLERS[name]).parameters if p not in _STANDARD_ARGS]
 
 
@@ -401,7 +415,8 @@ def sample(model: Any, shape: Sequence[int], schedule: Schedule, sampler: str = 
             prediction, clip and schedule then rule (passing conflicting ones is an error).
         schedule: the noise schedule the network was trained with.
         sampler: a key of :data:`SAMPLERS`.
-        steps: the number of steps (50 when neither ``steps`` nor a grid tensor is given).
+        steps: the number of steps (:data:`DEFAULT_STEPS` when neither ``steps`` nor a grid
+            tensor is given).
         generator: a ``torch.Generator`` for plain batched noise (x_T and every stochastic step).
         callback: ``callback(i, t, x_t, x0_hat)`` after each step (see :mod:`noisecraft.samplers`).
         x_T: the starting noise; drawn as N(0, I) from the noise source when omitted.
@@ -417,9 +432,7 @@ def sample(model: Any, shape: Sequence[int], schedule: Schedule, sampler: str = 
             model's device, float32).
         **cond: conditioning passed to every network call (``labels=...``).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    fn = SAMPLERS[sampler]
+    fn = SAMPLERS[check_sampler(sampler)]
     shape = _check_shape(shape)
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a noisecraft.Schedule, got {type(schedule).__name__}")
