@@ -276,10 +276,13 @@ def heun(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
 History = tuple[Tensor, float] | None
 
 
-def dpmpp_2m_step(w: Walk, i: int, x: Tensor, d: Denoised, history: History
+def dpmpp_2m_step(w: Walk, i: int, x: Tensor, d: Denoised, history: History, *, eta: float = 0.0
                   ) -> tuple[Tensor, History]:
-    """x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D; ``history`` = (x̂_0, h) of the previous step
-    (None on the first), returned for the next one; x̂_0 on the step onto s = 0."""
+    """x_s = (σ_s/σ_t) e^{−ηh} x_t − α_s (e^{−(1+η)h} − 1) D + σ_s √(1 − e^{−2ηh}) z.
+
+    η = 0: the DPM-Solver++(2M) ODE step; η = 1: SDE-DPM-Solver++(2M) (the ``sde`` sampler).
+    ``history`` = (x̂_0, h) of the previous step (None on the first), returned for the next one;
+    x̂_0 on the step onto s = 0."""
     if w.t[i + 1] == 0:
         return d.x0, None
     h = w.half_log_snr(i + 1) - w.half_log_snr(i)
@@ -289,7 +292,10 @@ def dpmpp_2m_step(w: Walk, i: int, x: Tensor, d: Denoised, history: History
         x0_prev, h_prev = history
         r = h_prev / h
         D = torch.sub((1 + 0.5 / r) * d.x0, x0_prev, alpha=0.5 / r)
-    x = torch.sub((w.sigma[i + 1] / w.sigma[i]) * x, D, alpha=w.alpha[i + 1] * math.expm1(-h))
+    decay = w.sigma[i + 1] / w.sigma[i] * (math.exp(-eta * h) if eta else 1.0)
+    x = torch.sub(decay * x, D, alpha=w.alpha[i + 1] * math.expm1(-(1 + eta) * h))
+    if eta:
+        x.add_(w.randn(), alpha=w.sigma[i + 1] * math.sqrt(-math.expm1(-2 * eta * h)))
     return x, (d.x0, h)
 
 
@@ -308,28 +314,35 @@ def dpmpp_2m(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSourc
 
 
 # ---------------------------------------------------------------------------- reverse SDE
-def sde_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None) -> tuple[Tensor, None]:
-    """x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z; x̂_0 on the step onto s = 0."""
-    if w.t[i + 1] == 0:
-        return d.x0, None
-    B = 2 * (math.log(w.alpha[i + 1]) - math.log(w.alpha[i]))
-    x = torch.sub((1 + 0.5 * B) * x, d.eps, alpha=B / w.sigma[i])
-    x.add_(w.randn(), alpha=math.sqrt(B))
-    return x, None
+def sde_step(w: Walk, i: int, x: Tensor, d: Denoised, history: History
+             ) -> tuple[Tensor, History]:
+    """:func:`dpmpp_2m_step` with η = 1: SDE-DPM-Solver++(2M)."""
+    return dpmpp_2m_step(w, i, x, d, history, eta=1.0)
 
 
 @_register("sde", grid="respaced", step=sde_step)
 def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
         callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
-    """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021)
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", §5 and app. B; k-diffusion's
+    ``sample_dpmpp_2m_sde``): an exponential integrator of the reverse-time VP SDE
+    (Song et al. 2021) in the data-prediction form. Written in λ = log(α/σ), the SDE's linear
+    part and its noise are integrated exactly over each step; only x̂_0 is extrapolated:
 
-        dx = [f x − g² ∇log p_t(x)] dt + g dw̄,   f = ½ d log ᾱ/dt,  g² = −d log ᾱ/dt,
+        x_s = (σ_s/σ_t) e^{−h} x_t + α_s (1 − e^{−2h}) D + σ_s √(1 − e^{−2h}) z,   h = λ_s − λ_t,
 
-    with the score ∇log p_t = −ε̂/σ_t and B = log ᾱ_s − log ᾱ_t (the β integrated over the step):
+    with D as in :func:`dpmpp_2m` (x̂_0(t) on the first step). Its first-order form (D = x̂_0(t))
+    is exactly ancestral sampling with β̃_{t|s} (the ``ddpm`` sampler): the second-order D is
+    what this sampler adds. The step onto s = 0 returns x̂_0 (Tweedie's denoising step).
 
-        x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z.
-
-    The step onto s = 0 returns x̂_0 (Tweedie's denoising step) instead of adding noise.
+    Why the data-prediction form: every coefficient on x_t is at most σ_s/σ_t ≤ 1 and x̂_0 stays
+    in the data's range, so no step can overshoot, however coarse. The noise-prediction form
+    (SDE-DPM-Solver-1, x_s = (α_s/α_t) x_t − 2σ_s(e^h − 1) ε̂ + σ_s √(e^{2h} − 1) z) multiplies
+    x_t by α_s/α_t, ~3,000 on the cosine schedule's first of 10 respaced steps (α_T = 4.9e-5),
+    and relies on ε̂'s cancellation: on the Gaussian-mixture benchmark its paths reach ~10³
+    times the data's spread at 10 log-SNR steps (``benchmarks/sde_accuracy.py``, BENCHMARKS.md).
+    The former Euler–Maruyama step,
+    x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z with B = log ᾱ_s − log ᾱ_t, has B ≈ 16 on that first
+    step and sends x_t to ~8 times the data's spread before later steps pull it back.
     """
     return walk(sde_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
 
