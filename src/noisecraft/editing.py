@@ -270,13 +270,18 @@ def repaint_path(steps: int, resample: int = 1, jump: int = 1) -> list[int]:
     """Grid indices visited by RePaint (Lugmayr et al. 2022, the "jump" schedule).
 
     Index 0 is t = T, index ``steps`` is t = 0. Going down one index is a reverse step; after
-    arriving at every multiple of ``jump`` (short of the end), the walk goes back up ``jump``
-    indices by the forward process, ``resample`` − 1 times per position.
+    arriving at a jump point the walk goes back up ``jump`` indices by the forward process and
+    down again, ``resample`` − 1 times per point. The jump points are aligned at the *bottom*,
+    as in the paper's code (``get_schedule_jump``): index steps − 1 (the start of the last
+    step) and every ``jump``-th index above it that is at least ``jump`` (so the walk up stays
+    within the grid). Every index from the highest jump point − ``jump`` + 1 down to
+    steps − 1 is revisited, the lowest noise levels included, where the known region pins the
+    picture down most; only the fewer than ``jump`` indices at the top may not be.
     """
     for name, v in (("steps", steps), ("resample", resample), ("jump", jump)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    left = {k: resample - 1 for k in range(jump, steps, jump)}
+    left = {k: resample - 1 for k in range(steps - 1, jump - 1, -jump)}
     path, i = [0], 0
     while i < steps:
         i += 1
