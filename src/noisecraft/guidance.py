@@ -191,6 +191,22 @@ def _marginal(schedule: Schedule, x_t: Tensor, t: Tensor, dtype: torch.dtype
     return x, broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
 
 
+def check_rescalable(shape: tuple[int, ...] | torch.Size, rescale: float) -> None:
+    """The rule of ``rescale``: it matches the std of x̂_0 over one example's elements, the
+    spread of a picture's intensities (Lin et al. 2024), so it is defined for data with spatial
+    axes, (batch, channels, *spatial) — pictures, latents, spectrograms — of at least 2 values
+    per example. On vectors (batch, D) the coordinates are different features, not samples of
+    one intensity distribution, and their std is no exposure (for D = 2 it is one coordinate
+    difference, and the factor is unbounded where it nears 0); one value has no std at all
+    (the former code returned NaN). Both are refused with a ValueError naming the shape."""
+    event = tuple(shape[1:])
+    if len(event) < 2 or math.prod(event) < 2:
+        raise ValueError(f"guidance rescale = {rescale:g} matches the std of x̂_0 across a "
+                         f"picture's values and needs data with spatial axes (batch, channels, "
+                         f"*spatial) of at least 2 values; these examples have shape {event}: "
+                         "use rescale = 0 for vector data")
+
+
 class Guided(Denoiser):
     """Classifier-free guidance (or autoguidance) of ``denoiser`` with scale ``scale``.
 
@@ -199,7 +215,8 @@ class Guided(Denoiser):
         scale: w ≥ 0. w = 1 returns the conditional prediction, w = 0 the unconditional one
             (each from one plain pass, bit-for-bit); w > 1 extrapolates away from the
             unconditional branch.
-        rescale: φ ∈ [0, 1], the std-matching of Lin et al. 2024 on x̂_0 (module docstring).
+        rescale: φ ∈ [0, 1], the std-matching of Lin et al. 2024 on x̂_0 (module docstring);
+            defined on data with spatial axes only (:func:`check_rescalable`).
         interval: ``(t_lo, t_hi)``: guide only where t_lo ≤ t ≤ t_hi (per example); the
             conditional prediction elsewhere. See :func:`interval_from_sigma`.
         unconditional: autoguidance: a weaker Denoiser over the same schedule called with the
@@ -313,9 +330,13 @@ class Guided(Denoiser):
         (the variance fraction of learned-variance nets is the conditional branch's)."""
         x, a, s = _marginal(self.schedule, x_t, t, eps.dtype)
         if self.rescale > 0:
+            check_rescalable(x_t.shape, self.rescale)
             x0 = (x - s * eps) / a
             dims = tuple(range(1, x0.ndim))
-            ratio = conditional.x0.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True)
+            std_c = conditional.x0.std(dim=dims, keepdim=True)
+            std_g = x0.std(dim=dims, keepdim=True)
+            # A flat guided x̂_0 has no spread to match: factor 1 there, not ∞.
+            ratio = torch.where(std_g > 0, std_c / torch.where(std_g > 0, std_g, 1.0), 1.0)
             x0 = x0 * (self.rescale * ratio + (1 - self.rescale))
             eps = (x - a * x0) / s
         # x̂_0 and v̂ are derived only if the sampler reads them (clip applied to x̂_0 first).
