@@ -20,6 +20,7 @@ x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z, B = log ᾱ_s − log ᾱ_t. ``n
 
     PYTHONPATH=src python benchmarks/sde_accuracy.py [--steps 10 25 50 100 250] [--n 10000]
         [--grid respaced|log-snr|karras]
+    PYTHONPATH=src python benchmarks/sde_accuracy.py --run RUN_DIR --steps 10 25 50 100
 """
 
 from __future__ import annotations
@@ -98,13 +99,45 @@ def run(step, den, schedule, steps: int, n: int, grid: str) -> tuple[torch.Tenso
     return walk(step, w, x_T, watch), worst[0]
 
 
+def trained_paths(run_dir: str, steps_list: list[int], n: int = 64) -> None:
+    """On a trained run: the largest |x_t| along the old and new SDE paths from the same x_T
+    (the explain report's SDE picture), next to max |x_T| (q(x_T)'s own range)."""
+    from noisecraft.run import load_run
+
+    run = load_run(run_dir)
+    den = run.denoiser
+    x_T = torch.randn((n, *run.shape), generator=torch.Generator().manual_seed(7))
+    print(f"# {run_dir}: schedule {run.config.schedule}, {n} paths, max |x_T| = "
+          f"{x_T.abs().max().item():.2f}; data in [-1, 1]\n")
+    print("| steps | old EM: path max abs(x_t) | new: path max abs(x_t) |")
+    print("|---|---|---|")
+    for steps in steps_list:
+        peaks = []
+        for step in (old_em_step, SAMPLERS["sde"].step):
+            peak = [0.0]
+
+            def watch(i, t, x, x0, peak=peak):
+                if t > 0:
+                    peak[0] = max(peak[0], x.abs().max().item())
+
+            w = Walk(den, x_T, grids.respaced(den.schedule, steps), None, ExampleNoise(3, n))
+            walk(step, w, x_T, watch)
+            peaks.append(peak[0])
+        print(f"| {steps} | {peaks[0]:.2f} | {peaks[1]:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250])
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--grid", default="respaced", choices=sorted(grids.GRIDS))
+    parser.add_argument("--run", help="a trained run directory: print its SDE paths' range "
+                        "instead (old vs new step)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.run:
+        trained_paths(args.run, args.steps)
+        return
     mixture = GaussianMixture(WEIGHTS, MEANS, STD)
     dirs = directions()
     floor = exact_w1(mixture.sample(args.n, torch.Generator().manual_seed(5)), dirs)
