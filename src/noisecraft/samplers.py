@@ -334,15 +334,15 @@ def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | N
     is exactly ancestral sampling with β̃_{t|s} (the ``ddpm`` sampler): the second-order D is
     what this sampler adds. The step onto s = 0 returns x̂_0 (Tweedie's denoising step).
 
-    Why the data-prediction form: every coefficient on x_t is at most σ_s/σ_t ≤ 1 and x̂_0 stays
-    in the data's range, so no step can overshoot, however coarse. The noise-prediction form
-    (SDE-DPM-Solver-1, x_s = (α_s/α_t) x_t − 2σ_s(e^h − 1) ε̂ + σ_s √(e^{2h} − 1) z) multiplies
-    x_t by α_s/α_t, ~3,000 on the cosine schedule's first of 10 respaced steps (α_T = 4.9e-5),
-    and relies on ε̂'s cancellation: on the Gaussian-mixture benchmark its paths reach ~10³
-    times the data's spread at 10 log-SNR steps (``benchmarks/sde_accuracy.py``, BENCHMARKS.md).
-    The former Euler–Maruyama step,
-    x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z with B = log ᾱ_s − log ᾱ_t, has B ≈ 16 on that first
-    step and sends x_t to ~8 times the data's spread before later steps pull it back.
+    Why the data-prediction form: the coefficient on x_t is (σ_s/σ_t) e^{−h} ≤ 1 and D is made
+    of x̂_0, which stays near the data's range, so no step amplifies x_t, however coarse. The
+    noise-prediction form (SDE-DPM-Solver-1,
+    x_s = (α_s/α_t) x_t − 2σ_s (e^h − 1) ε̂ + σ_s √(e^{2h} − 1) z) multiplies x_t by α_s/α_t,
+    ~3,000 on the cosine schedule's first of 10 respaced steps (α_T = 4.9e-5), and relies on
+    ε̂'s cancellation: on the Gaussian-mixture benchmark its paths reach ~10³ times the data's
+    spread (``benchmarks/sde_accuracy.py``, BENCHMARKS.md). The former Euler–Maruyama step,
+    x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z with B = log ᾱ_s − log ᾱ_t, has B ≈ 16 on that
+    first step and sends x_t to ~8 times the data's spread before later steps pull it back.
     """
     return walk(sde_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
 
