@@ -168,6 +168,40 @@ def test_condition_mix_is_the_weighted_prediction_and_interpolation_ends_at_the_
     assert torch.allclose(frames[:, 0], torch.tensor([2.0, 4.0, 6.0]), atol=1e-5)
 
 
+class _CountingEps(torch.nn.Module):
+    """ε̂ = x·(1 + label/10): depends on the label; records the batch of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, t, labels):
+        self.batches.append(x.shape[0])
+        return x * (1 + labels.to(x.dtype)[:, None] / 10)
+
+
+def test_condition_mix_mixes_eps_in_one_batched_pass_and_clips_once():
+    """ε̂ of the mix is (1 − w) ε̂_a + w ε̂_b written from the net's own formula; the two conditions
+    run as one pass of 2n; x̂_0 is derived from the mixed ε̂ and clipped once (not a mix of
+    clipped branches)."""
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    w = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    ca, cb = {"labels": torch.full((3,), 2)}, {"labels": torch.full((3,), 6)}
+    eps = x * ((1 - w[:, None]) * 1.2 + w[:, None] * 1.6)
+    a, s = (v.item() for v in SCHEDULE.marginal(900.0))
+    for clip in (None, (-1.0, 1.0)):
+        net = _CountingEps()
+        d = ConditionMix(Denoiser(net, SCHEDULE, "eps", clip=clip), ca, cb, w)(x, 900.0)
+        assert net.batches == [6]
+        x0 = (x - s * eps) / a
+        if clip is None:
+            torch.testing.assert_close(d.eps, eps)
+            torch.testing.assert_close(d.x0, x0)
+        else:
+            assert (x0.abs() > 1).any()          # the clip is active on this draw
+            torch.testing.assert_close(d.x0, x0.clamp(-1, 1))
+
+
 def test_interpolate_endpoints_decode_the_endpoints():
     m, den = _mixture()
     a, b = torch.randn(1, D, dtype=torch.float64), torch.randn(1, D, dtype=torch.float64)
@@ -221,11 +255,35 @@ def test_sdedit_small_strength_stays_close_and_full_strength_forgets():
 
 # ---------------------------------------------------------------------------- inpainting
 def test_repaint_path():
+    """Paths worked out by hand from RePaint's ``get_schedule_jump_paper`` (its times k = T−1 …
+    0, −1 are our indices steps − 1 − k): jumps at k = 0, L, 2L, … < T − L."""
     assert repaint_path(4) == [0, 1, 2, 3, 4]
-    p = repaint_path(4, resample=2, jump=2)
-    assert p == [0, 1, 2, 1, 0, 1, 2, 3, 4]
+    assert repaint_path(4, resample=2, jump=2) == [0, 1, 2, 3, 2, 1, 2, 3, 4]
+    assert repaint_path(6, resample=2, jump=2) == [0, 1, 2, 3, 2, 1, 2, 3, 4, 5, 4, 3, 4, 5, 6]
     p = repaint_path(6, resample=3, jump=1)
     assert p[-1] == 6 and sum(1 for a, b in zip(p, p[1:], strict=False) if b == a + 1) == 6 + 2 * 5
+
+
+@pytest.mark.parametrize("steps, jump, resample", [(10, 4, 2), (25, 10, 3), (250, 10, 10),
+                                                   (9, 3, 2), (7, 1, 4)])
+def test_repaint_resamples_every_level_down_to_the_lowest(steps, jump, resample):
+    """Every index of the resampled range, the lowest (steps − jump … steps − 1) included, is
+    reached from above ``resample`` times; the walk stays on the grid, moves by one index and
+    ends at t = 0. The top-aligned schedule skipped the lowest levels whenever jump ∤ steps
+    (e.g. index 9 of 10 with jump 4)."""
+    p = repaint_path(steps, resample, jump)
+    assert p[0] == 0 and p[-1] == steps and all(abs(b - a) == 1 for a, b in zip(p, p[1:], strict=False))
+    assert min(p) == 0 and max(p) == steps and p.count(steps) == 1
+    arrivals = {}
+    for a, b in zip(p, p[1:], strict=False):
+        if b == a + 1:
+            arrivals[b] = arrivals.get(b, 0) + 1
+    top = (steps - 1) % jump or jump           # the highest jump point (an index ≥ jump)
+    top = top if top >= jump else top + jump
+    for i in range(top - jump + 1, steps):
+        assert arrivals[i] == resample, (i, arrivals[i])
+    assert all(arrivals[i] == 1 for i in range(1, top - jump + 1))
+    assert arrivals[steps] == 1
 
 
 def _mixture_2d():

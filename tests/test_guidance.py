@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from noisecraft import Denoiser, GaussianMixture, Guided, Schedule, interval_from_sigma, sample
+from noisecraft import Denoised, Denoiser, GaussianMixture, Guided, Schedule, interval_from_sigma, sample
 from noisecraft.samplers import SAMPLERS
 
 K, D = 3, 4
@@ -142,12 +142,21 @@ def test_interval_from_sigma_inverts_the_schedule():
         interval_from_sigma(SCHED, 2.0, 1.0)
 
 
+def as_picture(net):
+    """The 4-coordinate mixture read as 1×2×2 pictures (rescale is defined on pictures only)."""
+    def picture_net(x, t, **cond):
+        return net(x.flatten(1), t, **cond).reshape(x.shape)
+    return picture_net
+
+
 @pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
 def test_rescale_matches_a_hand_computation(phi):
     x, t, a, s, labels = point()
     w = 5.0
-    got = Guided(Denoiser(MIX.net(SCHED, "eps"), SCHED, "eps"), w, rescale=phi)(
-        x, t, labels=labels)
+    got = Guided(Denoiser(as_picture(MIX.net(SCHED, "eps")), SCHED, "eps"), w, rescale=phi)(
+        x.reshape(-1, 1, 2, 2), t, labels=labels)
+    got = Denoised(x0=got.x0.flatten(1), eps=got.eps.flatten(1), v=got.v.flatten(1),
+                   output=got.output.flatten(1))
     c, u = hand_label(labels, x, a, s), hand_mixture(x, a, s)
     cfg = u + w * (c - u)
     # Biased std here (the code's is unbiased): the ratio of two stds of one length is the same.
@@ -157,6 +166,31 @@ def test_rescale_matches_a_hand_computation(phi):
     if phi == 1.0:
         assert torch.allclose(got.x0.std(1), c.std(1), atol=TOL, rtol=0)
     assert torch.allclose(got.eps, (x - a[:, None] * got.x0) / s[:, None], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(6, 1), (6, 2), (6, 4), (6, 1, 1, 1)])
+def test_rescale_is_refused_on_vectors_and_single_values(shape):
+    """The std of x̂_0 across a vector's coordinates is not an exposure (the coordinates are not
+    samples of one intensity distribution) and a single value has no std at all: the former
+    code returned all-NaN x̂_0 on (n, 1) data and a ratio of two coordinate differences on
+    (n, 2). φ = 0 (no rescale) still runs."""
+    def net(x, t, labels):                          # ε̂ depends on the label
+        return x * (1 + labels.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) / 10)
+    den = Denoiser(net, SCHED, "eps")
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.arange(shape[0]) % K
+    with pytest.raises(ValueError, match=r"rescale .*shape \(" + ", ".join(map(str, shape[1:]))):
+        Guided(den, 3.0, rescale=0.7)(x, 40.0, labels=labels)
+    assert torch.isfinite(Guided(den, 3.0)(x, 40.0, labels=labels).x0).all()
+
+
+def test_rescale_leaves_a_flat_guided_x0_alone():
+    """Where the guided x̂_0 has no spread there is nothing to match: the factor is 1, not ∞."""
+    def net(x, t, labels):                          # ε̂ = x/σ: x̂_0 = 0 for every label
+        return x / SCHED.marginal(t)[1].reshape(-1, 1, 1, 1).to(x.dtype)
+    x = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    d = Guided(Denoiser(net, SCHED, "eps"), 3.0, rescale=1.0)(x, 40.0, labels=torch.arange(4))
+    assert torch.isfinite(d.x0).all() and d.x0.abs().max() < 1e-12
 
 
 @pytest.mark.parametrize("w", [0.5, 3.0])
@@ -218,11 +252,37 @@ def test_bad_arguments_are_refused(bad):
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_runs_guided(name):
-    den = Denoiser(MIX.net(SCHED, "eps"), SCHED, "eps")
+    """Every sampler on ``Guided`` (scale 3, rescale 0.5, interval [5, 80]) over the analytic
+    class-conditional mixture gives what the same sampler gives on a plain x̂_0-network that
+    returns the guided prediction written here from the Gaussian-conditioning formulas:
+    cfg = u + w (c − u) inside the interval, rescaled by φ std(c)/std(cfg) + 1 − φ over each
+    1×2×2 picture, and c outside it. Stochastic samplers (ddpm, sde) share the per-example seed,
+    so they draw the same noise and must agree too. float64: only rounding differs (1e-8). All
+    run on the respaced (integer) grid: the network receives t as float32, exact for integers,
+    so the hand formula sees the very t that Guided's interval test and marginals see."""
+    w, phi, (lo, hi) = 3.0, 0.5, (5.0, 80.0)
     labels = torch.arange(8) % K
-    x = sample(Guided(den, 3.0, rescale=0.5, interval=(5, 80)), (8, D), SCHED, sampler=name,
-               steps=8, seed=1, labels=labels)
-    assert x.shape == (8, D) and torch.isfinite(x).all()
+
+    def hand_guided(x, t, labels):
+        t = t.double()
+        a, s = SCHED.marginal(t)
+        flat = x.double().flatten(1)
+        c, u = hand_label(labels, flat, a, s), hand_mixture(flat, a, s)
+        cfg = u + w * (c - u)
+        cfg = cfg * (phi * c.std(1) / cfg.std(1) + 1 - phi)[:, None]
+        inside = ((t >= lo) & (t <= hi))[:, None]
+        return torch.where(inside, cfg, c).reshape(x.shape)
+
+    den = Denoiser(as_picture(MIX.net(SCHED, "eps")), SCHED, "eps")
+    shape = (8, 1, 2, 2)
+    run = {"sampler": name, "steps": 8, "grid": "respaced", "seed": 1, "dtype": torch.float64,
+           "labels": labels}
+    got = sample(Guided(den, w, rescale=phi, interval=(lo, hi)), shape, SCHED, **run)
+    want = sample(Denoiser(hand_guided, SCHED, "x0"), shape, SCHED, **run)
+    assert torch.allclose(got, want, atol=1e-8, rtol=0), (got - want).abs().max()
+    # The guidance is active on this grid: the conditional sampler ends elsewhere.
+    plain = sample(den, shape, SCHED, **run)
+    assert (got - plain).abs().max() > 1e-3
 
 
 def test_guided_ddim_equals_ddim_on_the_hand_guided_denoiser():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from noisecraft import Denoised, Denoiser, GaussianMixture, Schedule
-from noisecraft.process import q_sample, q_step, reverse_mean_variance
+from noisecraft.process import q_sample, q_sample_from, q_step, reverse_mean_variance
 
 
 def random_schedule(seed: int, T: int, hi: float = 0.1) -> tuple[Schedule, np.ndarray]:
@@ -61,6 +61,30 @@ def test_q_step_and_q_sample_given_noise_are_exact():
     np.testing.assert_allclose(x_t.numpy(), (a.sqrt() * x + (1 - a).sqrt() * eps).numpy(), rtol=1e-12)
     x_0, _ = q_sample(sched, x, 0, noise=eps)
     np.testing.assert_array_equal(x_0.numpy(), x.numpy())
+
+
+def test_q_sample_from_is_the_product_of_the_one_step_transitions():
+    """q(x_t | x_s) = N(√(∏_{k=s+1..t} α_k) x_s, 1 − ∏ α_k): the product written from the β table
+    (not from log ᾱ), per example; composing q(x_s | x_0) and q(x_t | x_s) has the variance of
+    q(x_t | x_0): ∏ α_k (1 − ᾱ_s) + 1 − ∏ α_k = 1 − ᾱ_t."""
+    sched, abar = random_schedule(3, 40)
+    betas = 1 - abar[1:] / abar[:-1]
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    s, t = torch.tensor([0, 3, 10, 39]), torch.tensor([5, 4, 30, 40])
+    prod = torch.tensor([np.prod(1 - betas[a:b]) for a, b in zip(s.tolist(), t.tolist(), strict=True)])
+    x_t, noise = q_sample_from(sched, x, s, t, noise=eps)
+    assert noise is eps
+    expected = prod.sqrt()[:, None] * x + (1 - prod).sqrt()[:, None] * eps
+    np.testing.assert_allclose(x_t.numpy(), expected.numpy(), rtol=1e-12)
+    a_ts = prod.numpy()
+    np.testing.assert_allclose(a_ts * (1 - abar[s.numpy()]) + 1 - a_ts, 1 - abar[t.numpy()],
+                               rtol=1e-12)
+    # s = t is the identity; s > t is not a forward transition.
+    torch.testing.assert_close(q_sample_from(sched, x, 7, 7, noise=eps)[0], x)
+    with pytest.raises(ValueError, match="s <= t"):
+        q_sample_from(sched, x, 8, 7)
 
 
 def test_generator_reproduces_the_noise_and_float32_stays_float32():

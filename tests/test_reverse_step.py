@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from noisecraft import GaussianMixture, Schedule, losses, nll, process, sample
+from noisecraft import GaussianMixture, Schedule, editing, losses, nll, process, sample
 from noisecraft.denoiser import Denoiser
 from noisecraft.samplers import ddpm
 
@@ -136,7 +136,7 @@ def test_nll_vlb_is_the_bound_built_from_the_true_posteriors():
     torch.testing.assert_close(got, total / (D * math.log(2)), rtol=1e-10, atol=1e-10)
 
 
-def test_ddpm_nll_and_the_losses_all_call_the_one_reverse_step(monkeypatch):
+def test_ddpm_nll_the_losses_and_inpainting_all_call_the_one_reverse_step(monkeypatch):
     calls = {"n": 0}
     real = process.reverse_mean_log_variance
 
@@ -150,7 +150,8 @@ def test_ddpm_nll_and_the_losses_all_call_the_one_reverse_step(monkeypatch):
     for run in (lambda: sample(den, (3, 2), SCHED, "ddpm", steps=4, seed=0),
                 lambda: nll(den, x0, SCHED, "vlb", discrete=False),
                 lambda: losses.vlb(den, x0, discrete=False),
-                lambda: losses.hybrid(den, x0, discrete=False)):
+                lambda: losses.hybrid(den, x0, discrete=False),
+                lambda: editing.inpaint(den, x0, torch.tensor([1.0, 0.0]), SCHED, 4, seed=0)):
         before = calls["n"]
         run()
         assert calls["n"] > before

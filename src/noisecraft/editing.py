@@ -4,7 +4,7 @@ All four are short functions over a :class:`~noisecraft.Denoiser` and a time gri
 :mod:`noisecraft.grids`; decoding goes through the samplers of :mod:`noisecraft.samplers`.
 
 - :func:`encode` runs the probability-flow ODE *up* from x_0 to x_T on the sampler's own grid
-  reversed, with the same update formula as that sampler (ddim, euler, heun, dpmpp-2m), so that
+  reversed, with that sampler's own step function (ddim, euler, heun, dpmpp-2m), so that
   :func:`decode` (the sampler on the same grid) returns x_0 up to the solver's error, which falls
   with the steps at the solver's order.
 - :func:`slerp` / :func:`interpolate`: spherical interpolation between encoded x_T; between two
@@ -23,17 +23,17 @@ y = x/α, σ̃ = σ/α, λ = log(α/σ); the probability-flow ODE is dy/dσ̃ = 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import grids
+from . import grids, process
 from .denoiser import Denoised, Denoiser
+from .guidance import ConditionMix
 from .noise import BatchNoise, ExampleNoise, NoiseSource
-from .samplers import SAMPLERS, as_denoiser
+from .samplers import DEFAULT_STEPS, SAMPLERS, Walk, as_denoiser, check_sampler, walk
 from .schedule import Schedule
 
 Callback = Callable[[int, float, Tensor, Tensor], None]
@@ -59,16 +59,15 @@ def _denoiser(model: Any, schedule: Schedule) -> Any:
 # ---------------------------------------------------------------------------- grids
 def _grid(schedule: Schedule, sampler: str, steps: int | None, grid: Tensor | str | None) -> Tensor:
     """The decoding grid T = t_0 > … > t_N = 0, as :func:`noisecraft.sample` builds it."""
-    if sampler not in ENCODERS:
-        raise ValueError(f"unknown or non-invertible sampler {sampler!r}; choose one of "
-                         f"{', '.join(ENCODERS)}")
+    check_sampler(sampler, ENCODERS)
     if grid is not None and not isinstance(grid, str):
         g = grids.check(grid, schedule)
         if steps is not None and steps != g.numel() - 1:
             raise ValueError(f"steps = {steps!r} conflicts with the given grid of "
                              f"{g.numel() - 1} steps; pass one or the other")
         return g
-    return grids.make(grid or SAMPLERS[sampler].default_grid, schedule, 50 if steps is None else steps)
+    return grids.make(grid or SAMPLERS[sampler].default_grid, schedule,
+                      DEFAULT_STEPS if steps is None else steps)
 
 
 def partial_grid(schedule: Schedule, t_start: float, steps: int, kind: str = "respaced") -> Tensor:
@@ -97,33 +96,7 @@ def partial_grid(schedule: Schedule, t_start: float, steps: int, kind: str = "re
 
 
 # ---------------------------------------------------------------------------- encode / decode
-class _Up:
-    """The reversed grid 0 = u_0 < u_1 < … < u_N = T with its marginals as Python floats."""
-
-    def __init__(self, denoiser: Denoiser, x0: Tensor, grid: Tensor, cond: dict[str, Any]):
-        if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
-            raise ValueError("x0 must be a floating-point tensor with a batch dimension, got "
-                             + (f"{tuple(x0.shape)} {x0.dtype}" if isinstance(x0, Tensor)
-                                else type(x0).__name__))
-        up = grid.flip(0)
-        self.t = up.tolist()
-        alpha, sigma = denoiser.schedule.marginal(up)
-        self.alpha, self.sigma = alpha.tolist(), sigma.tolist()
-        self.denoiser, self.cond = denoiser, cond
-        self.in_dtype = x0.dtype
-        self.dtype = torch.promote_types(x0.dtype, torch.float32)
-
-    def denoise(self, x: Tensor, i: int) -> Denoised:
-        return self.denoiser(x.to(self.in_dtype), self.t[i], **self.cond)
-
-    def sigma_tilde(self, i: int) -> float:
-        return self.sigma[i] / self.alpha[i]
-
-    def lam(self, i: int) -> float:
-        return math.log(self.alpha[i] / self.sigma[i])
-
-
-def _invert_last_step(w: _Up, x0: Tensor, iterations: int) -> tuple[Tensor, Denoised]:
+def _invert_last_step(w: Walk, x0: Tensor, iterations: int) -> tuple[Tensor, Denoised]:
     """x_{u_1} with x̂_0(x_{u_1}, u_1) = x_0: the inverse of every decoder's last step.
 
     Fixed-point iteration x ← α x_0 + σ ε̂(x): a solution satisfies x = α x̂_0 + σ ε̂ with
@@ -137,35 +110,6 @@ def _invert_last_step(w: _Up, x0: Tensor, iterations: int) -> tuple[Tensor, Deno
     return x, w.denoise(x, 1)
 
 
-def _encode_steps(sampler: str, w: _Up, x: Tensor, d: Denoised, callback: Callback | None
-                  ) -> Tensor:
-    """Steps u_1 → u_2 → … → u_N with ``sampler``'s update run in the increasing direction."""
-    x0_prev, h_prev = None, None
-    for i in range(1, len(w.t) - 1):
-        if i > 1:
-            d = w.denoise(x, i)
-        a_s, a_t = w.alpha[i], w.alpha[i + 1]
-        ds = w.sigma_tilde(i + 1) - w.sigma_tilde(i)
-        if sampler in ("ddim", "euler"):      # y_t = y_s + (σ̃_t − σ̃_s) ε̂(x_s)
-            x = a_t * (x / a_s + ds * d.eps)
-        elif sampler == "heun":
-            y = x / a_s
-            eps_t = w.denoise(a_t * (y + ds * d.eps), i + 1).eps
-            x = a_t * (y + ds * 0.5 * (d.eps + eps_t))
-        else:                                  # dpmpp-2m, h < 0 going up
-            h = w.lam(i + 1) - w.lam(i)
-            if x0_prev is None:
-                D = d.x0
-            else:
-                r = h_prev / h
-                D = (1 + 0.5 / r) * d.x0 - (0.5 / r) * x0_prev
-            x = (w.sigma[i + 1] / w.sigma[i]) * x - (a_t * math.expm1(-h)) * D
-            x0_prev, h_prev = d.x0, h
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return x
-
-
 @torch.no_grad()
 def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
            sampler: str = "ddim", *, grid: Tensor | str | None = None,
@@ -175,16 +119,18 @@ def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
 
     The grid is the one :func:`decode` (and ``noisecraft.sample(..., sampler, steps)``) uses,
     run backwards: 0 = u_0 < u_1 < … < u_N = T. The first step inverts the decoders' last one
-    (x_0 = x̂_0(x_{u_1})) by fixed-point iteration; every later step is ``sampler``'s own update
-    with the roles of start and end swapped (DDIM/Euler: y_t = y_s + (σ̃_t − σ̃_s) ε̂(x_s); Heun:
-    the trapezoidal corrector; DPM-Solver++(2M): the multistep exponential integrator in λ).
+    (x_0 = x̂_0(x_{u_1})) by fixed-point iteration; every later step is ``sampler``'s own step
+    function (``SAMPLERS[sampler].step``, the one the sampler uses) run from u_i up to u_{i+1}
+    (DDIM/Euler: y_u = y_t + (σ̃_u − σ̃_t) ε̂(x_t); Heun: the trapezoidal corrector;
+    DPM-Solver++(2M): the multistep exponential integrator in λ, with h < 0).
     ``decode(encode(x_0))`` returns x_0 to the solver's error, O(h^order).
 
     Args:
         model: a Denoiser (or a raw ε-network, wrapped as ``Denoiser(model, schedule)``).
         x0: data in model space, (batch, *event_shape).
         schedule: the run's schedule (must be the Denoiser's).
-        steps: grid steps (default 50); sampler: one of :data:`ENCODERS`.
+        steps: grid steps (default :data:`~noisecraft.samplers.DEFAULT_STEPS`); sampler: one of
+            :data:`ENCODERS`.
         grid: a grid name of :data:`noisecraft.grids.GRIDS` or a tensor (default: the sampler's).
         last_step_iterations: fixed-point iterations of the first step (>= 1).
         callback: ``callback(i, t, x_t, x0_hat)`` after each step, t increasing.
@@ -195,11 +141,12 @@ def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
     if isinstance(last_step_iterations, bool) or not isinstance(last_step_iterations, int) \
             or last_step_iterations < 1:
         raise ValueError(f"last_step_iterations must be an integer >= 1, got {last_step_iterations!r}")
-    w = _Up(denoiser, x0, g, cond)
+    w = Walk(denoiser, x0, g, cond, up=True, name="x0")
     x, d = _invert_last_step(w, x0.to(w.dtype), last_step_iterations)
     if callback is not None:
         callback(0, w.t[1], x, d.x0)
-    return _encode_steps(sampler, w, x, d, callback).to(x0.dtype)
+    # Steps u_1 → … → u_N: the sampler's own step function, run with s > t.
+    return walk(SAMPLERS[sampler].step, w, x, callback, first=1, denoised=d).to(x0.dtype)
 
 
 @torch.no_grad()
@@ -239,34 +186,6 @@ def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
     ca = torch.where(small, 1 - w, torch.sin((1 - w) * theta) / s)
     cb = torch.where(small, w, torch.sin(w * theta) / s)
     return (ca * af + cb * bf).reshape(a.shape).to(a.dtype)
-
-
-class ConditionMix:
-    """A Denoiser whose prediction is (1 − w) D(x_t, c_a) + w D(x_t, c_b).
-
-    Mixing ε̂ mixes scores: ∇log p = (1 − w)∇log p_a + w∇log p_b, the score of the geometric
-    mixture p_a^{1−w} p_b^{w} (up to normalisation at each t). ``w`` is a number or a (batch,)
-    tensor; c_a, c_b are keyword dicts (``{"labels": …}``).
-    """
-
-    def __init__(self, denoiser: Denoiser, cond_a: dict[str, Any], cond_b: dict[str, Any],
-                 weight: float | Tensor):
-        self.denoiser = denoiser
-        self.schedule = denoiser.schedule
-        self.learned_variance = False
-        self.cond_a, self.cond_b, self.weight = dict(cond_a), dict(cond_b), weight
-
-    def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Denoised:
-        da = self.denoiser(x_t, t, **{**cond, **self.cond_a})
-        db = self.denoiser(x_t, t, **{**cond, **self.cond_b})
-        w = torch.as_tensor(self.weight, dtype=da.x0.dtype, device=x_t.device)
-        w = w.reshape(-1, *([1] * (x_t.ndim - 1))) if w.ndim else w
-
-        def mix(a: Tensor, b: Tensor) -> Tensor:
-            return (1 - w) * a + w * b
-
-        return Denoised(x0=mix(da.x0, db.x0), eps=mix(da.eps, db.eps), v=mix(da.v, db.v),
-                        output=mix(da.output, db.output))
 
 
 def interpolation_weights(n: int) -> Tensor:
@@ -321,7 +240,7 @@ def check_strength(strength: float) -> float:
 
 
 @torch.no_grad()
-def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: int = 50,
+def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: int = DEFAULT_STEPS,
            sampler: str = "ddim", *, seed: int | None = None,
            generator: torch.Generator | None = None, callback: Callback | None = None,
            options: dict[str, Any] | None = None, **cond: Any) -> Tensor:
@@ -334,16 +253,14 @@ def sdedit(model: Any, x0: Tensor, schedule: Schedule, strength: float, steps: i
     """
     strength = check_strength(strength)
     denoiser = _denoiser(model, schedule)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    fn = SAMPLERS[sampler]
+    fn = SAMPLERS[check_sampler(sampler)]
     t_start = strength * schedule.T
     kind = "log-snr" if fn.default_grid == "log-snr" else "respaced"
     g = partial_grid(schedule, t_start, max(1, round(strength * steps)), kind)
     noise = _noise_source(x0.shape[0], seed, generator)
     dtype = torch.promote_types(x0.dtype, torch.float32)
-    alpha, sigma = (v.item() for v in schedule.marginal(t_start))
-    x_t = alpha * x0.to(dtype) + sigma * noise.randn(x0.shape[1:], dtype=dtype, device=x0.device)
+    x_t, _ = process.q_sample(schedule, x0, t_start,
+                      noise=noise.randn(x0.shape[1:], dtype=dtype, device=x0.device))
     return fn(denoiser, x_t.to(x0.dtype), g, noise=noise, callback=callback, cond=cond,
               **(options or {}))
 
@@ -353,13 +270,18 @@ def repaint_path(steps: int, resample: int = 1, jump: int = 1) -> list[int]:
     """Grid indices visited by RePaint (Lugmayr et al. 2022, the "jump" schedule).
 
     Index 0 is t = T, index ``steps`` is t = 0. Going down one index is a reverse step; after
-    arriving at every multiple of ``jump`` (short of the end), the walk goes back up ``jump``
-    indices by the forward process, ``resample`` − 1 times per position.
+    arriving at a jump point the walk goes back up ``jump`` indices by the forward process and
+    down again, ``resample`` − 1 times per point. The jump points are aligned at the *bottom*,
+    as in the paper's code (``get_schedule_jump``): index steps − 1 (the start of the last
+    step) and every ``jump``-th index above it that is at least ``jump`` (so the walk up stays
+    within the grid). Every index from the highest jump point − ``jump`` + 1 down to
+    steps − 1 is revisited, the lowest noise levels included, where the known region pins the
+    picture down most; only the fewer than ``jump`` indices at the top may not be.
     """
     for name, v in (("steps", steps), ("resample", resample), ("jump", jump)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    left = {k: resample - 1 for k in range(jump, steps, jump)}
+    left = {k: resample - 1 for k in range(steps - 1, jump - 1, -jump)}
     path, i = [0], 0
     while i < steps:
         i += 1
@@ -388,7 +310,7 @@ def check_mask(mask: Tensor, x0: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: int = 50, *,
+def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: int = DEFAULT_STEPS, *,
             resample: int = 1, jump: int = 1, seed: int | None = None,
             generator: torch.Generator | None = None, callback: Callback | None = None,
             **cond: Any) -> Tensor:
@@ -397,10 +319,14 @@ def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: in
     Ancestral sampling on the respaced grid (``steps`` steps). Going down from t to s:
 
         x_s^known ~ q(x_s | x_0) = N(α_s x_0, σ_s² I),
-        x_s^fill  ~ p_θ(x_s | x_t) = N(c_0 x̂_0 + c_t x_t, β̃_{t|s} I),
+        x_s^fill  ~ p_θ(x_s | x_t) = N(c_0 x̂_0 + c_t x_t, ς² I),
         x_s = m ⊙ x_s^known + (1 − m) ⊙ x_s^fill;
 
-    going up (RePaint resampling) x_t ~ q(x_t | x_s) = N(α_{t|s} x_s, σ²_{t|s} I). At s = 0 the
+    going up (RePaint resampling) x_t ~ q(x_t | x_s) = N(α_{t|s} x_s, σ²_{t|s} I). p_θ is
+    :func:`noisecraft.process.reverse_mean_log_variance` with the ``ddpm`` sampler's default ς²
+    (β̃_{t|s}, or the learned variance of a network that has one), q(x_s | x_0) is
+    :func:`~noisecraft.process.q_sample` and q(x_t | x_s) :func:`~noisecraft.process.q_sample_from`,
+    so no formula of the two processes is written here. At s = 0 the
     known region is x_0 itself, so it comes back unchanged. ``resample`` = 1 is plain
     replacement; larger values give the unknown region more chances to agree with the known one.
     """
@@ -409,30 +335,31 @@ def inpaint(model: Any, x0: Tensor, known: Tensor, schedule: Schedule, steps: in
     g = grids.respaced(schedule, steps)
     path = repaint_path(steps, resample, jump)
     noise = _noise_source(x0.shape[0], seed, generator)
+    variance = process.resolve_variance(None, getattr(denoiser, "learned_variance", False))
     dtype = m.dtype
     event, dev = x0.shape[1:], x0.device
     ref = x0.to(dtype)
     gt = g.tolist()
-    alpha, sigma = (v.tolist() for v in schedule.marginal(g))
-    c0s, cts, pvars = (v.tolist() for v in schedule.posterior_coefficients(g[:-1], g[1:]))
-    x = noise.randn(event, dtype=dtype, device=dev)
+
+    def z() -> Tensor:
+        return noise.randn(event, dtype=dtype, device=dev)
+
+    x = z()
     for k in range(1, len(path)):
         i, j = path[k - 1], path[k]
         if j == i + 1:                                     # down: t_i → t_j
             d = denoiser(x.to(x0.dtype), gt[i], **cond)
-            fill = c0s[i] * d.x0 + cts[i] * x
+            fill, log_var = process.reverse_mean_log_variance(schedule, d, x, gt[i], gt[j], variance)
             if gt[j] > 0:
-                fill = fill + math.sqrt(pvars[i]) * noise.randn(event, dtype=dtype, device=dev)
-                keep = alpha[j] * ref + sigma[j] * noise.randn(event, dtype=dtype, device=dev)
+                fill = fill + torch.exp(0.5 * log_var) * z()             # p_θ(x_s | x_t)
+                keep, _ = process.q_sample(schedule, ref, gt[j], noise=z())       # q(x_s | x_0)
             else:
                 keep = ref
             x = m * keep + (1 - m) * fill
             if callback is not None:
                 callback(k - 1, gt[j], x, d.x0)
-        else:                                              # up: t_i → t_j > t_i
-            a = alpha[j] / alpha[i]
-            var = -math.expm1(2 * (math.log(alpha[j]) - math.log(alpha[i])))   # 1 − ᾱ_t/ᾱ_s
-            x = a * x + math.sqrt(var) * noise.randn(event, dtype=dtype, device=dev)
+        else:                                              # up: q(x_{t_j} | x_{t_i}), t_j > t_i
+            x, _ = process.q_sample_from(schedule, x, gt[i], gt[j], noise=z())
     return x.to(x0.dtype)
 
 

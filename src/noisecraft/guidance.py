@@ -133,6 +133,80 @@ def _batch_of(name: str, value: Tensor, n: int) -> Tensor:
     return value.expand(n, *value.shape[1:]) if value.shape[0] == 1 else value
 
 
+def _as_tensors(cond: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The keywords with every non-None value as a tensor, or None if one is not tensor-like."""
+    try:
+        return {k: None if v is None else torch.as_tensor(v) for k, v in cond.items()}
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _batchable(n: int, first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """Whether two keyword sets can run as one batch of 2n: the same keys, each value a tensor
+    with a leading batch of n or 1 in both (other dimensions equal), or None in both."""
+    if set(first) != set(second):
+        return False
+    for name in first:
+        a, b = first[name], second[name]
+        if a is None or b is None:
+            if (a is None) != (b is None):
+                return False
+            continue
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.ndim == 0 or b.ndim == 0 \
+                or a.shape[0] not in (1, n) or b.shape[0] not in (1, n) or a.shape[1:] != b.shape[1:]:
+            return False
+    return True
+
+
+def paired(denoiser: Denoiser, x_t: Tensor, t: Tensor, first: Mapping[str, Any],
+           second: Mapping[str, Any]) -> tuple[Denoised, Denoised]:
+    """``denoiser`` at (x_t, t) under two conditions, as one forward pass of 2n when the keyword
+    sets can be concatenated (see ``_batchable``), else two passes. Only ε̂ of the batched pass
+    is split (what a mix needs); each half derives x̂_0 and v̂ on request."""
+    n = x_t.shape[0]
+    tensors = _as_tensors(first), _as_tensors(second)
+    if tensors[0] is None or tensors[1] is None or not _batchable(n, *tensors):
+        return denoiser(x_t, t, **first), denoiser(x_t, t, **second)
+    a, b = tensors
+    both = {}
+    for name, value in a.items():
+        both[name] = None if value is None else torch.cat(
+            [_batch_of(name, value, n), _batch_of(name, b[name], n).to(value.device)])
+    d = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), **both)
+    eps = torch.chunk(d.eps, 2)
+    output = torch.chunk(d.output, 2)
+    frac = (torch.chunk(d.variance_fraction, 2) if d.variance_fraction is not None
+            else (None, None))
+    x, a, s = _marginal(denoiser.schedule, x_t, t, eps[0].dtype)
+    first_d, second_d = (from_eps(eps[i], x, a, s, variance_fraction=frac[i], output=output[i])
+                         for i in (0, 1))
+    return first_d, second_d
+
+
+def _marginal(schedule: Schedule, x_t: Tensor, t: Tensor, dtype: torch.dtype
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """x_t, α_t and σ_t in ``dtype``, broadcast to x_t's shape."""
+    x = x_t.to(dtype)
+    alpha, sigma = schedule.marginal(t)
+    return x, broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
+
+
+def check_rescalable(shape: tuple[int, ...] | torch.Size, rescale: float) -> None:
+    """The rule of ``rescale``: it matches the std of x̂_0 over one example's elements, the
+    spread of a picture's intensities (Lin et al. 2024), so it is defined for data with spatial
+    axes, (batch, channels, *spatial) — pictures, latents, spectrograms — of at least 2 values
+    per example. On vectors (batch, D) the coordinates are different features, not samples of
+    one intensity distribution, and their std is no exposure (for D = 2 it is one coordinate
+    difference, and the factor is unbounded where it nears 0); one value has no std at all
+    (the former code returned NaN). Both are refused with a ValueError naming the shape."""
+    event = tuple(shape[1:])
+    if len(event) < 2 or math.prod(event) < 2:
+        raise ValueError(f"guidance rescale = {rescale:g} matches the std of x̂_0 across a "
+                         f"picture's values and needs data with spatial axes (batch, channels, "
+                         f"*spatial) of at least 2 values; these examples have shape {event}: "
+                         "use rescale = 0 for vector data")
+
+
 class Guided(Denoiser):
     """Classifier-free guidance (or autoguidance) of ``denoiser`` with scale ``scale``.
 
@@ -141,7 +215,8 @@ class Guided(Denoiser):
         scale: w ≥ 0. w = 1 returns the conditional prediction, w = 0 the unconditional one
             (each from one plain pass, bit-for-bit); w > 1 extrapolates away from the
             unconditional branch.
-        rescale: φ ∈ [0, 1], the std-matching of Lin et al. 2024 on x̂_0 (module docstring).
+        rescale: φ ∈ [0, 1], the std-matching of Lin et al. 2024 on x̂_0 (module docstring);
+            defined on data with spatial axes only (:func:`check_rescalable`).
         interval: ``(t_lo, t_hi)``: guide only where t_lo ≤ t ≤ t_hi (per example); the
             conditional prediction elsewhere. See :func:`interval_from_sigma`.
         unconditional: autoguidance: a weaker Denoiser over the same schedule called with the
@@ -221,28 +296,7 @@ class Guided(Denoiser):
         cond_net = _unclipped(self.inner)
         if self.unconditional is not None:
             return cond_net(x_t, t, **cond), _unclipped(self.unconditional)(x_t, t, **cond)
-        n = x_t.shape[0]
-        null = self.null_condition(n, cond)
-        both = {}
-        for name, value in cond.items():
-            both[name] = None if value is None else torch.cat(
-                [_batch_of(name, value, n), null[name].to(torch.as_tensor(value).device)])
-        d = cond_net(torch.cat([x_t, x_t]), torch.cat([t, t]), **both)
-        # Only ε̂ is split (the mix needs nothing else); each half derives x̂_0 and v̂ on request.
-        eps = torch.chunk(d.eps, 2)
-        output = torch.chunk(d.output, 2)
-        frac = (torch.chunk(d.variance_fraction, 2) if d.variance_fraction is not None
-                else (None, None))
-        x, a, s = self._marginal(x_t, t, eps[0].dtype)
-        c, u = (from_eps(eps[i], x, a, s, variance_fraction=frac[i], output=output[i])
-                for i in (0, 1))
-        return c, u
-
-    def _marginal(self, x_t: Tensor, t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """x_t, α_t and σ_t in ``dtype``, broadcast to x_t's shape."""
-        x = x_t.to(dtype)
-        alpha, sigma = self.schedule.marginal(t)
-        return x, broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
+        return paired(cond_net, x_t, t, cond, self.null_condition(x_t.shape[0], cond))
 
     # ------------------------------------------------------------------ the guided prediction
     def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Denoised:
@@ -274,11 +328,15 @@ class Guided(Denoiser):
     def finish(self, eps: Tensor, x_t: Tensor, t: Tensor, conditional: Denoised) -> Denoised:
         """From a guided ε̂: x̂_0, the rescale against the conditional x̂_0, clip, v̂ and output
         (the variance fraction of learned-variance nets is the conditional branch's)."""
-        x, a, s = self._marginal(x_t, t, eps.dtype)
+        x, a, s = _marginal(self.schedule, x_t, t, eps.dtype)
         if self.rescale > 0:
+            check_rescalable(x_t.shape, self.rescale)
             x0 = (x - s * eps) / a
             dims = tuple(range(1, x0.ndim))
-            ratio = conditional.x0.std(dim=dims, keepdim=True) / x0.std(dim=dims, keepdim=True)
+            std_c = conditional.x0.std(dim=dims, keepdim=True)
+            std_g = x0.std(dim=dims, keepdim=True)
+            # A flat guided x̂_0 has no spread to match: factor 1 there, not ∞.
+            ratio = torch.where(std_g > 0, std_c / torch.where(std_g > 0, std_g, 1.0), 1.0)
             x0 = x0 * (self.rescale * ratio + (1 - self.rescale))
             eps = (x - a * x0) / s
         # x̂_0 and v̂ are derived only if the sampler reads them (clip applied to x̂_0 first).
@@ -288,6 +346,55 @@ class Guided(Denoiser):
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
         raise TypeError("Guided mixes two predictions; it cannot read one raw network output. "
                         "Call it, or call .inner.read")
+
+
+class ConditionMix(Denoiser):
+    """A Denoiser whose ε̂ is (1 − w) ε̂(x_t, c_a) + w ε̂(x_t, c_b): the path between two
+    conditions (classes, prompts) of :func:`noisecraft.editing.interpolate`.
+
+    Mixing ε̂ mixes scores, ∇log p = (1 − w)∇log p_a + w∇log p_b, the score of the geometric
+    mixture p_a^{1−w} p_b^{w} (up to normalisation at each t). As in :class:`Guided` only ε̂ is
+    mixed (the readings are affine in one another, so mixing x̂_0 or v̂ would give the same), the
+    two conditions run as one batched forward pass where their keywords concatenate (see
+    :func:`paired`), x̂_0 and v̂ are derived only when a sampler reads them, and the wrapped
+    denoiser's ``clip`` applies once, to the mixed x̂_0. ``weight`` is a number or a (batch,)
+    tensor; ``cond_a``, ``cond_b`` are keyword dicts (``{"labels": …}``) that override the
+    call's own keywords.
+    """
+
+    def __init__(self, denoiser: Denoiser, cond_a: Mapping[str, Any], cond_b: Mapping[str, Any],
+                 weight: float | Tensor):
+        if not callable(denoiser) or not isinstance(getattr(denoiser, "schedule", None), Schedule):
+            raise ValueError(f"ConditionMix wraps a noisecraft.Denoiser (or a wrapper of one with "
+                             f"a schedule), got {type(denoiser).__name__}")
+        self.inner = denoiser
+        self.cond_a, self.cond_b, self.weight = dict(cond_a), dict(cond_b), weight
+        self.net = getattr(denoiser, "net", None)
+        self.schedule = denoiser.schedule
+        self.prediction = getattr(denoiser, "prediction", "eps")
+        self.clip = getattr(denoiser, "clip", None)
+        self.learned_variance = getattr(denoiser, "learned_variance", False)
+
+    def __repr__(self) -> str:
+        return f"ConditionMix({self.inner!r}, {self.cond_a!r}, {self.cond_b!r})"
+
+    def __call__(self, x_t: Tensor, t: Tensor | float, **cond: Any) -> Denoised:
+        if x_t.ndim < 2:
+            raise ValueError(f"x_t must have a batch dimension, got shape {tuple(x_t.shape)}")
+        t = self.expand_time(t, x_t)
+        da, db = paired(_unclipped(self.inner), x_t, t, {**cond, **self.cond_a},
+                        {**cond, **self.cond_b})
+        dtype = da.eps.dtype
+        w = torch.as_tensor(self.weight, dtype=dtype, device=x_t.device)
+        w = broadcast_to(w, da.eps, dtype) if w.ndim else w
+        eps = torch.lerp(da.eps, db.eps.to(dtype), w)                   # (1 − w) ε̂_a + w ε̂_b
+        x, a, s = _marginal(self.schedule, x_t, t, dtype)
+        return from_eps(eps, x, a, s, prediction=self.prediction, clip=self.clip,
+                        variance_fraction=da.variance_fraction)
+
+    def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
+        raise TypeError("ConditionMix mixes two predictions; it cannot read one raw network "
+                        "output. Call it, or call .inner.read")
 
 
 # --------------------------------------------------------------------------- trained runs

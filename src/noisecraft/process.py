@@ -74,24 +74,52 @@ def _time(t: TimeLike, x: Tensor) -> Tensor:
     return t
 
 
+def q_sample_from(schedule: Schedule, x_s: Tensor, s: TimeLike, t: TimeLike,
+                  noise: Tensor | None = None, generator: torch.Generator | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Draw x_t ~ q(x_t | x_s) = N(α_{t|s} x_s, σ²_{t|s} I) for s ≤ t; returns ``(x_t, ε)``.
+
+    α_{t|s} = √(ᾱ_t/ᾱ_s) and σ²_{t|s} = 1 − ᾱ_t/ᾱ_s, both from the schedule's log ᾱ (so
+    σ²_{t|s} keeps its precision where ᾱ_t/ᾱ_s is near 1). The one forward transition: q(x_t | x_0)
+    is s = 0 (:func:`q_sample`), one step is s = t − 1 (:func:`q_step`), and RePaint's move back
+    up (:func:`noisecraft.editing.inpaint`) is any s < t. ``s``, ``t`` ∈ [0, T] (fractional
+    allowed), numbers or per-example tensors of shape (batch,).
+    """
+    t = _time(t, x_s)
+    s = _time(s, x_s)
+    if bool((s > t).any()):
+        sb, tb = torch.broadcast_tensors(s, t)
+        i = sb > tb
+        raise ValueError(f"q(x_t | x_s) needs s <= t, got s = {sb[i].flatten()[0].item()!r} > "
+                         f"t = {tb[i].flatten()[0].item()!r}")
+    return _transition(schedule.log_alpha_bar(t) - schedule.log_alpha_bar(s), x_s, noise,
+                       generator)
+
+
+def _transition(log_ratio: Tensor, x_s: Tensor, noise: Tensor | None,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """x_t = √r x_s + √(1 − r) ε with log r = ``log_ratio`` = log ᾱ_t/ᾱ_s: the arithmetic of
+    every forward transition, written once."""
+    noise = _check_noise(noise, x_s, generator)
+    dtype = torch.promote_types(x_s.dtype, torch.float32)
+    a = broadcast_to(torch.exp(0.5 * log_ratio), x_s, dtype)
+    b = broadcast_to(torch.sqrt(-torch.expm1(log_ratio)), x_s, dtype)
+    return a * x_s.to(dtype) + b * noise.to(dtype), noise
+
+
 def q_step(schedule: Schedule, x_prev: Tensor, t: TimeLike, noise: Tensor | None = None,
            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """One forward step x_{t-1} → x_t = √α_t x_{t-1} + √β_t ε; returns ``(x_t, ε)``.
 
     ``t`` is an integer in {1, …, T}, as a number or a per-example tensor of shape (batch,).
+    :func:`q_sample_from` with s = t − 1 (α_t = ᾱ_t/ᾱ_{t-1}: the off-by-one stays in Schedule).
     """
     t = _time(t, x_prev)
     bad_t = torch.isnan(t) | (t != t.round()) | (t < 1) | (t > schedule.T)
     if bad_t.any():
         bad = t[bad_t].flatten()[0].item()
         raise ValueError(f"q_step needs an integer step t in {{1, …, {schedule.T}}}, got t = {bad!r}")
-    noise = _check_noise(noise, x_prev, generator)
-    dtype = torch.promote_types(x_prev.dtype, torch.float32)
-    # α_t = ᾱ_t/ᾱ_{t-1}: the schedule's log ᾱ keeps the off-by-one inside Schedule.
-    log_alpha = schedule.log_alpha_bar(t) - schedule.log_alpha_bar(t - 1)
-    a = broadcast_to(torch.exp(0.5 * log_alpha), x_prev, dtype)
-    b = broadcast_to(torch.sqrt(-torch.expm1(log_alpha)), x_prev, dtype)
-    return a * x_prev.to(dtype) + b * noise.to(dtype), noise
+    return q_sample_from(schedule, x_prev, t - 1, t, noise, generator)
 
 
 def q_sample(schedule: Schedule, x0: Tensor, t: TimeLike, noise: Tensor | None = None,
@@ -99,14 +127,10 @@ def q_sample(schedule: Schedule, x0: Tensor, t: TimeLike, noise: Tensor | None =
     """Draw x_t ~ q(x_t | x_0) in closed form: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε; returns ``(x_t, ε)``.
 
     ``t`` ∈ [0, T] (fractional t allowed), a number or a per-example tensor of shape (batch,).
+    :func:`q_sample_from` with s = 0 (ᾱ_0 = 1), without its s ≤ t check (one host sync fewer
+    per training batch).
     """
-    t = _time(t, x0)
-    noise = _check_noise(noise, x0, generator)
-    dtype = torch.promote_types(x0.dtype, torch.float32)
-    alpha, sigma = schedule.marginal(t)
-    x_t = (broadcast_to(alpha, x0, dtype) * x0.to(dtype)
-           + broadcast_to(sigma, x0, dtype) * noise.to(dtype))
-    return x_t, noise
+    return _transition(schedule.log_alpha_bar(_time(t, x0)), x0, noise, generator)
 
 
 def _step_log_variances(schedule: Schedule, t: Tensor, s: Tensor, beta_tilde: Tensor

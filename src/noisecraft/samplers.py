@@ -22,6 +22,12 @@ Every sampler has the signature
   state x_t and the x̂_0 that step i used (the last call has t = 0 and x_t = the result).
 - ``cond`` holds the conditioning keyword arguments passed to every denoiser call.
 
+Each sampler is ONE step function from t to s (``ddim_step``, ``heun_step``, …, also
+``SAMPLERS[name].step``) driven by the one :func:`walk` over a :class:`Walk` (the grid and its
+marginals); the multistep DPM-Solver++(2M) passes its history from step to step explicitly.
+:func:`noisecraft.editing.encode` runs the deterministic samplers' same steps on the reversed
+grid (``Walk(..., up=True)``), so every update formula is written once.
+
 Notation: (α_t, σ_t) = ``schedule.marginal(t)`` with x_t = α_t x_0 + σ_t ε; σ̃_t = σ_t/α_t;
 λ_t = log(α_t/σ_t) (half the schedule's log-SNR); α_{t|s} = α_t/α_s, σ²_{t|s} = 1 − ᾱ_t/ᾱ_s and
 β̃_{t|s} = σ²_{t|s} σ_s²/σ_t² (the variance of q(x_s | x_t, x_0)). The step onto s = 0 returns
@@ -52,50 +58,62 @@ Sampler = Callable[..., Tensor]
 SAMPLERS: dict[str, Sampler] = {}
 
 DEFAULT_STEPS = 50
+"""The default number of grid steps of every sampler, inversion and edit: its one home."""
 
 
-def _register(name: str, grid: str) -> Callable[[Sampler], Sampler]:
-    """Put a sampler in :data:`SAMPLERS`, run it without autograd and record its default grid."""
+def _register(name: str, grid: str, step: Step) -> Callable[[Sampler], Sampler]:
+    """Put a sampler in :data:`SAMPLERS`, run it without autograd and record its default grid
+    (``fn.default_grid``) and its one step function (``fn.step``, which inversion reuses)."""
     if grid not in grids.GRIDS:
         raise ValueError(f"unknown grid {grid!r}")
 
     def add(fn: Sampler) -> Sampler:
         wrapped = torch.no_grad()(fn)
         wrapped.default_grid = grid  # type: ignore[attr-defined]
+        wrapped.step = step  # type: ignore[attr-defined]
         SAMPLERS[name] = wrapped
         return wrapped
 
     return add
 
 
-class _Walk:
-    """What every sampler needs once per call: the checked grid, its marginals as Python floats
-    (so step coefficients cost no device work) and a denoiser call in the right dtypes."""
+class Walk:
+    """What every step needs once per call: the grid t_0, …, t_N with its marginals as Python
+    floats (so step coefficients cost no device work), a denoiser call in the right dtypes and
+    the noise source. Step i goes from t = t_i to s = t_{i+1}.
 
-    def __init__(self, denoiser: Denoiser, x_T: Tensor, grid: Tensor, cond: dict[str, Any] | None,
-                 noise: NoiseSource | None = None):
-        if not isinstance(x_T, Tensor) or x_T.ndim < 2:
-            raise ValueError("x_T must be a tensor with a batch dimension, got "
-                             + (f"shape {tuple(x_T.shape)}" if isinstance(x_T, Tensor)
-                                else type(x_T).__name__))
-        if not x_T.is_floating_point():
-            raise ValueError(f"x_T must be a floating-point tensor, got {x_T.dtype}")
+    ``up=False`` (sampling): ``grid`` is a decoding grid T ≥ t_0 > … > t_N = 0 (checked by
+    :func:`noisecraft.grids.check`). ``up=True`` (inversion, :func:`noisecraft.editing.encode`):
+    the same grid is walked backwards, 0 = t_0 < t_1 < … < t_N, so every step has s > t.
+    """
+
+    def __init__(self, denoiser: Denoiser, x: Tensor, grid: Tensor, cond: dict[str, Any] | None,
+                 noise: NoiseSource | None = None, *, up: bool = False, name: str = "x_T"):
+        if not isinstance(x, Tensor) or x.ndim < 2:
+            raise ValueError(f"{name} must be a tensor with a batch dimension, got "
+                             + (f"shape {tuple(x.shape)}" if isinstance(x, Tensor)
+                                else type(x).__name__))
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
         self.schedule = denoiser.schedule
         g = grids.check(grid, self.schedule)
+        if up:
+            g = g.flip(0)
+        self.up = up
         self.t = g.tolist()
         alpha, sigma = self.schedule.marginal(g)
         self.alpha, self.sigma = alpha.tolist(), sigma.tolist()
-        self.log_alpha_bar = self.schedule.log_alpha_bar(g).tolist()
         self.denoiser = denoiser
         self.cond = dict(cond or {})
-        self.in_dtype = x_T.dtype
-        self.dtype = torch.promote_types(x_T.dtype, torch.float32)
-        self.event_shape = tuple(x_T.shape[1:])
-        self.device = x_T.device
-        if noise is not None and noise.batch != x_T.shape[0]:
-            raise ValueError(f"the noise source draws for a batch of {noise.batch} but x_T has "
-                             f"batch {x_T.shape[0]}")
-        self.noise = noise if noise is not None else BatchNoise(x_T.shape[0])
+        self.in_dtype = x.dtype
+        self.dtype = torch.promote_types(x.dtype, torch.float32)
+        self.event_shape = tuple(x.shape[1:])
+        self.device = x.device
+        if noise is not None and noise.batch != x.shape[0]:
+            raise ValueError(f"the noise source draws for a batch of {noise.batch} but {name} has "
+                             f"batch {x.shape[0]}")
+        self.noise = noise if noise is not None else BatchNoise(x.shape[0])
+        self._beta_tilde: list[float] | None = None
 
     @property
     def steps(self) -> int:
@@ -112,13 +130,54 @@ class _Walk:
         s = self.sigma[i]
         return math.log(self.alpha[i]) - math.log(s) if s > 0 else math.inf
 
+    def sigma_tilde(self, i: int) -> float:
+        """σ̃_{t_i} = σ/α."""
+        return self.sigma[i] / self.alpha[i]
 
-def _finish(x: Tensor, x_T: Tensor) -> Tensor:
-    return x.to(x_T.dtype)
+    def beta_tilde(self, i: int) -> float:
+        """β̃_{t|s} of step i (a downward step): the variance of q(x_s | x_t, x_0), from
+        :meth:`Schedule.posterior_coefficients`, computed for the whole grid on first use."""
+        if self.up:
+            raise ValueError("β̃_{t|s} is the variance of a reverse step; an upward walk has none")
+        if self._beta_tilde is None:
+            g = torch.tensor(self.t, dtype=torch.float64)
+            self._beta_tilde = self.schedule.posterior_coefficients(g[:-1], g[1:])[2].tolist()
+        return self._beta_tilde[i]
+
+
+# A step t_i → t_{i+1}: (walk, i, x_{t_i}, the denoiser's reading at (x_{t_i}, t_i), the carried
+# history or None on the first step, **options) -> (x_{t_{i+1}}, the history for the next step).
+Step = Callable[..., tuple[Tensor, Any]]
+
+
+def walk(step: Step, w: Walk, x: Tensor, callback: Callback | None = None, *, first: int = 0,
+         denoised: Denoised | None = None, **options: Any) -> Tensor:
+    """The one walk over a grid: steps ``first``, …, N − 1 of ``w`` by ``step``, in float32 or
+    wider, each after one denoiser call at its start (``denoised``, when given, is the reading at
+    step ``first``'s start, already made), calling ``callback(i, t_{i+1}, x, x̂_0)`` after each.
+    Returns the result in ``x``'s dtype."""
+    out_dtype = x.dtype
+    x = x.to(w.dtype)
+    carry = None
+    for i in range(first, w.steps):
+        d = denoised if (i == first and denoised is not None) else w.denoise(x, i)
+        x, carry = step(w, i, x, d, carry, **options)
+        if callback is not None:
+            callback(i, w.t[i + 1], x, d.x0)
+    return x.to(out_dtype)
 
 
 # ---------------------------------------------------------------------------- DDPM ancestral
-@_register("ddpm", grid="respaced")
+def ddpm_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None, *, variance: str
+              ) -> tuple[Tensor, None]:
+    """x_s ~ p_θ(x_s | x_t) (:func:`noisecraft.process.reverse_mean_log_variance`); the mean on
+    the step onto s = 0."""
+    mean, log_var = process.reverse_mean_log_variance(w.schedule, d, x, w.t[i], w.t[i + 1],
+                                                      variance)
+    return (mean + torch.exp(0.5 * log_var) * w.randn() if w.t[i + 1] > 0 else mean), None
+
+
+@_register("ddpm", grid="respaced", step=ddpm_step)
 def ddpm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
          callback: Callback | None = None, cond: dict[str, Any] | None = None,
          variance: str | None = None) -> Tensor:
@@ -132,20 +191,22 @@ def ddpm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
     when the Denoiser has learned variances, else β̃. No noise is added on the step onto s = 0.
     """
     variance = process.resolve_variance(variance, getattr(denoiser, "learned_variance", False))
-    w = _Walk(denoiser, x_T, grid, cond, noise)
-    x = x_T.to(w.dtype)
-    for i in range(w.steps):
-        d = w.denoise(x, i)
-        mean, log_var = process.reverse_mean_log_variance(w.schedule, d, x, w.t[i], w.t[i + 1],
-                                                          variance)
-        x = mean + torch.exp(0.5 * log_var) * w.randn() if w.t[i + 1] > 0 else mean
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return _finish(x, x_T)
+    w = Walk(denoiser, x_T, grid, cond, noise)
+    return walk(ddpm_step, w, x_T, callback, variance=variance)
 
 
 # ---------------------------------------------------------------------------- DDIM
-@_register("ddim", grid="respaced")
+def ddim_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None, *, eta: float = 0.0
+              ) -> tuple[Tensor, None]:
+    """x_s = α_s x̂_0 + √(σ_s² − η² β̃_{t|s}) ε̂ + η √β̃_{t|s} z (η = 0 also runs upward, s > t)."""
+    stoch = eta**2 * w.beta_tilde(i) if eta > 0 else 0.0                    # η² β̃_{t|s}
+    x = torch.add(w.alpha[i + 1] * d.x0, d.eps, alpha=math.sqrt(max(w.sigma[i + 1]**2 - stoch, 0.0)))
+    if stoch > 0:
+        x.add_(w.randn(), alpha=math.sqrt(stoch))
+    return x, None
+
+
+@_register("ddim", grid="respaced", step=ddim_step)
 def ddim(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
          callback: Callback | None = None, cond: dict[str, Any] | None = None,
          eta: float = 0.0) -> Tensor:
@@ -158,19 +219,7 @@ def ddim(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
     """
     if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-    w = _Walk(denoiser, x_T, grid, cond, noise)
-    x = x_T.to(w.dtype)
-    for i in range(w.steps):
-        d = w.denoise(x, i)
-        a_s, s_s, s_t = w.alpha[i + 1], w.sigma[i + 1], w.sigma[i]
-        var_ts = -math.expm1(w.log_alpha_bar[i] - w.log_alpha_bar[i + 1])      # σ²_{t|s}
-        stoch = eta**2 * var_ts * s_s**2 / s_t**2                             # η² β̃_{t|s}
-        x = torch.add(a_s * d.x0, d.eps, alpha=math.sqrt(max(s_s**2 - stoch, 0.0)))
-        if stoch > 0:
-            x.add_(w.randn(), alpha=math.sqrt(stoch))
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return _finish(x, x_T)
+    return walk(ddim_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback, eta=eta)
 
 
 # ---------------------------------------------------------------------------- probability-flow ODE
@@ -180,7 +229,14 @@ def ddim(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
 # far better conditioned than dx/dt with the VP drift.
 
 
-@_register("euler", grid="log-snr")
+def euler_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None) -> tuple[Tensor, None]:
+    """x_s = α_s (x_t/α_t + (σ̃_s − σ̃_t) ε̂)."""
+    a_t, a_s = w.alpha[i], w.alpha[i + 1]
+    ds = w.sigma_tilde(i + 1) - w.sigma_tilde(i)
+    return torch.add(x * (a_s / a_t), d.eps, alpha=a_s * ds), None
+
+
+@_register("euler", grid="log-snr", step=euler_step)
 def euler(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
           callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
     """Euler's method on dy/dσ̃ = ε̂ (y = x/α, σ̃ = σ/α):
@@ -189,19 +245,22 @@ def euler(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource |
 
     One Euler step in these variables is exactly one deterministic DDIM step.
     """
-    w = _Walk(denoiser, x_T, grid, cond, noise)
-    x = x_T.to(w.dtype)
-    for i in range(w.steps):
-        d = w.denoise(x, i)
-        a_t, a_s = w.alpha[i], w.alpha[i + 1]
-        ds = w.sigma[i + 1] / a_s - w.sigma[i] / a_t
-        x = torch.add(x * (a_s / a_t), d.eps, alpha=a_s * ds)
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return _finish(x, x_T)
+    return walk(euler_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
 
 
-@_register("heun", grid="log-snr")
+def heun_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None) -> tuple[Tensor, None]:
+    """The Euler predictor to s, then the trapezoidal corrector with ε̂ at s (Euler onto s = 0)."""
+    a_t, a_s = w.alpha[i], w.alpha[i + 1]
+    ds = w.sigma_tilde(i + 1) - w.sigma_tilde(i)
+    x_scaled = x * (a_s / a_t)                                                 # α_s y_t
+    x_pred = torch.add(x_scaled, d.eps, alpha=a_s * ds)
+    if w.t[i + 1] == 0:
+        return x_pred, None
+    eps_s = w.denoise(x_pred, i + 1).eps
+    return torch.add(x_scaled, d.eps + eps_s, alpha=0.5 * a_s * ds), None
+
+
+@_register("heun", grid="log-snr", step=heun_step)
 def heun(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
          callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
     """Heun's method (EDM, Karras et al. 2022, Algorithm 1) on dy/dσ̃ = ε̂:
@@ -211,25 +270,36 @@ def heun(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
     with y = x/α. The step onto s = 0 (σ̃ = 0, where ε̂ is undefined) is an Euler step.
     Two denoiser calls per step except the last.
     """
-    w = _Walk(denoiser, x_T, grid, cond, noise)
-    x = x_T.to(w.dtype)
-    for i in range(w.steps):
-        d = w.denoise(x, i)
-        a_t, a_s = w.alpha[i], w.alpha[i + 1]
-        ds = w.sigma[i + 1] / a_s - w.sigma[i] / a_t
-        x_scaled = x * (a_s / a_t)                                             # α_s y_t
-        x_pred = torch.add(x_scaled, d.eps, alpha=a_s * ds)
-        if w.t[i + 1] > 0:
-            eps_s = w.denoise(x_pred, i + 1).eps
-            x = torch.add(x_scaled, d.eps + eps_s, alpha=0.5 * a_s * ds)
-        else:
-            x = x_pred
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return _finish(x, x_T)
+    return walk(heun_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
 
 
-@_register("dpmpp-2m", grid="log-snr")
+History = tuple[Tensor, float] | None
+
+
+def dpmpp_2m_step(w: Walk, i: int, x: Tensor, d: Denoised, history: History, *, eta: float = 0.0
+                  ) -> tuple[Tensor, History]:
+    """x_s = (σ_s/σ_t) e^{−ηh} x_t − α_s (e^{−(1+η)h} − 1) D + σ_s √(1 − e^{−2ηh}) z.
+
+    η = 0: the DPM-Solver++(2M) ODE step; η = 1: SDE-DPM-Solver++(2M) (the ``sde`` sampler).
+    ``history`` = (x̂_0, h) of the previous step (None on the first), returned for the next one;
+    x̂_0 on the step onto s = 0."""
+    if w.t[i + 1] == 0:
+        return d.x0, None
+    h = w.half_log_snr(i + 1) - w.half_log_snr(i)
+    if history is None:
+        D = d.x0
+    else:
+        x0_prev, h_prev = history
+        r = h_prev / h
+        D = torch.sub((1 + 0.5 / r) * d.x0, x0_prev, alpha=0.5 / r)
+    decay = w.sigma[i + 1] / w.sigma[i] * (math.exp(-eta * h) if eta else 1.0)
+    x = torch.sub(decay * x, D, alpha=w.alpha[i + 1] * math.expm1(-(1 + eta) * h))
+    if eta:
+        x.add_(w.randn(), alpha=w.sigma[i + 1] * math.sqrt(-math.expm1(-2 * eta * h)))
+    return x, (d.x0, h)
+
+
+@_register("dpmpp-2m", grid="log-snr", step=dpmpp_2m_step)
 def dpmpp_2m(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
              callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), data prediction, multistep in λ:
@@ -238,56 +308,43 @@ def dpmpp_2m(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSourc
         D = (1 + 1/(2r)) x̂_0(t) − 1/(2r) x̂_0(t_prev),   r = h_prev/h,
 
     with D = x̂_0(t) (first order) on the first step and on the step onto s = 0, where h = ∞.
+    The one piece of history, (x̂_0(t_prev), h_prev), is passed from step to step explicitly.
     """
-    w = _Walk(denoiser, x_T, grid, cond, noise)
-    x = x_T.to(w.dtype)
-    x0_prev, h_prev = None, None
-    for i in range(w.steps):
-        d = w.denoise(x, i)
-        if w.t[i + 1] == 0:
-            x = d.x0
-        else:
-            lam_t, lam_s = w.half_log_snr(i), w.half_log_snr(i + 1)
-            h = lam_s - lam_t
-            if x0_prev is None:
-                D = d.x0
-            else:
-                r = h_prev / h
-                D = torch.sub((1 + 0.5 / r) * d.x0, x0_prev, alpha=0.5 / r)
-            x = torch.sub((w.sigma[i + 1] / w.sigma[i]) * x, D, alpha=w.alpha[i + 1] * math.expm1(-h))
-            x0_prev, h_prev = d.x0, h
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return _finish(x, x_T)
+    return walk(dpmpp_2m_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
 
 
 # ---------------------------------------------------------------------------- reverse SDE
-@_register("sde", grid="respaced")
+def sde_step(w: Walk, i: int, x: Tensor, d: Denoised, history: History
+             ) -> tuple[Tensor, History]:
+    """:func:`dpmpp_2m_step` with η = 1: SDE-DPM-Solver++(2M)."""
+    return dpmpp_2m_step(w, i, x, d, history, eta=1.0)
+
+
+@_register("sde", grid="respaced", step=sde_step)
 def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
         callback: Callback | None = None, cond: dict[str, Any] | None = None) -> Tensor:
-    """Euler–Maruyama on the reverse-time VP SDE (Song et al. 2021)
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", §5 and app. B; k-diffusion's
+    ``sample_dpmpp_2m_sde``): an exponential integrator of the reverse-time VP SDE
+    (Song et al. 2021) in the data-prediction form. Written in λ = log(α/σ), the SDE's linear
+    part and its noise are integrated exactly over each step; only x̂_0 is extrapolated:
 
-        dx = [f x − g² ∇log p_t(x)] dt + g dw̄,   f = ½ d log ᾱ/dt,  g² = −d log ᾱ/dt,
+        x_s = (σ_s/σ_t) e^{−h} x_t + α_s (1 − e^{−2h}) D + σ_s √(1 − e^{−2h}) z,   h = λ_s − λ_t,
 
-    with the score ∇log p_t = −ε̂/σ_t and B = log ᾱ_s − log ᾱ_t (the β integrated over the step):
+    with D as in :func:`dpmpp_2m` (x̂_0(t) on the first step). Its first-order form (D = x̂_0(t))
+    is exactly ancestral sampling with β̃_{t|s} (the ``ddpm`` sampler): the second-order D is
+    what this sampler adds. The step onto s = 0 returns x̂_0 (Tweedie's denoising step).
 
-        x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z.
-
-    The step onto s = 0 returns x̂_0 (Tweedie's denoising step) instead of adding noise.
+    Why the data-prediction form: the coefficient on x_t is (σ_s/σ_t) e^{−h} ≤ 1 and D is made
+    of x̂_0, which stays near the data's range, so no step amplifies x_t, however coarse. The
+    noise-prediction form (SDE-DPM-Solver-1,
+    x_s = (α_s/α_t) x_t − 2σ_s (e^h − 1) ε̂ + σ_s √(e^{2h} − 1) z) multiplies x_t by α_s/α_t,
+    ~3,000 on the cosine schedule's first of 10 respaced steps (α_T = 4.9e-5), and relies on
+    ε̂'s cancellation: on the Gaussian-mixture benchmark its paths reach ~10³ times the data's
+    spread (``benchmarks/sde_accuracy.py``, BENCHMARKS.md). The former Euler–Maruyama step,
+    x_s = (1 + B/2) x_t − (B/σ_t) ε̂ + √B z with B = log ᾱ_s − log ᾱ_t, has B ≈ 16 on that
+    first step and sends x_t to ~8 times the data's spread before later steps pull it back.
     """
-    w = _Walk(denoiser, x_T, grid, cond, noise)
-    x = x_T.to(w.dtype)
-    for i in range(w.steps):
-        d = w.denoise(x, i)
-        if w.t[i + 1] == 0:
-            x = d.x0
-        else:
-            B = w.log_alpha_bar[i + 1] - w.log_alpha_bar[i]
-            x = torch.sub((1 + 0.5 * B) * x, d.eps, alpha=B / w.sigma[i])
-            x.add_(w.randn(), alpha=math.sqrt(B))
-        if callback is not None:
-            callback(i, w.t[i + 1], x, d.x0)
-    return _finish(x, x_T)
+    return walk(sde_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
 
 
 # ---------------------------------------------------------------------------- the front
@@ -295,16 +352,20 @@ _STANDARD_ARGS = {"denoiser", "x_T", "grid", "noise", "callback", "cond"}
 
 
 def check_sampler(name: str, allowed: Sequence[str] | None = None) -> str:
-    """``name`` if it is a sampler of :data:`SAMPLERS` (and of ``allowed``, when given); else the
-    one "unknown sampler" ValueError naming it and the choices."""
-    choices = list(allowed) if allowed is not None else list(SAMPLERS)
-    if name not in choices:
+    """``name`` if it is a key of :data:`SAMPLERS` (and of ``allowed``, when given: e.g. the
+    invertible ones of :data:`noisecraft.editing.ENCODERS`); else the one ValueError that names
+    it and the choices. Every sampler name the library or a command takes is checked here."""
+    choices = list(SAMPLERS) if allowed is None else [n for n in allowed if n in SAMPLERS]
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(choices)}")
+    if name not in choices:
+        raise ValueError(f"sampler {name!r} does not apply here; choose one of {', '.join(choices)}")
     return name
 
 
 def options_of(name: str) -> list[str]:
     """The sampler-specific options of sampler ``name`` (e.g. ``["eta"]`` for DDIM)."""
+    check_sampler(name)
     return [p for p in inspect.signature(SAMPLERS[name]).parameters if p not in _STANDARD_ARGS]
 
 
@@ -367,7 +428,8 @@ def sample(model: Any, shape: Sequence[int], schedule: Schedule, sampler: str = 
             prediction, clip and schedule then rule (passing conflicting ones is an error).
         schedule: the noise schedule the network was trained with.
         sampler: a key of :data:`SAMPLERS`.
-        steps: the number of steps (50 when neither ``steps`` nor a grid tensor is given).
+        steps: the number of steps (:data:`DEFAULT_STEPS` when neither ``steps`` nor a grid
+            tensor is given).
         generator: a ``torch.Generator`` for plain batched noise (x_T and every stochastic step).
         callback: ``callback(i, t, x_t, x0_hat)`` after each step (see :mod:`noisecraft.samplers`).
         x_T: the starting noise; drawn as N(0, I) from the noise source when omitted.
@@ -383,9 +445,7 @@ def sample(model: Any, shape: Sequence[int], schedule: Schedule, sampler: str = 
             model's device, float32).
         **cond: conditioning passed to every network call (``labels=...``).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    fn = SAMPLERS[sampler]
+    fn = SAMPLERS[check_sampler(sampler)]
     shape = _check_shape(shape)
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a noisecraft.Schedule, got {type(schedule).__name__}")
