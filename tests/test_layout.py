@@ -46,11 +46,7 @@ LAYERS: list[tuple[str, list[str]]] = [
 
 # Upward imports that are known, each with its reason and the owner who removes it. An entry that
 # no longer occurs fails too, so the list only ever shrinks.
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    ("guidance", "conditioning"):
-        "guidance.guide_run applies the run's label/caption dropout, which needs the text encoder's "
-        "null prompt; the run policy moves out of guidance (issue 21, the coordinator's part)",
-}
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def _layer_of(name: str) -> tuple[int, str]:
@@ -171,7 +167,6 @@ FACTS: dict[str, tuple[object, str]] = {
 }
 # Copies still left in files others own, each with the owner who removes it; a stale entry fails.
 KNOWN_COPIES: dict[tuple[str, str], str] = {
-    ("null label", "guidance"): "guidance.NULL_LABEL = -1 (the sampler helper's file)",
 }
 
 

@@ -33,6 +33,7 @@ from . import grids, process
 from .denoiser import Denoised, Denoiser
 from .guidance import ConditionMix
 from .noise import BatchNoise, ExampleNoise, NoiseSource
+from .quality import psnr  # noqa: F401  (the one psnr; editing.psnr is its old name)
 from .samplers import DEFAULT_STEPS, SAMPLERS, Walk, as_denoiser, check_sampler, walk
 from .schedule import Schedule
 
@@ -157,14 +158,6 @@ def decode(model: Any, x_T: Tensor, schedule: Schedule, steps: int | None = None
     denoiser = _denoiser(model, schedule)
     g = _grid(schedule, sampler, steps, grid)
     return SAMPLERS[sampler](denoiser, x_T, g, callback=callback, cond=cond)
-
-
-def psnr(x: Tensor, ref: Tensor, data_range: float = 2.0) -> Tensor:
-    """Peak signal-to-noise ratio per example in dB: 10 log10(range² / MSE); range 2 for [−1, 1]."""
-    if x.shape != ref.shape:
-        raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(ref.shape)}")
-    mse = (x.double() - ref.double()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range**2 / mse)
 
 
 # ---------------------------------------------------------------------------- interpolation

@@ -53,10 +53,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .conditions import NULL_LABEL
 from .denoiser import Denoised, Denoiser, from_eps
 from .schedule import Schedule, broadcast_to
-
-NULL_LABEL = -1
 
 NullCondition = Mapping[str, Any] | Callable[..., Mapping[str, Any]]
 
@@ -395,49 +394,3 @@ class ConditionMix(Denoiser):
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
         raise TypeError("ConditionMix mixes two predictions; it cannot read one raw network "
                         "output. Call it, or call .inner.read")
-
-
-# --------------------------------------------------------------------------- trained runs
-def guide_run(run: Any, scale: float, *, rescale: float = 0.0,
-              interval: tuple[float, float] | None = None, autoguide: Any = None,
-              null: NullCondition | None = None) -> Denoiser:
-    """The guided Denoiser of a trained run (a :class:`~noisecraft.LoadedRun`), checked.
-
-    Classifier-free guidance needs a class-conditional run trained with label dropout, or a text
-    run trained with caption dropout (else its null condition was never learned and w ≠ 1 mixes
-    in an untrained branch); text runs use the empty prompt (``conditioning.null_condition``).
-    ``autoguide``, a second LoadedRun (a smaller or earlier model of the same data), replaces the
-    null branch and must share the data shape, schedule and classes; it also guides
-    unconditional runs.
-    ``null`` is passed to :class:`Guided` (the text conditioning's empty-prompt hook).
-    """
-    name = run.run_dir
-    condition = run.config.condition
-    if autoguide is None and condition.kind == "text":
-        if scale != 1 and not condition.caption_dropout:
-            raise ValueError(f"{name} was trained without caption dropout, so it has no "
-                             f"unconditional branch to guide with: guidance {scale:g} needs a run "
-                             "trained with --caption-dropout > 0 (or an --autoguide model)")
-        from .conditioning import null_condition
-
-        return Guided(run.denoiser, scale, rescale=rescale, interval=interval,
-                      null=null or null_condition)
-    if autoguide is None:
-        if run.num_classes is None:
-            raise ValueError(f"{name} is not class-conditional: classifier-free guidance needs a "
-                             "run trained with --class-cond or --condition text (or an "
-                             "--autoguide model)")
-        if scale != 1 and run.config.train.label_dropout == 0:
-            raise ValueError(f"{name} was trained without label dropout, so it has no "
-                             f"unconditional branch to guide with: guidance {scale:g} needs a run "
-                             "trained with --label-dropout > 0 (or an --autoguide model)")
-        return Guided(run.denoiser, scale, rescale=rescale, interval=interval, null=null)
-    other = autoguide.run_dir
-    for what, mine, theirs in (("data shape", run.shape, autoguide.shape),
-                               ("schedule", run.config.schedule, autoguide.config.schedule),
-                               ("classes", run.num_classes, autoguide.num_classes)):
-        if mine != theirs:
-            raise ValueError(f"autoguide run {other} has {what} {theirs}, but {name} has {mine}; "
-                             "autoguidance needs a weaker model of the same task")
-    return Guided(run.denoiser, scale, rescale=rescale, interval=interval,
-                  unconditional=autoguide.denoiser)

@@ -86,7 +86,8 @@ class RepresentationMixin:
         """Pictures x → x_T along the probability-flow ODE (``noisecraft.editing.encode``) on the
         grid of ``sampler`` (ddim, euler, heun, dpmpp-2m; default ddim) with ``steps`` (default:
         the run's), and back (``decode``), under the pictures' class or prompt if given."""
-        from .editing import decode, encode, psnr
+        from .editing import decode, encode
+        from .quality import psnr
 
         sampler, steps = self._ode_sampler(sampler, steps)
         z0 = self._model_space(x)

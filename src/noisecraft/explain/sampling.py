@@ -186,8 +186,10 @@ def section_sde_ode(ctx: Context) -> Section:
     chart = viz.line_chart(series, title="SDE (ragged) and ODE (smooth) from the same x_T",
                            xlabel="PC 1" if ctx.image else "x_1", dots=("data",))
     return Section("sde-ode", "8. SDE and ODE", [
-        fig(chart, f"The same four starts x_T under the reverse SDE (Euler–Maruyama, "
-                   f"dx = [f x − g² ∇log p_t] dt + g dw̄) and the probability-flow ODE "
+        fig(chart, f"The same four starts x_T under the reverse SDE "
+                   f"(dx = [f x − g² ∇log p_t] dt + g dw̄, solved by SDE-DPM-Solver++(2M), an "
+                   f"exponential integrator that stays in range on coarse grids) and the "
+                   f"probability-flow ODE "
                    f"(dx = [f x − ½ g² ∇log p_t] dt, DDIM), {ctx.steps} steps each, projected "
                    f"onto {what}. Both carry the noise distribution to the data distribution; "
                    "the ODE does it deterministically (the map that encode inverts), the SDE "
