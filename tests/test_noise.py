@@ -57,8 +57,8 @@ def test_batch_noise_follows_its_generator():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"seed": 1.5, "batch": 2}, "seed must be an integer"),
-    ({"seed": 1, "batch": 0}, "batch must be an integer >= 1"),
-    ({"seed": 1, "batch": 2, "offset": -1}, "offset must be an integer >= 0"),
+    ({"seed": 1, "batch": 0}, "batch must be a positive integer"),
+    ({"seed": 1, "batch": 2, "offset": -1}, "offset must be a non-negative integer"),
 ])
 def test_example_noise_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -333,7 +333,7 @@ def _zero_net(x, t):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"sampler": "plms"}, "unknown sampler 'plms'; choose one of ddpm, ddim, euler, heun, dpmpp-2m"),
-    ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+    ({"steps": 0}, "steps must be a positive integer, got 0"),
     ({"sampler": "ddpm", "steps": 101}, "steps = 101 exceeds T = 100"),
     ({"x_T": torch.zeros(3, 5)}, r"x_T has shape \(3, 5\) but shape = \(2, 5\)"),
     ({"x_T": torch.full((2, 5), math.nan)}, "x_T contains NaN"),

@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 from .checks import integer, number
 from .data.transforms import KINDS as DATA_KINDS  # one home: Preprocess's kinds
 from .errors import RunError
+from .samplers import DEFAULT_STEPS
 
 CONFIG_VERSION = 1
 LR_SCHEDULES = ("constant", "cosine")
@@ -401,7 +402,7 @@ class SamplingConfig(Settings):
     flag_prefix: ClassVar[str | None] = None
 
     sampler: str = setting("ddim", "sampler", choices=registry("samplers", "SAMPLERS"))
-    steps: int = setting(50, "sampling steps", range="[1, inf)")
+    steps: int = setting(DEFAULT_STEPS, "sampling steps", range="[1, inf)")
     n: int = setting(64, "number of samples", range="[1, inf)")
     clip: tuple[float, float] | None = setting(None, "clamp x0-hat to (lo, hi) while sampling")
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import grids, process
+from .checks import integer, number, positive_int
 from .denoiser import Denoised, Denoiser
 from .guidance import ConditionMix
 from .noise import BatchNoise, ExampleNoise, NoiseSource
@@ -79,8 +80,7 @@ def partial_grid(schedule: Schedule, t_start: float, steps: int, kind: str = "re
     """
     if not 0 < t_start <= schedule.T:
         raise ValueError(f"t_start must lie in (0, T] = (0, {schedule.T}], got {t_start!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    positive_int("steps", steps)
     if kind == "respaced":
         g = torch.linspace(t_start, 0, steps + 1, dtype=torch.float64)
         g[1:-1] = g[1:-1].round()
@@ -139,9 +139,7 @@ def encode(model: Any, x0: Tensor, schedule: Schedule, steps: int | None = None,
     """
     denoiser = _denoiser(model, schedule)
     g = _grid(schedule, sampler, steps, grid)
-    if isinstance(last_step_iterations, bool) or not isinstance(last_step_iterations, int) \
-            or last_step_iterations < 1:
-        raise ValueError(f"last_step_iterations must be an integer >= 1, got {last_step_iterations!r}")
+    positive_int("last_step_iterations", last_step_iterations)
     w = Walk(denoiser, x0, g, cond, up=True, name="x0")
     x, d = _invert_last_step(w, x0.to(w.dtype), last_step_iterations)
     if callback is not None:
@@ -183,8 +181,7 @@ def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
 
 def interpolation_weights(n: int) -> Tensor:
     """n >= 2 evenly spaced weights 0, 1/(n−1), …, 1."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"the number of interpolation frames must be an integer >= 2, got {n!r}")
+    integer("the number of interpolation frames", n, minimum=2)
     return torch.linspace(0, 1, n, dtype=torch.float64)
 
 
@@ -226,9 +223,7 @@ def _noise_source(batch: int, seed: int | None, generator: torch.Generator | Non
 
 def check_strength(strength: float) -> float:
     """SDEdit's strength must lie in (0, 1]: the fraction of the schedule noised and undone."""
-    if isinstance(strength, bool) or not isinstance(strength, int | float) \
-            or not 0 < strength <= 1:
-        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    number("strength", strength, 0, 1, low_open=True)
     return float(strength)
 
 
@@ -272,8 +267,7 @@ def repaint_path(steps: int, resample: int = 1, jump: int = 1) -> list[int]:
     picture down most; only the fewer than ``jump`` indices at the top may not be.
     """
     for name, v in (("steps", steps), ("resample", resample), ("jump", jump)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        positive_int(name, v)
     left = {k: resample - 1 for k in range(steps - 1, jump - 1, -jump)}
     path, i = [0], 0
     while i < steps:

@@ -21,18 +21,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .checks import number, positive_int
 from .schedule import Schedule
 
 
 def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return steps
+    return positive_int("steps", steps)
 
 
 def _check_t_min(schedule: Schedule, t_min: float, steps: int) -> float:
-    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0 < t_min < math.inf:
-        raise ValueError(f"t_min must be a finite number > 0, got {t_min!r}")
+    number("t_min", t_min, 0, low_open=True)
     if steps > 1 and t_min >= schedule.T:
         raise ValueError(f"t_min must lie in (0, T) = (0, {schedule.T}) for a grid of {steps} steps, "
                          f"got {t_min!r}")

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import number
 from .conditions import NULL_LABEL
 from .denoiser import Denoised, Denoiser, from_eps
 from .schedule import Schedule, broadcast_to
@@ -86,8 +87,8 @@ def interval_from_sigma(schedule: Schedule, sigma_lo: float, sigma_hi: float
     σ_lo = 0 gives t = 0; σ_hi beyond the schedule's largest σ̃ (or ``math.inf``) gives t = T.
     """
     for name, s in (("sigma_lo", sigma_lo), ("sigma_hi", sigma_hi)):
-        if isinstance(s, bool) or not isinstance(s, int | float) or math.isnan(s) or s < 0:
-            raise ValueError(f"{name} must be a number ≥ 0, got {s!r}")
+        if not (isinstance(s, int | float) and not isinstance(s, bool) and s == math.inf):
+            number(name, s, 0)  # ≥ 0; +∞ (no upper end) is allowed here
     if not sigma_lo < sigma_hi:
         raise ValueError(f"the σ interval must have sigma_lo < sigma_hi, got ({sigma_lo}, {sigma_hi})")
     lam_T = schedule.log_snr(schedule.T).item()
@@ -236,11 +237,8 @@ class Guided(Denoiser):
                  unconditional: Denoiser | None = None, null: NullCondition | None = None):
         if not isinstance(denoiser, Denoiser):
             raise ValueError(f"Guided wraps a noisecraft.Denoiser, got {type(denoiser).__name__}")
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) \
-                or scale < 0:
-            raise ValueError(f"guidance scale must be a finite number ≥ 0, got {scale!r}")
-        if isinstance(rescale, bool) or not isinstance(rescale, int | float) or not 0 <= rescale <= 1:
-            raise ValueError(f"guidance rescale must be a number in [0, 1], got {rescale!r}")
+        number("guidance scale", scale, 0)
+        number("guidance rescale", rescale, 0, 1)
         if unconditional is not None:
             if not isinstance(unconditional, Denoiser):
                 raise ValueError(f"unconditional must be a noisecraft.Denoiser, got "

@@ -69,6 +69,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import positive_int
 from .denoiser import Denoiser
 from .ode import dopri5
 from .process import resolve_variance
@@ -280,8 +281,7 @@ def bound_estimate(denoiser: Any, x0: Tensor, strata: int = 50, *,
     from . import losses  # the bound's terms live with the other objectives
 
     T = denoiser.schedule.T
-    if isinstance(strata, bool) or not isinstance(strata, int) or strata < 1:
-        raise ValueError(f"strata must be an integer >= 1, got {strata!r}")
+    positive_int("strata", strata)
     strata = min(strata, T - 1) if T > 1 else 0
     dims = math.prod(x0.shape[1:])
     total = losses.prior_kl(denoiser.schedule, x0).double()

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from . import process
+from .checks import positive_int
 from .denoiser import Denoised, Denoiser
 from .process import q_sample
 from .schedule import Schedule
@@ -67,8 +68,7 @@ class TimeSampler:
     """Draws t ∈ {1, …, T} with probabilities p_t and returns the weights 1/(T p_t)."""
 
     def __init__(self, T: int):
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"T must be an integer >= 1, got {T!r}")
+        positive_int("T", T)
         self.T = T
 
     def probabilities(self) -> Tensor:
@@ -120,8 +120,7 @@ class ImportanceTimeSampler(TimeSampler):
 
     def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001):
         super().__init__(T)
-        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-            raise ValueError(f"history must be an integer >= 1, got {history!r}")
+        positive_int("history", history)
         if not 0 <= uniform_prob <= 1:
             raise ValueError(f"uniform_prob must lie in [0, 1], got {uniform_prob!r}")
         self.history = history

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .checks import integer
 from .seeding import derive_seed
 
 
@@ -40,9 +41,7 @@ def example_seed(seed: int, index: int) -> int:
 
 
 def _check_count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return integer(name, value, minimum=minimum)
 
 
 def _draw_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -61,8 +60,7 @@ class ExampleNoise:
     """
 
     def __init__(self, seed: int, batch: int, offset: int = 0):
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        integer("seed", seed)
         self.seed = seed
         self.batch = _check_count("batch", batch, 1)
         self.offset = _check_count("offset", offset, 0)

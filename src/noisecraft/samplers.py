@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from . import grids, process
+from .checks import number
 from .denoiser import Denoised, Denoiser
 from .noise import BatchNoise, ExampleNoise, NoiseSource
 from .schedule import Schedule
@@ -217,8 +218,7 @@ def ddim(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
     η = 0 is deterministic (the first-order solver of the probability-flow ODE); η = 1 is
     ancestral sampling with ς² = β̃_{t|s}.
     """
-    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    number("eta", eta, 0, 1)
     return walk(ddim_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback, eta=eta)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import positive_int
+
 TimeLike = Tensor | float | int | Sequence[float]
 
 SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid")
@@ -382,8 +384,9 @@ MAX_T = 100_000
 
 
 def _check_T(T: int) -> int:
-    if isinstance(T, bool) or not isinstance(T, int | float) or T != int(T) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    if isinstance(T, float) and T.is_integer():  # 1000.0 from JSON or arithmetic is 1000
+        T = int(T)
+    positive_int("T", T)
     if T > MAX_T:  # checked before the float64 tables of length T are allocated
         raise ValueError(f"T = {int(T)} diffusion steps is too many: at most {MAX_T}")
     return int(T)

@@ -11,7 +11,6 @@ real held-out digits score about 91 % on the first).
 from __future__ import annotations
 
 import argparse
-import io
 import time
 from pathlib import Path
 
@@ -86,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import data, viz
+    from ..io import atomic_write
     from ..metrics import class_report
-    from ..train import TrainConfig, Trainer, atomic_write, load_run, new_run_config
+    from ..outputs import save_npz
+    from ..train import TrainConfig, Trainer, load_run, new_run_config
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -114,9 +115,7 @@ def run(args: argparse.Namespace) -> int:
     images = trained.generate(DEMO_SAMPLES, sampler=DEMO_SAMPLER, steps=DEMO_SAMPLER_STEPS,
                               seed=args.seed, callback=recorder)
     viz.save(viz.image_grid(images, nrow=10), out / "samples.png")
-    buf = io.BytesIO()
-    np.savez(buf, images=images)
-    atomic_write(out / "samples.npz", buf.getvalue())
+    save_npz(out / "samples.npz", {"images": images})
     to_img = trained.to_output
     viz.save(viz.reverse_process(np.stack([to_img(x) for x in recorder.x_t]),
                                  np.stack([to_img(x) for x in recorder.x0]), recorder.ts),

@@ -27,6 +27,7 @@ import torch
 from ..analytic import exact_reverse_conditional
 from ..likelihood import bound_estimate
 from ..metrics.distances import sliced_wasserstein
+from ..samplers import DEFAULT_STEPS
 from .context import Context, held_out
 from .denoising import bimodal, section_means, section_spectral
 from .noising import (
@@ -69,9 +70,9 @@ __all__ = [
 ]
 
 
-def report(run: Any, *, seed: int = 0, n_samples: int = 64, held_out: int = 128, steps: int = 50,
-           sections: Sequence[str] = SECTIONS, progress: Callable[[str], None] | None = None
-           ) -> tuple[str, dict[str, float]]:
+def report(run: Any, *, seed: int = 0, n_samples: int = 64, held_out: int = 128,
+           steps: int = DEFAULT_STEPS, sections: Sequence[str] = SECTIONS,
+           progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, float]]:
     """The explain page for a loaded run (:func:`noisecraft.load_run`) and seconds per section."""
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
