@@ -123,7 +123,7 @@ def _load(args: argparse.Namespace) -> Any:
     return run_
 
 
-def _Bar(total: int, desc: str, enabled: bool) -> Any:
+def _bar(total: int, desc: str, enabled: bool) -> Any:
     from ..progress import Bar
 
     return Bar(total, desc, enabled=enabled, leave=False)
@@ -147,10 +147,6 @@ def _write(base: Any, picture: Any, arrays: dict[str, np.ndarray]) -> None:
     viz.save(picture, base.with_suffix(".png"))
 
 
-def _prompt(args: argparse.Namespace) -> Any:
-    return getattr(args, "prompt", None)
-
-
 # --------------------------------------------------------------------------- encode
 def run_encode(args: argparse.Namespace) -> int:
     import torch
@@ -162,16 +158,15 @@ def run_encode(args: argparse.Namespace) -> int:
     run_ = _load(args)
     x0 = torch.cat([run_.read_picture(p) for p in args.image])
     sampler, steps, n = _grid_steps(run_, args.sampler or "ddim", args.steps)
-    bar = _Bar(2 * n, f"encode+decode ({sampler})", not args.no_progress)
-    inv = run_.invert(x0, sampler=sampler, steps=steps, classes=args.label, prompts=_prompt(args),
+    bar = _bar(2 * n, f"encode+decode ({sampler})", not args.no_progress)
+    inv = run_.invert(x0, sampler=sampler, steps=steps, classes=args.label, prompts=args.prompt,
                       callback=bar)
     bar.close()
     db = inv.psnr_db.numpy()
     # x_T is N(0, I)-like: drawn at a third of its scale so that ±3σ fills the grey range (a
     # latent run's x_T is latent noise: it is shown decoded)
     shown = inv.x_T / 3 if run_.config.latent is None else run_.decode(inv.x_T)
-    rows = [run_.to_output(x0) if run_.config.latent is None else _pictures(run_, x0),
-            _pictures(run_, shown.clamp(-1, 1)), _pictures(run_, inv.decoded)]
+    rows = [_pictures(run_, x0), _pictures(run_, shown.clamp(-1, 1)), _pictures(run_, inv.decoded)]
     picture = viz.labelled_rows(rows, row_captions=["x_0", "x_T / 3" if run_.config.latent is None
                                                     else "decoded x_T", "decoded"])
     _write(base, picture, {"x_T": inv.x_T.float().numpy(), "images": rows[0],
@@ -201,7 +196,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if args.frames < 2:
         raise ValueError(f"--frames {args.frames}: need at least 2 (the two ends)")
     sampler, steps, n = _grid_steps(run_, args.sampler or "ddim", args.steps)
-    bar = _Bar(n * (2 if args.images else 0) + n, f"interpolate ({sampler})", not args.no_progress)
+    bar = _bar(n * (2 if args.images else 0) + n, f"interpolate ({sampler})", not args.no_progress)
     ends = ([run_.read_picture(p) for p in args.images] if args.images else list(args.seeds))
     frames = run_.interpolate_pictures(ends[0], ends[1], args.frames, sampler=sampler, steps=steps,
                                        classes=args.classes, prompts=args.prompts, callback=bar)
@@ -228,7 +223,7 @@ def run_edit(args: argparse.Namespace) -> int:
     guidance = guidance_kwargs(run_, args)
     sampler, steps = run_.sampler_and_steps(args.sampler, args.steps)
     taken = max(1, round(args.strength * steps))
-    bar = _Bar(taken, f"edit ({sampler})", not args.no_progress)
+    bar = _bar(taken, f"edit ({sampler})", not args.no_progress)
     out, labels = run_.edit(x, args.strength, count, sampler=sampler, steps=steps, seed=args.seed,
                             classes=labels, prompts=prompts, callback=bar, **guidance)
     bar.close()
@@ -260,9 +255,9 @@ def run_inpaint(args: argparse.Namespace) -> int:
     x = run_.read_picture(args.image)
     known = run_.read_mask(args.mask, args.image)
     calls = steps_of(repaint_path(steps, args.resample, args.jump))
-    bar = _Bar(calls, "inpaint", not args.no_progress)
+    bar = _bar(calls, "inpaint", not args.no_progress)
     out = run_.inpaint(x, known, args.n, steps=steps, resample=args.resample, jump=args.jump,
-                       seed=args.seed, classes=args.label, prompts=_prompt(args), callback=bar)
+                       seed=args.seed, classes=args.label, prompts=args.prompt, callback=bar)
     bar.close()
     images = _pictures(run_, out)
     original = _pictures(run_, x)
