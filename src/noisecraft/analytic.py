@@ -126,7 +126,10 @@ class GaussianMixture:
 
     def net(self, schedule: Schedule, prediction: str = "x0") -> nn.Module:
         """The ideal network for ``schedule``: ``net(x_t, t, labels=None)`` returns E[x_0|x_t]
-        (or E[x_0|x_t, k] for ``labels`` k ≥ 0, the mixture's where −1) as ε, x_0 or v.
+        (or E[x_0|x_t, k] for ``labels`` k ≥ 0, the mixture's where −1) as ε, x_0 or v; or, for
+        ``"flow"``, the exact velocity E[ε − x_0 | x] of the straight path at the point it is fed
+        (x = (1 − τ) x_0 + τ ε, τ = σ/(α + σ)), from the mixture's posterior in that
+        parametrisation itself.
 
         Components are the classes: the class-conditional ideal denoiser for classifier-free
         guidance, with −1 or a missing ``labels`` as the null condition, like the trained nets.
@@ -165,6 +168,13 @@ class _IdealNet(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         alpha, sigma = self.schedule.marginal(t.double())
+        if self.prediction == "flow":
+            # x_t here is x = (1 − τ) x_0 + τ ε: condition on it directly, with (1 − τ, τ).
+            tau = sigma / (alpha + sigma)
+            x0 = self.mixture.posterior_mean(x_t, 1 - tau, tau, labels)
+            x = x_t.double()
+            a, s = broadcast_to(1 - tau, x), broadcast_to(tau, x)
+            return ((x - a * x0) / s - x0).to(x_t.dtype)      # E[ε | x] − E[x_0 | x]
         x0 = self.mixture.posterior_mean(x_t, alpha, sigma, labels)
         x = x_t.double()
         a, s = broadcast_to(alpha, x), broadcast_to(sigma, x)

@@ -294,7 +294,9 @@ class BuildConfig(Settings):
                             stored=lambda c: c.schedule.get("kind"))
     timesteps: int = setting(1000, "diffusion steps T", range="[1, inf)", metavar="T",
                              stored=lambda c: c.schedule.get("T"))
-    prediction: str = setting("eps", "what the net predicts",
+    prediction: str = setting("eps", "what the net predicts (flow: the velocity eps - x0 of "
+                              "the straight path; flow matching is --schedule flow --prediction "
+                              "flow --time-sampler logit-normal)",
                               choices=registry("denoiser", "PREDICTIONS"),
                               stored=lambda c: c.prediction)
     learned_variance: bool = setting(
@@ -377,9 +379,11 @@ class TrainConfig(Settings):
     min_snr_gamma: float = setting(5.0, "gamma of --loss min-snr", range="(0, inf)")
     hybrid_lambda: float = setting(0.001, "lambda of --loss hybrid (weight of the bound)",
                                    range="[0, inf)")
-    time_sampler: str = setting("uniform", "how t is drawn: uniform, or importance (Improved "
+    time_sampler: str = setting("uniform", "how t is drawn: uniform, importance (Improved "
                                 "DDPM: p_t from the recent losses at t, reweighted to stay "
-                                "unbiased)", choices=registry("losses", "TIME_SAMPLERS"))
+                                "unbiased), or logit-normal (SD3: t/T = sigmoid(z), z ~ N(0, 1), "
+                                "for flow matching with --schedule flow --prediction flow)",
+                                choices=registry("losses", "TIME_SAMPLERS"))
     seed: int = seed_setting()
     log_every: int = log_every_setting()
     sample_every: int = sample_every_setting("sample")

@@ -7,6 +7,19 @@ reads that tensor as ε, x_0 or v and derives the other two once, using x_t = α
     prediction="eps":  x̂_0 = (x_t − σ ε̂) / α
     prediction="x0":   ε̂ = (x_t − α x̂_0) / σ
     prediction="v":    v = α ε − σ x_0,  so  x̂_0 = α x_t − σ v̂  and  ε̂ = σ x_t + α v̂.
+    prediction="flow": the rectified-flow velocity on the straight path (below).
+
+Flow matching at the network's boundary
+---------------------------------------
+Any x_t = α x_0 + σ ε (α² + σ² = 1) is, divided by α + σ, a point of the straight path
+
+    x^flow = (1 − τ) x_0 + τ ε = c x_t,   c = 1/(α + σ),   τ = σ/(α + σ),
+
+(``Schedule.flow`` makes τ = t/T at integer t). A ``"flow"`` network is called with x^flow
+and predicts the velocity v^flow = dx^flow/dτ = ε − x_0 (Liu et al. 2022; Lipman et al. 2022;
+SD3), so x̂_0 = x^flow − τ v̂ and ε̂ = x^flow + (1 − τ) v̂. Both are the VP reading's x̂_0 and
+ε̂ (the same x_0 and ε), so samplers, guidance, the likelihood and inversion, which read only
+x̂_0, ε̂ and (α, σ), run on flow models unchanged.
 
 Samplers, losses and likelihoods take a ``Denoiser``; none of them looks at a prediction string.
 """
@@ -22,7 +35,7 @@ from torch import Tensor
 
 from .schedule import Schedule, broadcast_to
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "flow")
 
 
 _DERIVED = ("x0", "eps", "v")
@@ -81,7 +94,8 @@ class Denoiser:
         net: any callable ``net(x_t, t, **cond) -> Tensor`` with the shape of x_t (twice the
             channels, along dim 1, when ``learned_variance``).
         schedule: the :class:`Schedule` whose ``marginal(t)`` defines x_t.
-        prediction: what the network's output is: ``"eps"``, ``"x0"`` or ``"v"``.
+        prediction: what the network's output is: ``"eps"``, ``"x0"``, ``"v"`` or ``"flow"``
+            (the velocity ε − x_0 of the straight path, fed x_t/(α + σ): module docstring).
         clip: ``(lo, hi)`` clamps x̂_0 (then ε̂ and v̂ are recomputed from the clamped x̂_0).
             Off by default; ``(-1, 1)`` suits pixel data scaled to [−1, 1].
         learned_variance: the network also outputs the Improved-DDPM variance interpolation.
@@ -126,11 +140,19 @@ class Denoiser:
         if x_t.ndim < 2:
             raise ValueError(f"x_t must have a batch dimension, got shape {tuple(x_t.shape)}")
         t = self.expand_time(t, x_t)
-        out = self.net(x_t, t.to(torch.float32), **cond)
+        out = self.net(self.net_input(x_t, t), t.to(torch.float32), **cond)
         return self.read(out, x_t, t)
 
+    def net_input(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """What the network is fed at (x_t, t): x_t itself, or x^flow = x_t/(α + σ) for
+        ``"flow"`` (in x_t's dtype, so the network runs in the dtype the caller chose)."""
+        if self.prediction != "flow":
+            return x_t
+        alpha, sigma = self.schedule.marginal(t)
+        return x_t * broadcast_to(1 / (alpha + sigma), x_t)
+
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
-        """Interpret a raw network output ``out`` computed at (x_t, t)."""
+        """Interpret a raw network output ``out`` computed at (:meth:`net_input` of x_t, t)."""
         t = self.expand_time(t, x_t)
         expected = list(x_t.shape)
         if self.learned_variance:
@@ -154,11 +176,15 @@ class Denoiser:
                         **_given(self.prediction, self.clip, out))
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
-        """The regression target for this prediction type: ε, x_0 or v = α ε − σ x_0."""
+        """The regression target for this prediction type: ε, x_0, v = α ε − σ x_0 or the
+        flow velocity ε − x_0."""
         if self.prediction == "eps":
             return eps
         if self.prediction == "x0":
             return x0
+        if self.prediction == "flow":
+            dtype = torch.promote_types(x0.dtype, torch.float32)
+            return eps.to(dtype) - x0.to(dtype)
         t = self.expand_time(t, x0)
         dtype = torch.promote_types(x0.dtype, torch.float32)
         alpha, sigma = self.schedule.marginal(t)
@@ -180,9 +206,9 @@ def from_eps(eps: Tensor, x: Tensor, a: Tensor, s: Tensor, *, prediction: str = 
 
 
 def _given(prediction: str, clip: tuple[float, float] | None, out: Tensor) -> dict[str, Tensor]:
-    """The field that the network's output already is: ε̂ or x̂_0 unclipped; none for v̂, and
-    none under ``clip`` (x̂_0 is clamped and ε̂ recomputed from it)."""
-    return {prediction: out} if prediction != "v" and clip is None else {}
+    """The field that the network's output already is: ε̂ or x̂_0 unclipped; none for v̂ or a
+    flow velocity, and none under ``clip`` (x̂_0 is clamped and ε̂ recomputed from it)."""
+    return {prediction: out} if prediction in ("eps", "x0") and clip is None else {}
 
 
 @dataclass(frozen=True)
@@ -192,7 +218,9 @@ class _Reading:
         x̂_0 = (x_t − σ ε̂)/α  or  α x_t − σ v̂;   ε̂ = (x_t − α x̂_0)/σ  or  σ x_t + α v̂;
         v̂ = α ε̂ − σ x̂_0.
 
-    With ``clip``, x̂_0 is clamped first and ε̂, v̂ follow from the clamped x̂_0.
+    A flow velocity v̂ (x^flow = c x_t, c = 1/(α + σ)): x̂_0 = c (x_t − σ v̂), ε̂ = c (x_t + α v̂);
+    asked for by the name ``"flow"``, the velocity is ε̂ − x̂_0. With ``clip``, x̂_0 is clamped
+    first and ε̂, v̂ follow from the clamped x̂_0.
     """
 
     prediction: str
@@ -210,11 +238,17 @@ class _Reading:
                 x0 = torch.addcmul(x, s, out, value=-1).div_(a)
             elif self.prediction == "x0":
                 x0 = out
+            elif self.prediction == "flow":
+                x0 = torch.addcmul(x, s, out, value=-1).div_(a + s)
             else:
                 x0 = torch.addcmul(a * x, s, out, value=-1)
             return x0.clamp(*self.clip) if self.clip is not None else x0
         if name == "eps":
             if self.clip is None and self.prediction == "v":
                 return torch.addcmul(s * x, a, out)
+            if self.clip is None and self.prediction == "flow":
+                return torch.addcmul(x, a, out).div_(a + s)
             return torch.addcmul(x, a, d.x0, value=-1).div_(s)
+        if name == "flow":
+            return d.eps - d.x0
         return torch.addcmul(a * d.eps, s, d.x0, value=-1)

@@ -8,7 +8,8 @@ Time sampling
 -------------
 Without an explicit ``t``, t is drawn from a :class:`TimeSampler` (uniform on {1, …, T} by
 default) together with importance weights w_t = 1/(T p_t); the loss comes back multiplied by
-w_t, so its mean over t ~ p estimates the uniform average over t without bias. To let an
+w_t, so its mean over t ~ p estimates the uniform average over t without bias (except for
+:class:`LogitNormalTimeSampler`, whose law weights the objective: w_t = 1). To let an
 :class:`ImportanceTimeSampler` learn from the losses, draw t yourself (IDDPM's training loop)::
 
     t, w = sampler.sample(batch)
@@ -51,7 +52,7 @@ import torch
 from torch import Tensor
 
 from . import process
-from .checks import positive_int
+from .checks import number, positive_int
 from .denoiser import Denoised, Denoiser
 from .process import q_sample
 from .schedule import Schedule
@@ -172,8 +173,41 @@ class ImportanceTimeSampler(TimeSampler):
         self._losses, self._counts = losses, counts
 
 
+class LogitNormalTimeSampler(TimeSampler):
+    """SD3's logit-normal law of t (Esser et al. 2024, eq. 19): τ = sigmoid(m + s·z), z ~ N(0, 1),
+    put on the steps as t = ⌈T τ⌉, so
+
+        p_t = Φ((logit(t/T) − m)/s) − Φ((logit((t − 1)/T) − m)/s),   logit(0) = −∞, logit(1) = +∞.
+
+    It favours the middle of the path, where the flow's velocity is hardest to predict (at
+    τ → 0 it is ε − x_0 with x_0 known, at τ → 1 the data mean). The law is a *weighting* of
+    the objective, SD3's π(t), not an importance sample of the uniform one: every weight is 1.
+    Defaults m = 0, s = 1 (SD3's best, "rf/lognorm(0.00, 1.00)").
+    """
+
+    def __init__(self, T: int, mean: float = 0.0, std: float = 1.0):
+        super().__init__(T)
+        number("logit-normal mean", mean)
+        number("logit-normal std", std, 0, low_open=True)
+        self.mean, self.std = float(mean), float(std)
+
+    def probabilities(self) -> Tensor:
+        edges = torch.arange(self.T + 1, dtype=torch.float64) / self.T
+        cdf = torch.special.ndtr((torch.logit(edges) - self.mean) / self.std)  # logit(0) = −inf
+        return cdf.diff()
+
+    def sample(self, batch: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        z = torch.randn(batch, generator=generator, device=gen_device, dtype=torch.float64)
+        tau = torch.sigmoid(self.mean + self.std * z)
+        t = torch.ceil(self.T * tau).clamp(1, self.T).long()
+        return t.to(device), torch.ones(batch, dtype=torch.float32, device=device)
+
+
 TIME_SAMPLERS: dict[str, type[TimeSampler]] = {"uniform": UniformTimeSampler,
-                                               "importance": ImportanceTimeSampler}
+                                               "importance": ImportanceTimeSampler,
+                                               "logit-normal": LogitNormalTimeSampler}
 """The time samplers by name (``TrainConfig.time_sampler``)."""
 
 

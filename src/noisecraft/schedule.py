@@ -31,7 +31,7 @@ from .checks import positive_int
 
 TimeLike = Tensor | float | int | Sequence[float]
 
-SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid")
+SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid", "flow")
 """The named schedules (:meth:`Schedule.from_name`); ``custom`` ones come from betas."""
 _KINDS = (*SCHEDULES, "custom")
 
@@ -46,9 +46,9 @@ def _as_time(t: TimeLike, device: torch.device | None = None) -> Tensor:
 class Schedule:
     """An immutable variance schedule β_1..β_T held in float64.
 
-    Build one with :meth:`linear`, :meth:`quadratic`, :meth:`cosine`, :meth:`sigmoid` or
-    :meth:`from_betas`. All methods accept ``t`` as a Python number or a tensor of any shape
-    (on any device) and return float64 tensors on ``t``'s device.
+    Build one with :meth:`linear`, :meth:`quadratic`, :meth:`cosine`, :meth:`sigmoid`,
+    :meth:`flow` or :meth:`from_betas`. All methods accept ``t`` as a Python number or a tensor
+    of any shape (on any device) and return float64 tensors on ``t``'s device.
     """
 
     __slots__ = ("_betas", "_log_alpha_bars", "_log_snr_knots", "_one_minus_abar1", "_spec",
@@ -138,15 +138,40 @@ class Schedule:
                                 "tau": tau, "max_beta": max_beta})
 
     @classmethod
+    def flow(cls, T: int = 1000, max_beta: float = 0.999) -> Schedule:
+        """The rectified-flow / flow-matching path x = (1 − τ) x_0 + τ ε, τ = t/T, as a VP schedule.
+
+        Every process x = a x_0 + s ε is a rescaled variance-preserving one: dividing by
+        √(a² + s²) gives α = a/√(a² + s²), σ = s/√(a² + s²) with α² + σ² = 1 and the same
+        log-SNR 2 log(a/s). So the straight path is the VP schedule
+
+            ᾱ_t = (1 − τ)² / ((1 − τ)² + τ²),   λ(t) = 2 log((1 − τ)/τ),
+
+        and a :class:`~noisecraft.Denoiser` with ``prediction="flow"`` rescales x_t by
+        1/(α + σ) = √((1 − τ)² + τ²) at the network's boundary, so the network sees
+        (1 − τ) x_0 + τ ε exactly at every integer t. At t = T the path reaches pure noise
+        (ᾱ_T = 0, λ = −∞, β_T = 1); β is clipped at ``max_beta`` there, as the cosine schedule
+        does, so ᾱ_T = ᾱ_{T−1}(1 − max_beta) > 0 (for T = 1000: τ(T) = 1 − 3·10⁻⁵) and every
+        sampler, grid and the likelihood's prior stay finite. Fractional t interpolates λ
+        linearly between the integers like every schedule (module docstring).
+        """
+        T = _check_T(T)
+        _check_max_beta(max_beta)
+        tau = torch.arange(T + 1, dtype=torch.float64) / T
+        abar = (1 - tau) ** 2 / ((1 - tau) ** 2 + tau**2)
+        betas = (1 - abar[1:] / abar[:-1]).clamp(min=1e-12, max=max_beta)
+        return cls(betas, spec={"kind": "flow", "T": T, "max_beta": max_beta})
+
+    @classmethod
     def from_betas(cls, betas: Tensor | Sequence[float]) -> Schedule:
         """Any β_1..β_T in (0, 1)."""
         return cls(betas)
 
     @classmethod
     def from_name(cls, name: str, T: int = 1000, **kwargs: Any) -> Schedule:
-        """Build by name: ``linear``, ``quadratic``, ``cosine`` or ``sigmoid``."""
+        """Build by name: ``linear``, ``quadratic``, ``cosine``, ``sigmoid`` or ``flow``."""
         builders = {"linear": cls.linear, "quadratic": cls.quadratic, "cosine": cls.cosine,
-                    "sigmoid": cls.sigmoid}
+                    "sigmoid": cls.sigmoid, "flow": cls.flow}
         if name not in builders:
             raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(builders)}")
         return builders[name](T=T, **kwargs)
