@@ -50,3 +50,22 @@ def test_nll_scores_a_flow_run(flow_run, capsys, method):
                  method, "--rtol", "1e-3", "--atol", "1e-3", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["n"] == 8 and np.isfinite(record["mean"])
+
+
+def test_explain_draws_a_flow_run(flow_run, tmp_path):
+    page = tmp_path / "explain.html"
+    assert main(["explain", str(flow_run), "--out", str(page), "--samples", "32", "--held-out",
+                 "16", "--steps", "6", "--no-progress"]) == 0
+    assert page.stat().st_size > 10_000
+
+
+def test_evaluate_scores_a_flow_run_on_images(tmp_path):
+    """evaluate measures pictures only: a 2-step flow run on the 8×8 digits."""
+    run_dir = tmp_path / "digits"
+    assert main(["train", "--data", "digits", *FLOW_FLAGS, "--timesteps", "50", "--steps", "2",
+                 "--batch-size", "8", "--sample-every", "0", "--out", str(run_dir),
+                 "--no-progress"]) == 0
+    assert main(["evaluate", str(run_dir), "--data", "digits", "--n", "32", "--ref-n", "32",
+                 "--steps", "4", "--features", "digits", "--no-progress"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and np.isfinite(metrics["fid"])
