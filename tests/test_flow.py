@@ -58,6 +58,13 @@ def test_flow_schedule_is_the_straight_path_at_every_integer_step(T):
     assert ((s / (a + s)) - t / 1000).abs().max() < 1e-4
 
 
+def test_time_from_log_snr_inverts_the_flow_schedule_up_to_its_clipped_end():
+    """Samplers on λ-uniform grids map λ back to t; the flow's λ spans [λ(T), λ(1)] ≈ [−21, 14]."""
+    t = torch.cat([torch.linspace(0.01, 1000, 997, dtype=torch.float64),
+                   torch.tensor([999.5, 1000.0], dtype=torch.float64)])
+    assert torch.allclose(FLOW.t_from_log_snr(FLOW.log_snr(t)), t, rtol=1e-9, atol=1e-9)
+
+
 def test_flow_schedule_round_trips_and_checks_its_arguments():
     assert Schedule.from_dict(FLOW.to_dict()) == FLOW
     assert Schedule.from_name("flow", T=50) == Schedule.flow(50)

@@ -7,7 +7,7 @@ import torch
 from noisecraft import Schedule, grids
 
 
-@pytest.fixture(params=["linear", "cosine"])
+@pytest.fixture(params=["linear", "cosine", "flow"])
 def schedule(request):
     return Schedule.from_name(request.param, T=1000)
 

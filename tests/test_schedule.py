@@ -103,7 +103,7 @@ def test_t_from_log_snr_inverts_log_snr():
 
 @pytest.mark.parametrize("sched", [Schedule.linear(50), Schedule.cosine(30, s=0.01),
                                    Schedule.quadratic(20), Schedule.sigmoid(40, tau=0.7),
-                                   Schedule.from_betas([0.1, 0.2, 0.3])])
+                                   Schedule.flow(25), Schedule.from_betas([0.1, 0.2, 0.3])])
 def test_to_dict_from_dict_round_trip(sched):
     import json
     again = Schedule.from_dict(json.loads(json.dumps(sched.to_dict())))
