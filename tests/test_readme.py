@@ -246,7 +246,11 @@ def test_readme_shell_examples_run(checkout, capsys) -> None:
 @pytest.mark.slow
 def test_readme_python_examples_run(checkout) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) == 2, "the README holds two Python examples: the maths, and runs"
+    assert len(blocks) == 3, "the README holds three Python examples: the maths, flow, runs"
+    flow: dict = {}
+    exec(compile(blocks.pop(1), str(README), "exec"), flow)
+    assert flow["denoiser"].prediction == "flow" and flow["x"].shape == (64, 2)
+    assert flow["loss"].ndim == 0 and torch.isfinite(flow["loss"])
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     # What the example promises: per-example losses reduced to a scalar, samples of the asked
