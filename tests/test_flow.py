@@ -172,6 +172,24 @@ def test_samplers_converge_to_the_exact_flow_of_a_gaussian_at_their_order(name):
     assert errors[-1] < 1e-2
 
 
+@pytest.mark.parametrize("name", ["ddim", "euler"])
+def test_ddim_and_euler_on_a_flow_run_are_rectified_flows_euler_sampler(name):
+    """Rectified flow samples with Euler in τ on the straight path, x ← x + (τ_s − τ_t) v̂(x, t),
+    from x = ε at τ = 1 to τ = 0. Written here by hand over the raw flow net, on uniform t
+    (τ = t/T), it must equal DDIM (and Euler in σ̃) over the respaced grid: y_s = y_t +
+    (σ̃_s − σ̃_t) ε̂ in y = x_t/α is the same update, since x^flow = (1 − τ) y and σ̃ = τ/(1 − τ)."""
+    net = MIXTURE.net(FLOW, "flow")
+    grid = grids.respaced(FLOW, 8)
+    alpha, sigma = FLOW.marginal(grid)
+    tau = sigma / (alpha + sigma)
+    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x = x_T / (alpha[0] + sigma[0])                 # the straight-path point at t = T
+    for i in range(8):
+        x = x + (tau[i + 1] - tau[i]) * net(x, grid[i].expand(32))
+    library = SAMPLERS[name](flow_denoiser(MIXTURE), x_T, grid)
+    assert (library - x).abs().max() < 1e-10
+
+
 def test_dpmpp_2m_on_a_flow_run_draws_the_mixture():
     """25 steps of DPM-Solver++(2M) on the exact flow reach the mixture: mode weights within 4
     binomial standard errors, and each mode's spread within 4 relative standard errors of the
