@@ -57,7 +57,9 @@ dimension for data structure on the scale s (≈ 10⁻⁵ at s = 0.2).
 *The end.* N(0, I) is the model's prior at t = T. The true q(x_T) has mean √ᾱ_T E[x_0] and
 covariance ᾱ_T Cov[x_0] + (1 − ᾱ_T) I, so for a standard schedule (ᾱ_T ≈ 4·10⁻⁵ for the linear
 one) log N(x_T; 0, I) − log q(x_T) = O(√ᾱ_T ‖E x_0‖ ‖x_T‖) nats for one point (the mean shift,
-≈ 10⁻³ for data of unit scale) and O(ᾱ_T) on average over the data.
+≈ 10⁻³ for data of unit scale) and O(ᾱ_T) on average over the data. Flow-matching runs
+(``Schedule.flow``, ᾱ_T ≈ 10⁻⁹ at its clipped end) integrate the same ODE: a flow velocity is
+read into ε̂ by the Denoiser, and their prior mismatch is 100× smaller.
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb",
             ``discrete``.
         schedule: the noise schedule the model was trained with.
         method: ``"vlb"`` (the T-term variational bound) or ``"ode"`` (probability-flow ODE).
-        prediction: what a raw network predicts (``"eps"``, ``"x0"`` or ``"v"``; unset: eps).
+        prediction: what a raw network predicts (``"eps"``, ``"x0"``, ``"v"`` or ``"flow"``;
+            unset: eps).
             A Denoiser carries its own; then leave it unset or give the same value.
         discrete: 8-bit data (True) or continuous data (False).
         divergence, probes: ``"ode"``: the divergence estimator, ``"rademacher"`` or
