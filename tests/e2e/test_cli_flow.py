@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from noisecraft import Schedule
+from noisecraft import Schedule, data
 from noisecraft.cli import main
-from noisecraft.train import load_run
+from noisecraft.train import TrainConfig, load_run, new_run_config
 
 FLOW_FLAGS = ["--schedule", "flow", "--prediction", "flow", "--time-sampler", "logit-normal"]
 
@@ -29,6 +29,12 @@ def test_config_json_records_the_flow_settings_and_the_run_rebuilds_them(flow_ru
     assert config["prediction"] == "flow" and config["train"]["time_sampler"] == "logit-normal"
     run = load_run(flow_run)
     assert run.denoiser.prediction == "flow" and run.schedule == Schedule.flow(200)
+    # Python says it with the same three settings and gets the same record.
+    python = new_run_config(data.load("moons"), "moons", schedule="flow", T=200, prediction="flow",
+                            train=TrainConfig(time_sampler="logit-normal")).to_dict()
+    for key in ("schedule", "prediction", "net"):
+        assert python[key] == config[key], key
+    assert python["train"]["time_sampler"] == config["train"]["time_sampler"]
     # The velocity loss logged every 50 steps falls: the objective reaches the net.
     log = [json.loads(line) for line in (flow_run / "log.jsonl").read_text().splitlines()]
     losses = [entry["loss"] for entry in log if "loss" in entry]
