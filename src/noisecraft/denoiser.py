@@ -140,20 +140,27 @@ class Denoiser:
         if x_t.ndim < 2:
             raise ValueError(f"x_t must have a batch dimension, got shape {tuple(x_t.shape)}")
         t = self.expand_time(t, x_t)
-        out = self.net(self.net_input(x_t, t), t.to(torch.float32), **cond)
-        return self.read(out, x_t, t)
+        marginal = self.schedule.marginal(t)
+        out = self.net(self.net_input(x_t, t, marginal), t.to(torch.float32), **cond)
+        return self._read(out, x_t, t, marginal)
 
-    def net_input(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def net_input(self, x_t: Tensor, t: Tensor,
+                  marginal: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """What the network is fed at (x_t, t): x_t itself, or x^flow = x_t/(α + σ) for
-        ``"flow"`` (in x_t's dtype, so the network runs in the dtype the caller chose)."""
+        ``"flow"`` (in x_t's dtype, so the network runs in the dtype the caller chose).
+        ``marginal``: (α, σ) at t when the caller has them already."""
         if self.prediction != "flow":
             return x_t
-        alpha, sigma = self.schedule.marginal(t)
+        alpha, sigma = marginal if marginal is not None else self.schedule.marginal(t)
         return x_t * broadcast_to(1 / (alpha + sigma), x_t)
 
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
         """Interpret a raw network output ``out`` computed at (:meth:`net_input` of x_t, t)."""
         t = self.expand_time(t, x_t)
+        return self._read(out, x_t, t, self.schedule.marginal(t))
+
+    def _read(self, out: Tensor, x_t: Tensor, t: Tensor, marginal: tuple[Tensor, Tensor]
+              ) -> Denoised:
         expected = list(x_t.shape)
         if self.learned_variance:
             expected[1] *= 2
@@ -169,7 +176,7 @@ class Denoiser:
         if self.learned_variance:
             out, raw_var = out.chunk(2, dim=1)
             frac = (raw_var + 1) / 2
-        alpha, sigma = self.schedule.marginal(t)
+        alpha, sigma = marginal
         a, s = broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
         return Denoised(output=out, variance_fraction=frac,
                         derive=_Reading(self.prediction, self.clip, x, a, s, out),
