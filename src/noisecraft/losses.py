@@ -179,8 +179,9 @@ class LogitNormalTimeSampler(TimeSampler):
 
         p_t = Φ((logit(t/T) − m)/s) − Φ((logit((t − 1)/T) − m)/s),   logit(0) = −∞, logit(1) = +∞.
 
-    It favours the middle of the path, where the flow's velocity is hardest to predict (at
-    τ → 0 it is ε − x_0 with x_0 known, at τ → 1 the data mean). The law is a *weighting* of
+    It favours the middle of the path, where the velocity is hardest to predict: near τ = 0,
+    x ≈ x_0 and the best prediction E[ε − x_0 | x] is ≈ −x, near τ = 1, x ≈ ε and it is
+    ≈ x − E[x_0], both nearly given by the input. The law is a *weighting* of
     the objective, SD3's π(t), not an importance sample of the uniform one: every weight is 1.
     Defaults m = 0, s = 1 (SD3's best, "rf/lognorm(0.00, 1.00)").
     """
