@@ -122,6 +122,14 @@ class Denoiser:
         self.clip = clip
         self.learned_variance = learned_variance
 
+    def unclipped(self) -> Denoiser:
+        """This reading without the x̂_0 clamp: the density the network defines (a clamp is a
+        sampler's choice). ``self`` when there is none."""
+        if self.clip is None:
+            return self
+        return Denoiser(self.net, self.schedule, self.prediction, clip=None,
+                        learned_variance=self.learned_variance)
+
     def __repr__(self) -> str:
         return (f"Denoiser({type(self.net).__name__}, {self.schedule!r}, "
                 f"prediction={self.prediction!r}, clip={self.clip!r})")

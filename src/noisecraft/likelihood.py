@@ -114,8 +114,9 @@ def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb",
     data scaled to [−1, 1] (bins of width 2/255); ``discrete=False`` gives −log₂ p(x)/D.
 
     Args:
-        model: a :class:`~noisecraft.Denoiser` over ``schedule``, or a raw network that is wrapped
-            as ``Denoiser(model, schedule, prediction)``.
+        model: a :class:`~noisecraft.Denoiser` over ``schedule`` (read without its x̂_0 clamp:
+            :meth:`~noisecraft.Denoiser.unclipped`), or a raw network that is wrapped as
+            ``Denoiser(model, schedule, prediction)``.
         x: the data, shape (batch, ...), without NaN; in [−1, 1] on the 8-bit grid when
             ``discrete``.
         schedule: the noise schedule the model was trained with.
@@ -144,7 +145,11 @@ def nll(model: Any, x: Tensor, schedule: Schedule, method: str = "vlb",
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     _check_data(x, discrete)
+    # The likelihood is the network's density: a Denoiser's x̂_0 clamp (a sampler's choice) is
+    # dropped, so nll(run.denoiser, …) is what `noisecraft nll` reports.
     denoiser = as_denoiser(model, schedule, prediction)
+    if type(denoiser) is Denoiser:
+        denoiser = denoiser.unclipped()
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     dims = math.prod(x.shape[1:])

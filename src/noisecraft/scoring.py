@@ -58,11 +58,7 @@ class NllOptions:
 
 def likelihood_denoiser(run: Any) -> Any:
     """The run's Denoiser without x̂_0 clipping: the density the network defines."""
-    from .denoiser import Denoiser
-
-    den = run.denoiser
-    return Denoiser(den.net, run.schedule, den.prediction, clip=None,
-                    learned_variance=den.learned_variance)
+    return run.denoiser.unclipped()
 
 
 def is_discrete(run: Any, continuous: bool = False) -> bool:
