@@ -8,11 +8,11 @@ import torch
 
 from .. import viz
 from ..process import q_sample
-from ..schedule import Schedule
+from ..schedule import SCHEDULES, Schedule
 from .context import Context
 from .page import Section, fig
 
-STANDARD_SCHEDULES = ("linear", "quadratic", "cosine", "sigmoid")
+STANDARD_SCHEDULES = SCHEDULES  # every named schedule, flow matching's included
 # Where "high noise" starts for the captions: log-SNR −5 is SNR ≈ 0.7 %, x_t ≈ 99.7 % noise.
 HIGH_NOISE_LOG_SNR = -5.0
 
@@ -52,7 +52,9 @@ def section_schedule(ctx: Context) -> Section:
     spec = html.escape(str(sch.to_dict()))
     return Section("schedule", "1. The noise schedule", [
         fig(betas, "β_t, the variance added by step t of q(x_t | x_{t−1}) = N(√(1−β_t) x_{t−1}, "
-                   "β_t I), for this run's schedule and the four standard ones with the same T."),
+                   "β_t I), for this run's schedule and the named ones "
+                   f"({', '.join(STANDARD_SCHEDULES)}) with the same T (flow: the straight path "
+                   "x_t = (1 − t/T) x_0 + (t/T) ε, rescaled to the variance-preserving form)."),
         fig(abar, "ᾱ_t = Π_{s≤t} (1 − β_s): the share of the signal's variance left in "
                   "x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."),
         fig(lsnr, "log-SNR λ(t) = log ᾱ_t/(1 − ᾱ_t), the one number that fixes how hard "
