@@ -34,6 +34,7 @@ import torch
 
 from noisecraft import data, load_run
 from noisecraft.metrics import class_report, memorization_audit
+from noisecraft.run import read_state
 from noisecraft.train import TrainConfig, Trainer, new_run_config
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -56,14 +57,12 @@ DEMO_RECIPE = dict(batch_size=64, lr=2e-3, warmup=100, ema_decay=0.995)
 
 def make_run(run_dir: Path, dataset: Any, preset: str, overrides: dict[str, Any], class_cond: bool,
              steps: int) -> float:
-    """Train (or solve) one run; its wall time in seconds."""
+    """Train (or solve) one run; the trainer's own wall time for it, in seconds."""
     train = TrainConfig(steps=steps, seed=0, log_every=50, sample_every=0, checkpoint_every=0,
                         **DEMO_RECIPE)
     config = new_run_config(dataset, "digits", net=preset, net_overrides=overrides,
                             schedule="cosine", class_conditional=class_cond, train=train)
-    start = time.perf_counter()
-    Trainer(config, run_dir, dataset, device="cpu", progress=False).fit()
-    return time.perf_counter() - start
+    return Trainer(config, run_dir, dataset, device="cpu", progress=False).fit().wall_time_s
 
 
 def measure(run_dir: Path, n: int, sampler: str, steps: int, train_images: np.ndarray
@@ -113,7 +112,8 @@ def main() -> int:
             print(rows[-1][0], f"{wall:.2f} s", rows[-1][2]["mean_confidence"], flush=True)
     if args.unet_run is not None:
         unet = measure(args.unet_run, args.n, args.sampler, args.steps, train_images)
-        rows.append((f"U-Net demo run ({args.unet_run.name}), evaluated here", None, unet))
+        rows.append(("U-Net, `noisecraft demo` run, evaluated here",
+                     float(read_state(args.unet_run)["wall_time_s"]), unet))
     else:
         rows.append(("U-Net demo (recorded, 100 samples)", None,
                      {**DEMO_UNET, "parameters": 190_369}))
@@ -135,7 +135,7 @@ def main() -> int:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, wall, r in rows:
         lines.append(f"| {name} | {r['parameters']:,} | "
-                     f"{'—' if wall is None else format(wall, '.1f')} | "
+                     f"{'—' if wall is None else format(wall, '.2f')} | "
                      f"{r['mean_confidence']:.3f} | {r['fraction_confident']:.3f} | "
                      f"{r['num_classes_covered']}/10 | {cell(r, 'median_ratio', '.3f')} | "
                      f"{cell(r, 'near_copies', '.3f')} |")

@@ -14,7 +14,9 @@ gives the exact noise regressor, linear in x_t:
 the least-squares optimum of ε on (x_t, 1) at that t (:func:`least_squares_noise_regressor` fits
 it from samples; the tests check that the two agree). The probability-flow ODE driven by (1)
 maps N(0, I) exactly onto N(μ, Σ): one Gaussian over every digit draws blurred superpositions
-(mean classifier confidence about 0.5 on digits, BENCHMARKS.md). So the data is split into K
+(on 8×8 digits the classifier reads them with mean confidence 0.69; the SGD-trained affine net
+below, which approximates the same optimum, 0.50; BENCHMARKS.md "Linear baseline on digits").
+So the data is split into K
 components (K-means; within each class when ``num_classes`` is set), each a Gaussian N(μ_k, Σ_k)
 with its own regressor (1), and they are combined by the exact responsibilities:
 
@@ -26,6 +28,16 @@ with its own regressor (1), and they are combined by the exact responsibilities:
 is the softmax over components in r_k**: with K = 1 the net is affine in x_t (the best affine
 denoiser), with K > 1 it is piecewise-almost-linear, switching regressors where the components
 meet. Sampling the ODE of (2) draws from the fitted mixture of Gaussians.
+
+The choice, measured (BENCHMARKS.md; 500 DDPM-100 samples, digits classifier): mean confidence
+0.69 at K = 1, 0.91 at K = 10, 0.95 at K = 20, 0.96 at K = 40, all ten classes covered from
+K = 10 on; the demo's U-Net reads 0.91. The preset takes K = 20: past the goal (0.80) with a
+margin, while the samples stay new (their nearest training digit is as far as the second
+nearest, median ratio 0.95, no near-copies); K → n would end at the training set itself (the
+exact denoiser of the empirical distribution copies). Components come from K-means rather than
+the labels so that unlabelled data works the same; with ``num_classes`` each class gets its own
+K (0.98 when the label is asked for). Full covariances, since D = 64 is cheap: PCA rank 16
+reads the same (0.94) with a quarter of the numbers, the setting for larger pictures.
 
 Σ_k = U_k diag(λ_k) U_kᵀ + ν_k (I − U_k U_kᵀ): the top ``rank`` principal directions U_k of
 component k with their variances λ_k, and the mean ν_k of the remaining variances on the rest
