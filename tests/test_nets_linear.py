@@ -207,3 +207,6 @@ def test_train_solves_in_seconds_and_sample_reads_it(tmp_path, capsys):
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([10.0, 500.0, 999.0])
     torch.testing.assert_close(rebuilt(x, t), run.net(x, t), rtol=0, atol=0)
     assert run.generate(2, steps=5, seed=0).shape == (2, 8, 8, 1)
+    live = load_run(tmp_path / "run", use_ema=False)  # solved once: model and EMA weights agree
+    assert run.step == live.step == 1
+    torch.testing.assert_close(live.net(x, t), run.net(x, t), rtol=0, atol=0)
