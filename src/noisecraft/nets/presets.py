@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .linear import LinearDenoiser
+from .linear import LinearDenoiser, LinearDiffusion
 from .mlp import MLP
 from .unet import UNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {net.arch: net for net in (UNet, MLP, LinearDenoiser)}
+ARCHITECTURES: dict[str, type[nn.Module]] = {net.arch: net for net in (UNet, MLP, LinearDenoiser,
+                                                                      LinearDiffusion)}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo on scikit-learn's 8×8 digits: ~0.43M parameters.
@@ -39,8 +40,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   norm_groups=8),
     # 2-D toy data (moons, rings, Gaussian mixtures); in_channels=D for D-column tabular rows.
     "mlp": dict(arch="mlp", in_channels=2, image_size=None, width=128, depth=3),
-    # The affine baseline, sized for 8×8 digits; image_size=None for vectors.
-    "linear": dict(arch="linear", in_channels=1, image_size=8, num_basis=16),
+    # "Linear Diffusion", solved in closed form by `noisecraft train` (no SGD): 20 Gaussian
+    # components, each with its PCA basis and per-t linear noise regressor, sized for 8×8 digits
+    # (nets/linear.py; BENCHMARKS.md "Linear baseline"). The affine net trained by SGD: "affine".
+    "linear": dict(arch="linear-diffusion", in_channels=1, image_size=8, num_components=20),
+    "affine": dict(arch="linear", in_channels=1, image_size=8, num_basis=16),
 }
 
 # The preset a run gets when none is named, by the data's kind (``Preprocess.kind``).
@@ -76,7 +80,8 @@ def from_config(config: Mapping[str, Any]) -> nn.Module:
 # parameter count itself cheap to take (on the meta device, which allocates nothing).
 SIZE_LIMITS = {"in_channels": 4096, "image_size": 4096, "base_channels": 4096, "width": 65536,
                "depth": 256, "num_res_blocks": 64, "num_heads": 1024, "num_basis": 65536,
-               "num_classes": 100_000, "T": 100_000}
+               "num_classes": 100_000, "T": 100_000,
+               "num_components": 65536}
 MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights, 4x Stable Diffusion XL's U-Net
 
 

@@ -339,6 +339,8 @@ class Trainer:
                              seed=tc.seed, num_workers=tc.num_workers, pin_memory=dev.type == "cuda")
         self.net, self.ema = net, ema
         self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
+        if hasattr(net, "fit_closed_form"):  # e.g. nets.linear.LinearDiffusion: solved, not trained
+            return self._solve(ctx, net, ema, opt, gen, stream)
         step, wall = 0, 0.0
         if self.resume:
             step, wall = self._restore(ctx, net, ema, opt, gen, stream)
@@ -359,6 +361,25 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
+
+    def _solve(self, ctx: distributed.Context, net: nn.Module, ema: EMA,
+               opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream) -> TrainResult:
+        """A net with ``fit_closed_form(dataset, schedule, prediction)`` is solved once instead of
+        trained by SGD (a resumed run is solved again: same data, same answer). It is saved as an
+        ordinary checkpoint at step 1, model and EMA weights equal; the loss reported is the
+        run's own objective on one batch."""
+        cfg, start = self.config, time.perf_counter()
+        schedule = Schedule.from_dict(cfg.schedule)
+        net.fit_closed_form(self.dataset, schedule, cfg.prediction)  # type: ignore[operator]
+        ema.net.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            loss = float(self._loss(Denoiser(net, schedule, cfg.prediction), next(stream), gen, ctx))
+        wall = time.perf_counter() - start
+        if ctx.is_main and cfg.train.sample_every:
+            self._samples(ema.net, 1)
+        self._save(ctx, 1, net, ema, opt, gen, stream, wall)
+        return TrainResult(run_dir=self.run_dir, step=1, loss=loss, wall_time_s=wall,
+                           examples_per_s=None)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, ctx: distributed.Context, model: nn.Module, net: nn.Module, ema: EMA,
