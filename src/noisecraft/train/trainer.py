@@ -111,8 +111,8 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str | 
     if net not in nets.PRESETS:
         raise ValueError(f"unknown network preset {net!r}; valid: {', '.join(nets.PRESETS)}")
     arch = nets.PRESETS[net]["arch"]
-    if kind == "vector" and arch == "unet":
-        raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a U-Net for images; "
+    if kind == "vector" and arch in ("unet", "dit"):
+        raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a network for images; "
                          "use --net mlp")
     if kind == "audio" and arch != "unet":
         raise ValueError(f"{spec!r} is audio data (n_mels × frames spectrograms), but preset {net!r} "
