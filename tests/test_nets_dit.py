@@ -4,12 +4,15 @@ conditioning contract it shares with the U-Net, layouts, and runs from the comma
 import json
 
 import pytest
+import safetensors.torch
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from noisecraft import nets
+from noisecraft import data, nets
 from noisecraft.cli import main
 from noisecraft.run import INFERENCE_MEMORY_FORMAT, load_run
+from noisecraft.train import TrainConfig, new_run_config
+from train_helpers import train
 
 TEXT_DIM = 6
 
@@ -275,3 +278,17 @@ def test_train_and_sample_a_dit_run_from_the_command_line(tmp_path, capsys, extr
                  "--no-progress", *args]) == 0
     assert "4 samples" in capsys.readouterr().out
     assert (tmp_path / "samples.npz").is_file()
+
+
+def test_a_dit_run_resumes_bit_identically(tmp_path):
+    dataset = data.load("digits")
+    tc = TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup=1, log_every=1, sample_every=0,
+                     checkpoint_every=0, ema_decay=0.8, label_dropout=0.3)
+    config = new_run_config(dataset, "digits", net="dit-tiny", T=50, class_conditional=True, train=tc,
+                            net_overrides=dict(hidden_size=32, depth=2, num_heads=2))
+    train(tmp_path / "straight", config, dataset)
+    train(tmp_path / "resumed", config, dataset, stop_at=2)
+    train(tmp_path / "resumed", config, dataset, resume=True)
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a, b = (safetensors.torch.load_file(tmp_path / run / name) for run in ("straight", "resumed"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
