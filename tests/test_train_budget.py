@@ -2,9 +2,9 @@
 there, and a resumed run continues (or extends) the same budget, bit for bit.
 
 No test reads a real clock: the trainer reads time only through ``trainer.clock(kind)`` — once
-per clock when the loop starts and once after each optimizer step — which these tests replace by
-a fake clock that advances a fixed cost per reading, so the time used after k steps is exactly
-k × cost (costs and budgets are binary fractions: no rounding at the boundary)."""
+per clock before and once after each optimizer step — which these tests replace by a fake clock
+that advances a fixed cost per reading, so each step costs exactly that and the time used after
+k steps is k × cost (costs and budgets are binary fractions: no rounding at the boundary)."""
 
 import dataclasses
 import json
@@ -24,15 +24,20 @@ COST = {"cpu": 1.5, "wall": 0.5}  # seconds per step on each clock; different, t
 
 
 class FakeClock:
-    """Reading i of clock ``kind`` returns i × COST[kind] (the first reading is 0)."""
+    """Reading i of clock ``kind`` returns i × COST[kind]: a step, between two readings, costs
+    COST[kind] (and so does the untimed work between steps, which the budget must not count)."""
 
     def __init__(self):
-        self.reads = {kind: 0 for kind in COST}
+        self.now = {kind: 0.0 for kind in COST}
 
     def __call__(self, kind: str) -> float:
-        value = self.reads[kind] * COST[kind]
-        self.reads[kind] += 1
+        value = self.now[kind]
+        self.now[kind] += COST[kind]
         return value
+
+    def advance(self, seconds: float) -> None:
+        """Time passing without a reading (work the budget must not count)."""
+        self.now = {kind: t + seconds for kind, t in self.now.items()}
 
 
 @pytest.fixture
@@ -74,6 +79,23 @@ def test_the_run_stops_at_the_step_the_budget_predicts_with_a_checkpoint_there(
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     log = [json.loads(line)["step"] for line in lines]
     assert log[-1] == expected  # the last step is logged like the end of a run
+
+
+def test_checkpoints_and_sample_grids_are_not_training_time(tmp_path, fake_clock, monkeypatch):
+    clock = fake_clock()
+    for name in ("_save", "_samples"):
+        original = getattr(trainer_module.Trainer, name)
+
+        def slow(self, *args, original=original):
+            clock.advance(100.0)  # far beyond the budget, if it counted
+            return original(self, *args)
+
+        monkeypatch.setattr(trainer_module.Trainer, name, slow)
+    config, dataset = image_config(steps=30, max_time="10s", checkpoint_every=2, sample_every=3)
+    result = train(tmp_path / "run", config, dataset)
+    assert (result.step, result.stopped_on_time) == (7, True)
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "step_0000003.png", "step_0000006.png", "step_0000007.png"]
 
 
 def test_steps_still_end_a_run_whose_budget_is_not_used_up(tmp_path, fake_clock):

@@ -14,9 +14,11 @@ data order (seed, epoch, position); a checkpoint stores all three, so N steps an
 random flip has a seed of its own, see ``batches.py``).
 
 A time budget (``config.train.max_time``, on the ``max_time_clock``) ends the run after the
-first step at which the time used reaches it, with a checkpoint there. :func:`clock` is read once
-per clock when the loop starts and once after each step; state.json keeps the time used on both
-clocks (``time_used_s``), so a resumed run continues the budget where it stopped.
+first step at which the training time used reaches it, with a checkpoint there. Training time is
+the optimizer steps', data loading included, read through :func:`clock` once per clock before and
+once after each step; sample grids, logs and checkpoints are not counted, so the budget buys the
+same training whatever their cadence, and an interrupted run loses none of it. state.json keeps
+the time used on both clocks (``time_used_s``), so a resumed run continues the budget.
 """
 
 from __future__ import annotations
@@ -404,13 +406,13 @@ class Trainer:
         wall_at_start, step_at_log = wall, step
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
         budget = duration_seconds(tc.max_time) if tc.max_time is not None else math.inf
-        started = {kind: clock(kind) for kind in CLOCKS}
-        time_used = dict(used)  # by the run so far, per clock
+        time_used = dict(used)  # training time of the run so far, per clock
         out_of_time = self._spent(time_used, ctx) >= budget  # a resumed run whose budget is used up
         if out_of_time:
             end = step
         try:
             while step < end:
+                before = {kind: clock(kind) for kind in CLOCKS}
                 lr = lr_at(step, tc)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -431,7 +433,7 @@ class Trainer:
                 ema.update(net)
                 step += 1
                 bar.update(1)
-                time_used = {kind: used[kind] + clock(kind) - started[kind] for kind in CLOCKS}
+                time_used = {kind: time_used[kind] + clock(kind) - before[kind] for kind in CLOCKS}
                 if self._spent(time_used, ctx) >= budget:
                     out_of_time, end = True, step  # this step is the last: log, sample, save
 
