@@ -169,3 +169,31 @@ def test_the_budget_settings_are_resumable_and_round_trip():
     from noisecraft.train.setup import resumable_settings
 
     assert {"max_time", "max_time_clock"} <= set(resumable_settings())
+
+
+@pytest.mark.slow
+def test_ranks_under_torchrun_stop_together(tmp_path):
+    """Each rank's CPU clock differs, so the ranks stop on their mean time (one all-reduce per
+    step): the run must end cleanly on one step, checkpoint and exit on every rank. The budget,
+    1 µs, is used up by the first step whatever the machine's speed (so this checks the DDP path
+    runs and ends, not that ranks with different clocks agree: no test can set a rank's clock)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", "-m", "noisecraft", "train", "--data", "moons", "--out", str(run_dir),
+         "--steps", "50", "--batch-size", "32", "--timesteps", "50", "--sample-every", "0",
+         "--max-time", "0.000001s", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("step 1, ") == 1 and "stopped on --max-time" in proc.stdout
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 1
