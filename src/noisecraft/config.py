@@ -375,7 +375,8 @@ class TrainConfig(Settings):
         None, "stop at --steps or when this much training time is used, whichever comes first, "
         "e.g. 90s, 10m, 1.5h, with a checkpoint there (default: no limit); training time is the "
         "optimizer steps with their data loading, not sample grids or checkpoints; state.json "
-        "keeps the time used, so a resumed run continues the budget, and may extend it",
+        "keeps the time used, so a resumed run continues the budget, and may extend it (a "
+        "cosine --lr-schedule still spans --steps)",
         resumable=True, metavar="DURATION")
     max_time_clock: str = setting(
         "cpu", "what --max-time counts: cpu, this process's CPU seconds over all its threads "
