@@ -147,9 +147,9 @@ class DiT(nn.Module):
 
     Args:
         in_channels: channels of x_t (1 or 3 for pictures, the autoencoder's for latents).
-        image_size: the training resolution; it sizes the cached position code only. Any H, W
-            is accepted at call time: sizes not divisible by ``patch_size`` are zero-padded at the
-            bottom and right, and the padding is cropped off the output.
+        image_size: the training resolution (recorded; the net holds nothing of that size). Any
+            H, W is accepted at call time: sizes not divisible by ``patch_size`` are zero-padded
+            at the bottom and right, and the padding is cropped off the output.
         patch_size: p, the side of the square patches (the conv's kernel and stride).
         hidden_size: token width D (divisible by ``num_heads`` and by 4 for the position code).
         depth: DiT blocks.
@@ -205,10 +205,8 @@ class DiT(nn.Module):
         self.num_classes = num_classes
         self.text_dim = text_dim
 
+        self.hidden_size = hidden_size
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
-        grid = -(-image_size // patch_size)  # patches per side, after padding
-        self.register_buffer("position", sincos_position_2d(grid, grid, hidden_size),
-                             persistent=False)  # a function of the grid: never saved
         self.time_embed = TimeEmbedding(TIME_SINUSOID_DIM, hidden_size, T)
         self.label_embed = LabelEmbedding(num_classes, hidden_size) if num_classes is not None else None
         self.text_embed = TextEmbedding(text_dim, hidden_size) if text_dim is not None else None
@@ -242,12 +240,6 @@ class DiT(nn.Module):
         """The JSON-able arguments that rebuild this architecture: ``nets.from_config(config)``."""
         return {"arch": self.arch, **jsonable(self._config)}
 
-    def positions(self, height: int, width: int, like: Tensor) -> Tensor:
-        """The (height·width, D) position code of a patch grid: cached for the training size."""
-        if self.position.shape[0] == height * width and height == width:
-            return self.position.to(like.dtype)
-        return sincos_position_2d(height, width, self.position.shape[1], like.device).to(like.dtype)
-
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"DiT expects x of shape (batch, {self.in_channels}, H, W), "
@@ -270,7 +262,9 @@ class DiT(nn.Module):
         tokens = self.patch_embed(h_in)                                # (b, D, H/p, W/p)
         rows, cols = tokens.shape[2:]
         tokens = tokens.flatten(2).transpose(1, 2)                     # (b, N, D), N = rows·cols
-        tokens = tokens + self.positions(rows, cols, tokens)
+        # The position code is a function of the grid, made per call (N·D sines: nothing beside
+        # the blocks), never stored: any grid works, and no config can make a huge buffer.
+        tokens = tokens + sincos_position_2d(rows, cols, self.hidden_size, x.device).to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens, c, context)                         # (b, N, D)
         out = self.final(tokens, c)                                    # (b, N, p·p·C_out)
