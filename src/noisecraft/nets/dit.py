@@ -202,10 +202,10 @@ class DiT(nn.Module):
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learned_variance else in_channels
         self.patch_size = patch_size
+        self.hidden_size = hidden_size
         self.num_classes = num_classes
         self.text_dim = text_dim
 
-        self.hidden_size = hidden_size
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
         self.time_embed = TimeEmbedding(TIME_SINUSOID_DIM, hidden_size, T)
         self.label_embed = LabelEmbedding(num_classes, hidden_size) if num_classes is not None else None
