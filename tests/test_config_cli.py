@@ -37,6 +37,9 @@ def help_text() -> str:
     return re.sub(r"\s+", " ", train_parser().format_help())
 
 
+TEXT_EXAMPLES = {"max_time": "1.5h"}
+
+
 def test_every_train_config_field_is_a_flag_that_reaches_the_config():
     """Each field, given a non-default value on the command line, arrives in TrainConfig."""
     hints = typing.get_type_hints(TrainConfig)
@@ -53,6 +56,9 @@ def test_every_train_config_field_is_a_flag_that_reaches_the_config():
         elif isinstance(default, tuple):
             want = tuple(v / 2 for v in default)
             argv = ["--" + flag_name(TrainConfig, f), *map(str, want)]
+        elif f.name in TEXT_EXAMPLES:  # free-text settings: a valid value of each
+            want = TEXT_EXAMPLES[f.name]
+            argv = ["--" + flag_name(TrainConfig, f), want]
         else:
             want = (default + 1 if isinstance(default, int) else default / 2 + 0.25
                     if default is not None else 0.25)  # None: resolved later (label_dropout)

@@ -343,6 +343,24 @@ def resolve_label_dropout(value: float | None, class_conditional: bool) -> float
     return float(value)
 
 
+MAX_TIME_CLOCKS = ("cpu", "wall")
+"""What ``train --max-time`` counts (``noisecraft.train.trainer.clock``)."""
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(text: str, name: str = "max_time (--max-time)") -> float:
+    """The seconds in a duration written as a number and a unit: ``90s``, ``10m``, ``1.5h``,
+    ``2d`` (a bare number is seconds); ValueError naming ``name`` and the text otherwise."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*([smhd]?)\s*", text) if isinstance(text, str) else None
+    seconds = float(match[1]) * DURATION_UNITS[match[2] or "s"] if match else math.nan
+    if not (0 < seconds < math.inf):
+        raise ValueError(f"{name} {text!r} is not a duration: write a positive number with a unit "
+                         "s, m, h or d, e.g. 90s, 10m, 1.5h")
+    return seconds
+
+
 @dataclass
 class TrainConfig(Settings):
     """Optimisation settings. ``steps`` counts optimizer steps (each of ``accum`` micro-batches).
@@ -355,6 +373,18 @@ class TrainConfig(Settings):
     """
 
     steps: int = setting(2000, "total optimizer steps", range="[1, inf)", resumable=True)
+    max_time: str | None = setting(
+        None, "stop at --steps or when this much training time is used, whichever comes first, "
+        "e.g. 90s, 10m, 1.5h, with a checkpoint there (default: no limit); training time is the "
+        "optimizer steps with their data loading, not sample grids or checkpoints; state.json "
+        "keeps the time used, so a resumed run continues the budget, and may extend it (a "
+        "cosine --lr-schedule still spans --steps)",
+        resumable=True, metavar="DURATION")
+    max_time_clock: str = setting(
+        "cpu", "what --max-time counts: cpu, this process's CPU seconds over all its threads "
+        "(data loading in the process included, DataLoader workers not), for comparisons at "
+        "equal compute on a CPU; or wall, elapsed seconds (use it on a GPU)",
+        choices=MAX_TIME_CLOCKS, resumable=True)
     batch_size: int = setting(128, "examples per process per micro-batch", range="[1, inf)")
     lr: float = setting(2e-4, "peak AdamW learning rate", range="(0, inf)")
     warmup: int = setting(100, "linear LR warm-up steps", range="[0, inf)")
@@ -393,6 +423,11 @@ class TrainConfig(Settings):
                            "compiling costs more than it saves), on, off; a failed compile "
                            "falls back to eager with a warning", choices=COMPILE_MODES,
                            resumable=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_time is not None:
+            duration_seconds(self.max_time)  # a bad duration fails here, not hours later
 
 
 @dataclass

@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     result = prepare(args.out, resume=args.resume, device=args.device,
                      progress=not args.no_progress, **settings).fit()
     if int(os.environ.get("RANK", "0")) == 0:
-        loss = f"{result.loss:.4f}" if result.loss is not None else "n/a (already at --steps)"
+        loss = (f"{result.loss:.4f}" if result.loss is not None else "n/a (the --max-time budget "
+                "was already used)" if result.stopped_on_time else "n/a (already at --steps)")
         print(f"noisecraft: {args.out}: step {result.step}, loss {loss}, "
-              f"{result.wall_time_s:.1f} s of training")
+              f"{result.wall_time_s:.1f} s of training"
+              + (", stopped on --max-time" if result.stopped_on_time else ""))
     return 0

@@ -4,6 +4,7 @@ They know no diffusion maths; :class:`noisecraft.Denoiser` reads their output. B
 name with :func:`build` and rebuild it from JSON with :func:`from_config` (``net.config``).
 """
 
+from .dit import DiT
 from .layers import (
     AttentionBlock,
     CrossAttentionBlock,
@@ -24,6 +25,7 @@ __all__ = [
     "PRESETS",
     "AttentionBlock",
     "CrossAttentionBlock",
+    "DiT",
     "LabelEmbedding",
     "LinearDenoiser",
     "MLP",

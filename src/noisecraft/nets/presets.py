@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .dit import DiT
 from .linear import LinearDenoiser, LinearDiffusion
 from .mlp import MLP
 from .unet import UNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {net.arch: net for net in (UNet, MLP, LinearDenoiser,
+ARCHITECTURES: dict[str, type[nn.Module]] = {net.arch: net for net in (UNet, DiT, MLP, LinearDenoiser,
                                                                       LinearDiffusion)}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -38,6 +39,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "audio": dict(arch="unet", in_channels=1, image_size=64, base_channels=16,
                   channel_mult=(1, 2, 4, 4), num_res_blocks=1, attention_resolutions=(),
                   norm_groups=8),
+    # Diffusion Transformers (Peebles & Xie 2023, Table 1), sized here for the paper's 256-px
+    # ImageNet latents (32×32×4, patch 2: 256 tokens); new_run_config resizes them to the data.
+    "dit-s/2": dict(arch="dit", in_channels=4, image_size=32, patch_size=2, hidden_size=384,
+                    depth=12, num_heads=6),
+    "dit-b/2": dict(arch="dit", in_channels=4, image_size=32, patch_size=2, hidden_size=768,
+                    depth=12, num_heads=12),
+    # A CPU-sized DiT for 8×8 digits (16 tokens) and 28–32 px pictures (196–256 tokens).
+    "dit-tiny": dict(arch="dit", in_channels=1, image_size=8, patch_size=2, hidden_size=128,
+                     depth=4, num_heads=4),
     # 2-D toy data (moons, rings, Gaussian mixtures); in_channels=D for D-column tabular rows.
     "mlp": dict(arch="mlp", in_channels=2, image_size=None, width=128, depth=3),
     # "Linear Diffusion", solved in closed form by `noisecraft train` (no SGD): 20 Gaussian
@@ -57,7 +67,7 @@ def config_keys(arch: str) -> list[str]:
 
 
 def from_config(config: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a network from its ``.config``: ``{"arch": "unet" | "mlp" | "linear", ...}``."""
+    """Rebuild a network from its ``.config``: ``{"arch": "unet" | "dit" | "mlp" | "linear", ...}``."""
     if not isinstance(config, Mapping):
         raise ValueError(f"a network config must be a dict, got {type(config).__name__}")
     if "arch" not in config:
@@ -80,7 +90,7 @@ def from_config(config: Mapping[str, Any]) -> nn.Module:
 # parameter count itself cheap to take (on the meta device, which allocates nothing).
 SIZE_LIMITS = {"in_channels": 4096, "image_size": 4096, "base_channels": 4096, "width": 65536,
                "depth": 256, "num_res_blocks": 64, "num_heads": 1024, "num_basis": 65536,
-               "num_classes": 100_000, "T": 100_000,
+               "num_classes": 100_000, "T": 100_000, "patch_size": 4096, "hidden_size": 65536,
                "num_components": 65536}
 MAX_PARAMETERS = 4_000_000_000  # 16 GB of float32 weights, 4x Stable Diffusion XL's U-Net
 
@@ -108,7 +118,8 @@ def _check_size(arch: str, args: Mapping[str, Any]) -> None:
 def build(name: str, **overrides: Any) -> nn.Module:
     """The preset ``name`` with ``overrides`` (e.g. in_channels, image_size, num_classes, T).
 
-    Presets: ``tiny``, ``mnist``, ``ddpm-cifar10``, ``mlp``, ``linear`` (see ``PRESETS``).
+    Presets: ``tiny``, ``mnist``, ``ddpm-cifar10``, ``audio``, ``dit-s/2``, ``dit-b/2``,
+    ``dit-tiny``, ``mlp``, ``linear`` (see ``PRESETS``).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown network preset {name!r}; valid: {', '.join(PRESETS)}")

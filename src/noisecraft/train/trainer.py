@@ -12,6 +12,13 @@ per-rank training generator (t, ε, label dropout), torch's global RNG (dropout,
 data order (seed, epoch, position); a checkpoint stores all three, so N steps and N/2 steps +
 ``--resume`` to N give identical weights, with or without DataLoader workers (each example's
 random flip has a seed of its own, see ``batches.py``).
+
+A time budget (``config.train.max_time``, on the ``max_time_clock``) ends the run after the
+first step at which the training time used reaches it, with a checkpoint there. Training time is
+the optimizer steps', data loading included, read through :func:`clock` once per clock before and
+once after each step; sample grids, logs and checkpoints are not counted, so the budget buys the
+same training whatever their cadence, and an interrupted run loses none of it. state.json keeps
+the time used on both clocks (``time_used_s``), so a resumed run continues the budget.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,16 @@ from torch.utils.data import Dataset, IterableDataset
 
 from .. import losses, nets
 from ..conditions import NULL_LABEL
-from ..config import BuildConfig, ConditionConfig, DataConfig, RunConfig, SamplingConfig, TrainConfig
+from ..config import (
+    MAX_TIME_CLOCKS,
+    BuildConfig,
+    ConditionConfig,
+    DataConfig,
+    RunConfig,
+    SamplingConfig,
+    TrainConfig,
+    duration_seconds,
+)
 from ..data.transforms import KINDS
 from ..denoiser import Denoiser
 from ..errors import DataError, RunError
@@ -62,6 +78,15 @@ from .batches import BatchStream
 from .ema import EMA
 
 STATE_VERSION = 1
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+assert set(CLOCKS) == set(MAX_TIME_CLOCKS)
+
+
+def clock(kind: str) -> float:
+    """Seconds on the ``kind`` clock: "wall" (elapsed) or "cpu" (this process's CPU time, all
+    threads). The loop reads time only through here, so tests can give it a fake clock."""
+    return CLOCKS[kind]()
 
 
 def lr_at(step: int, train: TrainConfig) -> float:
@@ -111,8 +136,8 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str | 
     if net not in nets.PRESETS:
         raise ValueError(f"unknown network preset {net!r}; valid: {', '.join(nets.PRESETS)}")
     arch = nets.PRESETS[net]["arch"]
-    if kind == "vector" and arch == "unet":
-        raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a U-Net for images; "
+    if kind == "vector" and arch in ("unet", "dit"):
+        raise ValueError(f"{spec!r} is vector data, but preset {net!r} is a network for images; "
                          "use --net mlp")
     if kind == "audio" and arch != "unet":
         raise ValueError(f"{spec!r} is audio data (n_mels × frames spectrograms), but preset {net!r} "
@@ -214,6 +239,8 @@ class TrainResult:
     loss: float | None
     wall_time_s: float
     examples_per_s: float | None
+    stopped_on_time: bool = False  # ended by config.train.max_time before config.train.steps
+    time_used_s: dict[str, float] = field(default_factory=dict)  # per clock, over the whole run
 
 
 # What a run directory may hold (DESIGN §2.6); anything else makes a folder foreign.
@@ -284,8 +311,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
     def fit(self, stop_at: int | None = None) -> TrainResult:
-        """Train until ``config.train.steps`` optimizer steps (or ``stop_at``, to simulate an
-        interrupted run) and save a checkpoint there."""
+        """Train until ``config.train.steps`` optimizer steps, or until ``config.train.max_time``
+        is used (``TrainResult.stopped_on_time``), or ``stop_at`` (to simulate an interrupted
+        run), and save a checkpoint there."""
         ctx = distributed.setup(self.device)
         try:
             with self._writer_lock(ctx):
@@ -341,9 +369,9 @@ class Trainer:
         self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
         if hasattr(net, "fit_closed_form"):  # e.g. nets.linear.LinearDiffusion: solved, not trained
             return self._solve(ctx, net, ema, opt, gen, stream)
-        step, wall = 0, 0.0
+        step, wall, used = 0, 0.0, {kind: 0.0 for kind in CLOCKS}
         if self.resume:
-            step, wall = self._restore(ctx, net, ema, opt, gen, stream)
+            step, wall, used = self._restore(ctx, net, ema, opt, gen, stream)
 
         model: nn.Module = net
         if ctx.distributed:
@@ -357,7 +385,8 @@ class Trainer:
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         writer = _tensorboard(self.run_dir) if ctx.is_main else None
         try:
-            return self._loop(ctx, model, net, ema, opt, gen, stream, denoiser, step, end, wall, writer)
+            return self._loop(ctx, model, net, ema, opt, gen, stream, denoiser, step, end, wall, used,
+                              writer)
         finally:
             if writer is not None:
                 writer.close()
@@ -368,23 +397,24 @@ class Trainer:
         trained by SGD (a resumed run is solved again: same data, same answer). It is saved as an
         ordinary checkpoint at step 1, model and EMA weights equal; the loss reported is the
         run's own objective on one batch."""
-        cfg, start = self.config, time.perf_counter()
+        cfg = self.config
+        start = {kind: clock(kind) for kind in CLOCKS}
         schedule = Schedule.from_dict(cfg.schedule)
         net.fit_closed_form(self.dataset, schedule, cfg.prediction)  # type: ignore[operator]
         ema.net.load_state_dict(net.state_dict())
         with torch.no_grad():
             loss = float(self._loss(Denoiser(net, schedule, cfg.prediction), next(stream), gen, ctx))
-        wall = time.perf_counter() - start
+        used = {kind: clock(kind) - t0 for kind, t0 in start.items()}
         if ctx.is_main and cfg.train.sample_every:
             self._samples(ema.net, 1)
-        self._save(ctx, 1, net, ema, opt, gen, stream, wall)
-        return TrainResult(run_dir=self.run_dir, step=1, loss=loss, wall_time_s=wall,
-                           examples_per_s=None)
+        self._save(ctx, 1, net, ema, opt, gen, stream, used["wall"], used)
+        return TrainResult(run_dir=self.run_dir, step=1, loss=loss, wall_time_s=used["wall"],
+                           examples_per_s=None, time_used_s=used)
 
     # ------------------------------------------------------------------ the loop
     def _loop(self, ctx: distributed.Context, model: nn.Module, net: nn.Module, ema: EMA,
               opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream, denoiser: Any,
-              step: int, end: int, wall: float, writer: Any) -> TrainResult:
+              step: int, end: int, wall: float, used: dict[str, float], writer: Any) -> TrainResult:
         from ..progress import Bar
 
         tc = self.config.train
@@ -397,8 +427,14 @@ class Trainer:
         t_start = t_log = time.perf_counter()
         wall_at_start, step_at_log = wall, step
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
+        budget = duration_seconds(tc.max_time) if tc.max_time is not None else math.inf
+        time_used = dict(used)  # training time of the run so far, per clock
+        out_of_time = self._spent(time_used, ctx) >= budget  # a resumed run whose budget is used up
+        if out_of_time:
+            end = step
         try:
             while step < end:
+                before = {kind: clock(kind) for kind in CLOCKS}
                 lr = lr_at(step, tc)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -419,6 +455,9 @@ class Trainer:
                 ema.update(net)
                 step += 1
                 bar.update(1)
+                time_used = {kind: time_used[kind] + clock(kind) - before[kind] for kind in CLOCKS}
+                if self._spent(time_used, ctx) >= budget:
+                    out_of_time, end = True, step  # this step is the last: log, sample, save
 
                 if step % tc.log_every == 0 or step == end:
                     now = time.perf_counter()
@@ -440,12 +479,22 @@ class Trainer:
                     self._samples(ema.net, step)
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == end:
                     wall_now = wall_at_start + time.perf_counter() - t_start
-                    self._save(ctx, step, net, ema, opt, gen, stream, wall_now)
+                    self._save(ctx, step, net, ema, opt, gen, stream, wall_now, time_used)
         finally:
             bar.close()
         return TrainResult(run_dir=self.run_dir, step=step, loss=last_loss,
                            wall_time_s=wall_at_start + time.perf_counter() - t_start,
-                           examples_per_s=last_rate)
+                           examples_per_s=last_rate, stopped_on_time=out_of_time,
+                           time_used_s=time_used)
+
+    def _spent(self, used: dict[str, float], ctx: distributed.Context) -> float:
+        """The time used on the budget's clock; under DDP the ranks' mean, so all stop together."""
+        if self.config.train.max_time is None:
+            return 0.0
+        spent = used[self.config.train.max_time_clock]
+        if ctx.distributed:
+            spent = float(distributed.mean_over_ranks(torch.tensor([spent]), ctx)[0])
+        return spent
 
     def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
               ctx: distributed.Context) -> Tensor:
@@ -532,7 +581,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, ctx: distributed.Context, step: int, net: nn.Module, ema: EMA,
               opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream,
-              wall: float) -> None:
+              wall: float, time_used: dict[str, float]) -> None:
         # Every rank's RNG streams, so a resume with the same world size continues each exactly.
         rng = {"train": distributed.gather_bytes(_state_bytes(gen.get_state()), ctx),
                "torch": distributed.gather_bytes(_state_bytes(torch.get_rng_state()), ctx)}
@@ -543,7 +592,7 @@ class Trainer:
         if ctx.is_main:
             state = {"version": STATE_VERSION, "step": step, "world_size": ctx.world_size,
                      "lr_step": step, "lr": lr_at(max(step - 1, 0), self.config.train),
-                     "ema_updates": ema.num_updates, "wall_time_s": wall,
+                     "ema_updates": ema.num_updates, "wall_time_s": wall, "time_used_s": time_used,
                      "time_sampler": self.time_sampler.state_dict(),
                      "data": [json.loads(d) for d in data],
                      "rng": {k: [ckpt.encode_rng(_bytes_state(b)) for b in v] for k, v in rng.items()}}
@@ -558,7 +607,7 @@ class Trainer:
 
     def _restore(self, ctx: distributed.Context, net: nn.Module, ema: EMA,
                  opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream
-                 ) -> tuple[int, float]:
+                 ) -> tuple[int, float, dict[str, float]]:
         d = self.run_dir
         state = read_state(d)
         step = state["step"]
@@ -597,7 +646,13 @@ class Trainer:
             raise RunError(f"{d / STATE}: corrupt RNG or data-order record ({e})") from None
         if ctx.is_main:
             ckpt.truncate_log(self.run_dir / LOG, step)
-        return step, float(state.get("wall_time_s", 0.0))
+        # A checkpoint from before time budgets: its wall time is known, its CPU time is not (0).
+        try:
+            used = {"wall": state.get("wall_time_s", 0.0), "cpu": 0.0, **state.get("time_used_s", {})}
+            used = {kind: float(used[kind]) for kind in CLOCKS}
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{d / STATE}: corrupt time_used_s ({e})") from None
+        return step, float(state.get("wall_time_s", 0.0)), used
 
 
 def _check_labels(labels: Tensor, num_classes: int, keys: Any) -> None:
