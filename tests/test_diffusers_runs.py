@@ -223,3 +223,88 @@ def test_sample_and_nll_commands_on_a_folder(tmp_path, capsys, shared_data):
     source = record["source"]
     assert source["kind"] == "diffusers" and source["mapped"]["beta_schedule"] == "linear"
     assert len(source["sha256"]["unet/diffusion_pytorch_model.safetensors"]) == 64
+
+
+# --------------------------------------------------------------------------- export
+def trained_run(run_dir, **build):
+    """A 1-step digits run of the tiny preset with T = 1000 (what export needs)."""
+    from noisecraft import data
+    from noisecraft.train import TrainConfig, Trainer, new_run_config
+
+    dataset = data.load("digits")
+    train = TrainConfig(steps=1, batch_size=8, warmup=0, log_every=1, sample_every=0,
+                        checkpoint_every=0)
+    config = new_run_config(dataset, "digits", net="tiny", T=1000, train=train, **build)
+    Trainer(config, run_dir, dataset, device="cpu", progress=False).fit()
+    return str(run_dir)
+
+
+def randomized(run):
+    """The run with every weight redrawn: a trained-for-one-step net is mostly its zero-initialised
+    output convolutions, which would hide a wrong mapping of everything before them."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in run.net.parameters():
+            p.normal_(0, 0.1)
+    return run
+
+
+@pytest.mark.parametrize("build", [
+    dict(), dict(net_overrides={"time_conditioning": "add"}, prediction="v", schedule="cosine")])
+def test_export_samples_equal_noisecraft_and_round_trip(tmp_path, build):
+    from noisecraft.diffusers_export import export_diffusers
+
+    run = randomized(noisecraft.load_run(trained_run(tmp_path / "run", **build)))
+    out = export_diffusers(run, tmp_path / "out")
+    shape = (2, *run.shape)
+
+    def ours(r, sampler):  # noisecraft's own default grid: respaced = diffusers' "trailing"
+        return noisecraft.sample(r.denoiser, shape, r.schedule, sampler=sampler, steps=5,
+                                 generator=torch.Generator().manual_seed(7))
+
+    ddpm = DDPMPipeline.from_pretrained(out, use_safetensors=True, local_files_only=True)
+    ddpm.set_progress_bar_config(disable=True)
+    expected = ddpm(batch_size=2, generator=torch.Generator().manual_seed(7),
+                    num_inference_steps=5, output_type="np").images
+    np.testing.assert_allclose(to_unit(ours(run, "ddpm")), expected, atol=ATOL, rtol=0)
+    ddim = DDIMPipeline.from_pretrained(out, use_safetensors=True, local_files_only=True)
+    ddim.set_progress_bar_config(disable=True)
+    expected = ddim(batch_size=2, generator=torch.Generator().manual_seed(7), eta=0.0,
+                    num_inference_steps=5, output_type="np", use_clipped_model_output=True).images
+    np.testing.assert_allclose(to_unit(ours(run, "ddim")), expected, atol=ATOL, rtol=0)
+    back = noisecraft.load_run(out)  # the round trip: the exported folder read as a run
+    assert back.schedule == run.schedule or torch.allclose(back.schedule.alpha_bars,
+                                                           run.schedule.alpha_bars, rtol=1e-12)
+    assert back.config.prediction == run.config.prediction
+    assert back.config.sampling.clip == run.config.sampling.clip
+    for sampler in ("ddpm", "ddim"):
+        np.testing.assert_allclose(to_unit(ours(back, sampler)), to_unit(ours(run, sampler)),
+                                   atol=ATOL, rtol=0)
+
+
+def test_ddpm_cifar10_preset_is_unet2dmodel_sized():
+    from noisecraft import nets
+    from noisecraft.diffusers_export import to_unet2d
+
+    net = nets.build("ddpm-cifar10")
+    unet = to_unet2d(net)
+    assert sum(p.numel() for p in unet.parameters()) == 35_746_307 == sum(
+        p.numel() for p in net.parameters())
+
+
+def test_export_command_and_its_refusal(tmp_path, capsys):
+    run_dir = trained_run(tmp_path / "run")
+    out = tmp_path / "out"
+    assert main(["export", run_dir, str(out), "--format", "diffusers"]) == 0
+    pipe = DDPMPipeline.from_pretrained(out, use_safetensors=True, local_files_only=True)
+    assert pipe.unet.config.sample_size == 8
+    assert main(["export", run_dir, str(out)]) == 2  # exists: refused, not overwritten
+    capsys.readouterr()
+    from train_helpers import train, vector_config
+
+    config, dataset = vector_config(steps=1)
+    train(tmp_path / "mlp", config, dataset)
+    assert main(["export", str(tmp_path / "mlp"), str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "no diffusers counterpart" in err and "ddpm-cifar10" in err
+    assert not (tmp_path / "out2").exists()
