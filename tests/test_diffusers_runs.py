@@ -252,7 +252,9 @@ def randomized(run):
 @pytest.mark.parametrize("build", [
     dict(), dict(net_overrides={"time_conditioning": "add"}, prediction="v", schedule="cosine")])
 def test_export_samples_equal_noisecraft_and_round_trip(tmp_path, build):
+    from noisecraft import nets
     from noisecraft.diffusers_export import export_diffusers
+    from noisecraft.diffusers_io import load_pipeline_folder
 
     run = randomized(noisecraft.load_run(trained_run(tmp_path / "run", **build)))
     out = export_diffusers(run, tmp_path / "out")
@@ -273,6 +275,10 @@ def test_export_samples_equal_noisecraft_and_round_trip(tmp_path, build):
                     num_inference_steps=5, output_type="np", use_clipped_model_output=True).images
     np.testing.assert_allclose(to_unit(ours(run, "ddim")), expected, atol=ATOL, rtol=0)
     back = noisecraft.load_run(out)  # the round trip: the exported folder read as a run
+    assert isinstance(back.net, nets.UNet) and back.config.net == run.config.net  # converted
+    wrapped = load_pipeline_folder(out, native=False)  # and through diffusers' own UNet2DModel
+    np.testing.assert_allclose(to_unit(ours(wrapped, "ddpm")), to_unit(ours(run, "ddpm")),
+                               atol=ATOL, rtol=0)
     assert back.schedule == run.schedule or torch.allclose(back.schedule.alpha_bars,
                                                            run.schedule.alpha_bars, rtol=1e-12)
     assert back.config.prediction == run.config.prediction
@@ -308,3 +314,32 @@ def test_export_command_and_its_refusal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no diffusers counterpart" in err and "ddpm-cifar10" in err
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("cls", ["DDPMScheduler", "DDIMScheduler"])
+def test_scheduler_defaults_are_the_installed_diffusers(cls):
+    import inspect
+
+    import diffusers
+
+    from noisecraft.diffusers_io import SCHEDULER_DEFAULTS
+
+    params = inspect.signature(getattr(diffusers, cls).__init__).parameters
+    assert SCHEDULER_DEFAULTS[cls] == {k: p.default for k, p in params.items()
+                                       if p.default is not inspect.Parameter.empty}
+
+
+def test_default_unet2dmodel_is_wrapped_and_an_exported_one_converted(tmp_path, monkeypatch):
+    import sys
+
+    from noisecraft import nets
+    from noisecraft.diffusers_export import export_diffusers
+    from noisecraft.diffusers_io import DiffusersUNet
+
+    wrapped = noisecraft.load_run(write_folder(tmp_path / "a", num_train_timesteps=1000))
+    assert isinstance(wrapped.net, DiffusersUNet)  # flip_sin_to_cos=True: no noisecraft twin
+    assert wrapped.source["net"].startswith("diffusers")
+    out = export_diffusers(noisecraft.load_run(trained_run(tmp_path / "run")), tmp_path / "out")
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # any import of diffusers now fails
+    native = noisecraft.load_run(out)
+    assert isinstance(native.net, nets.UNet) and native.source["net"].startswith("converted")

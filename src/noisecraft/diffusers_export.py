@@ -111,6 +111,63 @@ def unet2d_config(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# UNet2DModel's defaults (diffusers 0.42) for keys an older config.json may lack.
+UNET2D_DEFAULTS: dict[str, Any] = {
+    "center_input_sample": False, "time_embedding_type": "positional", "freq_shift": 0,
+    "flip_sin_to_cos": True, "mid_block_scale_factor": 1, "downsample_padding": 1,
+    "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0, "act_fn": "silu",
+    "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None, "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
+    "num_class_embeds": None, "num_train_timesteps": None, "mid_block_type": "UNetMidBlock2D",
+    "time_embedding_dim": None}
+# Keys outside the table that a noisecraft twin must leave at these values.
+_NEUTRAL = {"class_embed_type": None, "num_class_embeds": None, "num_train_timesteps": None,
+            "mid_block_type": "UNetMidBlock2D", "time_embedding_dim": None}
+
+
+def native_config(u: dict[str, Any], T: int) -> dict[str, Any] | None:
+    """The noisecraft U-Net config whose :func:`unet2d_config` is the UNet2DModel config ``u``
+    (the inverse of the table), or None when ``u`` has no exact noisecraft counterpart (e.g.
+    DDPM's own CIFAR-10 checkpoint: ``freq_shift=1`` gives frequencies 10000^(−i/(h−1)) and
+    ``downsample_padding=0`` pads asymmetrically; both differ from noisecraft's UNet)."""
+    def get(key: str) -> Any:
+        return u.get(key, UNET2D_DEFAULTS.get(key))
+
+    try:
+        widths = [int(w) for w in u["block_out_channels"]]
+        base, size = widths[0], u["sample_size"]
+        if any(w % base for w in widths) or not isinstance(size, int):
+            return None
+        attention = [b == "AttnDownBlock2D" for b in u["down_block_types"]]
+        head_dim = get("attention_head_dim")
+        heads = 1 if head_dim is None else widths[-1] // int(head_dim)
+        shift = {"default": "add", "scale_shift": "film"}.get(get("resnet_time_scale_shift"))
+        c = {"arch": "unet", "in_channels": int(u["in_channels"]), "image_size": size,
+             "base_channels": base, "channel_mult": [w // base for w in widths],
+             "num_res_blocks": int(u["layers_per_block"]),
+             "attention_resolutions": [size // 2 ** i for i, a in enumerate(attention) if a],
+             "dropout": float(get("dropout")), "num_heads": heads,
+             "norm_groups": int(get("norm_num_groups")), "time_conditioning": shift,
+             "learned_variance": int(u["out_channels"]) == 2 * int(u["in_channels"]),
+             "num_classes": None, "T": T}
+        if shift is None or heads < 1:
+            return None
+        check_exportable(c, T)
+        expected = unet2d_config(c)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    for key, value in expected.items():
+        have = get(key)
+        if key == "attn_norm_num_groups" and have is None and shift == "add":
+            continue  # diffusers then takes norm_num_groups itself
+        if (list(have) if isinstance(have, list | tuple) else have) != value:
+            return None
+    extra = [k for k in u if not k.startswith("_") and k not in expected]
+    if any(k not in _NEUTRAL or u[k] != _NEUTRAL[k] for k in extra):
+        return None
+    return c
+
+
 def _module_pairs(c: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(noisecraft prefix, diffusers prefix, kind) of every module, kind ∈ res, attn, conv, norm,
     linear."""

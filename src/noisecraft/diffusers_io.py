@@ -76,6 +76,16 @@ SCHEDULER_KEYS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedul
                   "prediction_type", "clip_sample", "clip_sample_range", "variance_type",
                   "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
                   "timestep_spacing", "steps_offset", "set_alpha_to_one", "rescale_betas_zero_snr"}
+# The scheduler classes' own defaults (diffusers 0.42; tests/test_diffusers_runs.py checks them
+# against the installed diffusers), so a folder reads without importing diffusers.
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+    "trained_betas": None, "clip_sample": True, "prediction_type": "epsilon", "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0, "sample_max_value": 1.0,
+    "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False}
+SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "DDPMScheduler": {**_COMMON_DEFAULTS, "variance_type": "fixed_small"},
+    "DDIMScheduler": {**_COMMON_DEFAULTS, "set_alpha_to_one": True}}
 # The pipelines' own defaults (DDPMPipeline.__call__ / DDIMPipeline.__call__).
 DEFAULT_SAMPLING = {"DDPMPipeline": ("ddpm", 1000), "DDIMPipeline": ("ddim", 50)}
 
@@ -121,7 +131,7 @@ def map_scheduler(config: dict[str, Any], source: str = SCHEDULER_CONFIG) -> Sch
     unknown = sorted(k for k in config if not k.startswith("_") and k not in SCHEDULER_KEYS)
     if unknown:
         raise ValueError(f"{source}: scheduler option {unknown[0]!r} has no noisecraft mapping")
-    c = {**_scheduler_defaults(cls), **{k: v for k, v in config.items() if not k.startswith("_")}}
+    c = {**SCHEDULER_DEFAULTS[cls], **{k: v for k, v in config.items() if not k.startswith("_")}}
     for key in ("thresholding", "rescale_betas_zero_snr"):
         if c.get(key):
             raise ValueError(f"{source}: {key}={c[key]!r} is not supported (noisecraft's "
@@ -162,16 +172,6 @@ def map_scheduler(config: dict[str, Any], source: str = SCHEDULER_CONFIG) -> Sch
                             steps_offset=int(c.get("steps_offset", 0)),
                             set_alpha_to_one=bool(c.get("set_alpha_to_one", True)),
                             scheduler_class=cls, mapped=mapped)
-
-
-def _scheduler_defaults(cls: str) -> dict[str, Any]:
-    """The diffusers scheduler class's own defaults (its ``__init__`` signature)."""
-    import inspect
-
-    import diffusers
-
-    params = inspect.signature(getattr(diffusers, cls).__init__).parameters
-    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
 def diffusion_timesteps(mapping: SchedulerMapping, steps: int) -> list[int]:
@@ -247,14 +247,16 @@ def _check_unet_config(config: Any, source: str) -> None:
                            "unconditional UNet2DModels with positional time embeddings)")
 
 
-def load_unet(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """``UNet2DModel.from_config(unet/config.json)`` with the safetensors weights loaded strictly."""
-    try:
-        from diffusers import UNet2DModel
-    except ImportError:
-        raise RunError(f"{folder} is a diffusers pipeline folder; reading it needs the diffusers "
-                       "package: pip install 'noisecraft[latent]'") from None
+def load_unet(folder: Path, T: int, native: bool = True
+              ) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """(net, the UNet2DModel config, the noisecraft net config or None). With ``native`` and a
+    config that has an exact noisecraft counterpart (:func:`noisecraft.diffusers_export.native_config`),
+    the weights are converted into noisecraft's own UNet and diffusers is not imported; otherwise
+    ``UNet2DModel.from_config`` holds them, wrapped as :class:`DiffusersUNet`. Either way the
+    safetensors file is loaded strictly."""
     from safetensors.torch import load as safetensors_load
+
+    from .diffusers_export import from_diffusers_state, native_config
 
     config_path, weights = folder / UNET_CONFIG, folder / UNET_WEIGHTS
     if not config_path.is_file():
@@ -270,6 +272,26 @@ def load_unet(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         tensors = safetensors_load(weights.read_bytes())
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise RunError(f"{weights}: not a readable safetensors file ({type(e).__name__})") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise RunError(f"{weights}: tensor {bad[0]!r} holds NaN or Inf values")
+    own = native_config(config, T) if native else None
+    if own is not None:
+        from . import nets
+
+        net = nets.from_config(own)
+        try:
+            net.load_state_dict(from_diffusers_state(tensors, own), strict=True)
+        except (KeyError, RuntimeError) as e:
+            raise RunError(f"{weights}: does not fit the UNet2DModel in {config_path} "
+                           f"({str(e).splitlines()[0]})") from None
+        return net, config, own
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise RunError(f"{folder} is a diffusers pipeline folder whose UNet has no noisecraft "
+                       "counterpart; reading it needs the diffusers package: "
+                       "pip install 'noisecraft[latent]'") from None
     try:
         unet = UNet2DModel.from_config(config)
     except Exception as e:  # diffusers validates the config with assorted error types
@@ -280,10 +302,7 @@ def load_unet(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     except RuntimeError as e:
         raise RunError(f"{weights}: does not fit the UNet2DModel in {config_path} "
                        f"({str(e).splitlines()[0]})") from None
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:
-        raise RunError(f"{weights}: tensor {bad[0]!r} holds NaN or Inf values")
-    return unet, dict(unet.config)
+    return DiffusersUNet(unet), dict(unet.config), None
 
 
 # --------------------------------------------------------------------------- the run
@@ -301,9 +320,11 @@ class DiffusersRun(LoadedRun):
         return diffusers_grid(self.mapping, steps, sampler)
 
 
-def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.device = "cpu"
-                         ) -> DiffusersRun:
-    """A DDPMPipeline/DDIMPipeline folder as a run (module docstring). Errors name the file."""
+def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.device = "cpu",
+                         native: bool = True) -> DiffusersRun:
+    """A DDPMPipeline/DDIMPipeline folder as a run (module docstring). Errors name the file.
+    ``native``: convert the UNet into noisecraft's own where the layout is an exact counterpart
+    (:func:`load_unet`); False keeps diffusers' UNet2DModel."""
     from .config import DataConfig, RunConfig, SamplingConfig
     from .data import Preprocess
     from .devices import check_device
@@ -330,7 +351,7 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
         mapping = map_scheduler(scheduler_config, str(scheduler_path))
     except ValueError as e:
         raise RunError(str(e)) from None
-    unet, unet_config = load_unet(path)
+    net, unet_config, own = load_unet(path, mapping.schedule.T, native)
     learned = mapping.ddpm_variance == "learned"
     channels, out_channels = int(unet_config["in_channels"]), int(unet_config["out_channels"])
     if out_channels != channels * (2 if learned else 1):
@@ -345,21 +366,23 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
     files = {name: file_sha256(path / name)
              for name in (MODEL_INDEX, UNET_CONFIG, UNET_WEIGHTS, SCHEDULER_CONFIG)}
     config = RunConfig(
-        net={"arch": "diffusers.UNet2DModel", "learned_variance": learned,
-             **{k: v for k, v in unet_config.items() if not k.startswith("_")}},
+        net=own if own is not None else {
+            "arch": "diffusers.UNet2DModel", "learned_variance": learned,
+            **{k: v for k, v in unet_config.items() if not k.startswith("_")}},
         schedule=mapping.schedule.to_dict(), prediction=mapping.prediction,
         data=DataConfig(spec="", kind="image", shape=[channels, height, width],
                         image_size=preprocess.image_size, channels=channels,
                         preprocess=preprocess.to_dict()),
         sampling=SamplingConfig(sampler=sampler, steps=min(steps, mapping.schedule.T),
                                 clip=mapping.clip))
-    net = DiffusersUNet(unet)
     denoiser, schedule = build_denoiser(net, config)
     net.to(device, memory_format=INFERENCE_MEMORY_FORMAT).eval().requires_grad_(False)
     source = {
         "kind": "diffusers", "path": str(path.resolve()), "pipeline": pipeline,
         "diffusers_version": index.get("_diffusers_version"),
         "unet": "UNet2DModel", "scheduler": mapping.scheduler_class,
+        "net": ("converted into noisecraft's UNet (exact layout counterpart; no diffusers at run "
+                "time)" if own is not None else "diffusers UNet2DModel, wrapped"),
         "sha256": files, "mapped": {**mapping.mapped, "ddpm_variance": mapping.ddpm_variance},
         "schedule": schedule.to_dict() if schedule.to_dict()["kind"] != "custom"
         else {"kind": "custom", "T": schedule.T},
