@@ -86,6 +86,9 @@ _COMMON_DEFAULTS: dict[str, Any] = {
 SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
     "DDPMScheduler": {**_COMMON_DEFAULTS, "variance_type": "fixed_small"},
     "DDIMScheduler": {**_COMMON_DEFAULTS, "set_alpha_to_one": True}}
+# The data spec of a folder: diffusers records no training data, so commands that default to
+# the run's own data (nll, explain) say so by this name unless given --data.
+NO_DATA = "<none: a diffusers folder records no training data>"
 # The pipelines' own defaults (DDPMPipeline.__call__ / DDIMPipeline.__call__).
 DEFAULT_SAMPLING = {"DDPMPipeline": ("ddpm", 1000), "DDIMPipeline": ("ddim", 50)}
 
@@ -319,6 +322,15 @@ class DiffusersRun(LoadedRun):
         assert self.mapping is not None
         return diffusers_grid(self.mapping, steps, sampler)
 
+    def grid(self, sampler: str, steps: int) -> Tensor | None:
+        """The grid sampling should walk to reproduce the folder's pipeline: diffusers' own
+        timesteps for ddim and ddpm where they form a grid, else None (noisecraft's default
+        grid for the sampler). A hook for ``LoadedRun.generate_tensor`` (not yet called there)."""
+        try:
+            return self.diffusers_grid(steps, sampler)
+        except ValueError:
+            return None
+
 
 def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.device = "cpu",
                          native: bool = True) -> DiffusersRun:
@@ -370,7 +382,7 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
             "arch": "diffusers.UNet2DModel", "learned_variance": learned,
             **{k: v for k, v in unet_config.items() if not k.startswith("_")}},
         schedule=mapping.schedule.to_dict(), prediction=mapping.prediction,
-        data=DataConfig(spec="", kind="image", shape=[channels, height, width],
+        data=DataConfig(spec=NO_DATA, kind="image", shape=[channels, height, width],
                         image_size=preprocess.image_size, channels=channels,
                         preprocess=preprocess.to_dict()),
         sampling=SamplingConfig(sampler=sampler, steps=min(steps, mapping.schedule.T),
