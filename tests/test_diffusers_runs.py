@@ -159,6 +159,27 @@ def test_ddpm_equals_diffusers_ddpm_pipeline(tmp_path, prediction, schedule):
     np.testing.assert_allclose(to_unit(got), expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("variance", ["fixed_large", "learned_range"])
+def test_ddpm_variance_types_equal_diffusers(tmp_path, variance):
+    """fixed_large is the ddpm sampler's variance="beta" (σ²_{t|s} = 1 − ᾱ_t/ᾱ_s, diffusers'
+    current β_t); learned_range is the learned interpolation between log β̃ and log β."""
+    out_channels = 2 if variance == "learned_range" else 1
+    DDPMPipeline(unet=tiny_unet(out_channels=out_channels), scheduler=DDPMScheduler(
+        num_train_timesteps=T, beta_start=1e-3, beta_end=0.1, variance_type=variance)
+    ).save_pretrained(tmp_path)
+    run = noisecraft.load_run(tmp_path)
+    assert run.source["mapped"]["ddpm_variance"] == {"fixed_large": "beta"}.get(variance, "learned")
+    pipe = DDPMPipeline.from_pretrained(tmp_path, use_safetensors=True, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(batch_size=2, generator=torch.Generator().manual_seed(6),
+                    num_inference_steps=5, output_type="np").images
+    got = noisecraft.sample(run.denoiser, (2, 1, 8, 8), run.schedule, sampler="ddpm",
+                            grid=run.diffusers_grid(5, "ddpm"),
+                            options={"variance": run.source["mapped"]["ddpm_variance"]},
+                            generator=torch.Generator().manual_seed(6))
+    np.testing.assert_allclose(to_unit(got), expected, atol=ATOL, rtol=0)
+
+
 def test_trailing_spacing_is_noisecraft_respaced_grid(tmp_path):
     folder = write_folder(tmp_path, "ddim", timestep_spacing="trailing")
     run = noisecraft.load_run(folder)

@@ -337,7 +337,7 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
     """A DDPMPipeline/DDIMPipeline folder as a run (module docstring). Errors name the file.
     ``native``: convert the UNet into noisecraft's own where the layout is an exact counterpart
     (:func:`load_unet`); False keeps diffusers' UNet2DModel."""
-    from .config import DataConfig, RunConfig, SamplingConfig
+    from .config import DataConfig, RunConfig, SamplingConfig, TrainConfig
     from .data import Preprocess
     from .devices import check_device
     from .threads import apply_default_threads
@@ -385,6 +385,9 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
         data=DataConfig(spec=NO_DATA, kind="image", shape=[channels, height, width],
                         image_size=preprocess.image_size, channels=channels,
                         preprocess=preprocess.to_dict()),
+        # The folder records no training settings; a learned variance is read as trained by
+        # the hybrid loss (Improved DDPM), which is what RunConfig requires of such nets.
+        train=TrainConfig(loss="hybrid" if learned else "simple"),
         sampling=SamplingConfig(sampler=sampler, steps=min(steps, mapping.schedule.T),
                                 clip=mapping.clip))
     denoiser, schedule = build_denoiser(net, config)
