@@ -245,6 +245,10 @@ def test_sample_and_nll_commands_on_a_folder(tmp_path, capsys, shared_data):
     source = record["source"]
     assert source["kind"] == "diffusers" and source["mapped"]["beta_schedule"] == "linear"
     assert len(source["sha256"]["unet/diffusion_pytorch_model.safetensors"]) == 64
+    assert main(["evaluate", folder, "--data", "digits", "--n", "8", "--steps", "3",
+                 "--features", "digits", "--metrics", "fid", "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert metrics["source"] == source and np.isfinite(metrics["fid"])
 
 
 # --------------------------------------------------------------------------- export
@@ -365,3 +369,12 @@ def test_default_unet2dmodel_is_wrapped_and_an_exported_one_converted(tmp_path, 
     monkeypatch.setitem(sys.modules, "diffusers", None)  # any import of diffusers now fails
     native = noisecraft.load_run(out)
     assert isinstance(native.net, nets.UNet) and native.source["net"].startswith("converted")
+
+
+def test_other_pipelines_are_refused_naming_them(tmp_path):
+    folder = write_folder(tmp_path)
+    index = tmp_path / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()),
+                                 "_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(RunError, match="StableDiffusionPipeline"):
+        noisecraft.load_run(folder)
