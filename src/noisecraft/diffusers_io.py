@@ -16,8 +16,10 @@ diffusers rounds β to float32, a relative difference below 6e-8):
     num_train_timesteps              → T
 
 Prediction: ``prediction_type`` epsilon → "eps", v_prediction → "v", sample → "x0".
-``clip_sample`` (with ``clip_sample_range`` r) → the Denoiser's ``clip=(−r, r)``: diffusers clamps
-x̂_0 and (DDIM) recomputes ε̂ from it, which is what ``Denoiser(clip=...)`` does.
+``clip_sample`` (with ``clip_sample_range`` r) → the Denoiser's ``clip=(−r, r)``, which clamps x̂_0
+and recomputes ε̂ from it. DDPMScheduler's step reads only the clamped x̂_0, so it is exactly
+this; DDIMScheduler recomputes ε̂ only under ``use_clipped_model_output=True`` (by default it
+pairs the clamped x̂_0 with the raw ε̂, a mixed reading noisecraft's Denoiser does not make).
 ``variance_type`` (DDPMScheduler): fixed_small(_log) → β̃ (noisecraft's ddpm default),
 fixed_large(_log) → σ²_{t|s} (the ddpm sampler's ``variance="beta"``, recorded in
 ``source["mapped"]["ddpm_variance"]``), learned_range → the net's learned variance (the same
