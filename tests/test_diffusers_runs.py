@@ -300,6 +300,15 @@ def test_export_samples_equal_noisecraft_and_round_trip(tmp_path, build):
     expected = ddim(batch_size=2, generator=torch.Generator().manual_seed(7), eta=0.0,
                     num_inference_steps=5, output_type="np", use_clipped_model_output=True).images
     np.testing.assert_allclose(to_unit(ours(run, "ddim")), expected, atol=ATOL, rtol=0)
+    # What `noisecraft sample --seed 0` draws (run.generate_tensor: example i from its own stream,
+    # seeded example_seed(0, i)) is what DDPMPipeline draws from one generator per example so
+    # seeded: diffusers' randn_tensor with a list of generators draws each example from its own.
+    from noisecraft.noise import example_seed
+
+    streams = [torch.Generator().manual_seed(example_seed(0, i)) for i in range(2)]
+    expected = ddpm(batch_size=2, generator=streams, num_inference_steps=5, output_type="np").images
+    command = run.generate_tensor(2, sampler="ddpm", steps=5, seed=0)
+    np.testing.assert_allclose(to_unit(command), expected, atol=ATOL, rtol=0)
     back = noisecraft.load_run(out)  # the round trip: the exported folder read as a run
     assert isinstance(back.net, nets.UNet) and back.config.net == run.config.net  # converted
     wrapped = load_pipeline_folder(out, native=False)  # and through diffusers' own UNet2DModel
