@@ -61,6 +61,7 @@ def evaluate_run(run: Any, data: str, *, n: int = 10000, split: str = "train",
         "run_dir": str(run.run_dir), "step": run.step, "sampler": sampler, "steps": steps,
         "seed": seed, "n": n, "labels": "cycled 0..K-1" if run.num_classes else None,
         "data": data, "split": split, "metrics": list(chosen),
+        **({"source": run.source} if getattr(run, "source", None) else {}),  # diffusers_io
         **results,
         "versions": {"noisecraft": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},

@@ -518,8 +518,12 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     ``use_ema`` picks ``ema.safetensors`` (the default, what samples look best with) over
     ``model.safetensors``. A missing or foreign directory, or a corrupt file, raises
     :class:`RunError` naming the file. While a trainer saves into the run, the last committed
-    checkpoint is read (:func:`read_committed`).
+    checkpoint is read (:func:`read_committed`). A diffusers pipeline folder (``model_index.json``)
+    is read by :func:`noisecraft.diffusers_io.load_pipeline_folder`.
     """
+    if (Path(run_dir) / "model_index.json").is_file():
+        from .diffusers_io import load_pipeline_folder
+        return load_pipeline_folder(run_dir, device=device)
     return read_committed(run_dir, lambda: _load_run(run_dir, use_ema, device))
 
 

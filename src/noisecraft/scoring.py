@@ -113,6 +113,8 @@ def describe(run: Any, options: NllOptions) -> dict[str, Any]:
                       atol=options.atol)
     else:
         record.update(variance=resolve_variance(options.variance, run.denoiser.learned_variance))
+    if getattr(run, "source", None):  # where a run read from elsewhere came from (diffusers_io)
+        record["source"] = run.source
     return record
 
 
