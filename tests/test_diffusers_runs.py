@@ -387,3 +387,35 @@ def test_other_pipelines_are_refused_naming_them(tmp_path):
                                  "_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(RunError, match="StableDiffusionPipeline"):
         noisecraft.load_run(folder)
+
+
+@pytest.mark.parametrize("pipeline", ["ddpm", "ddim"])
+def test_the_command_walks_the_folders_own_timesteps(tmp_path, pipeline):
+    """`noisecraft sample FOLDER` (run.generate_tensor) is the folder's pipeline on its own
+    default "leading" spacing with steps_offset 1 — not noisecraft's respaced grid — given the
+    per-example noise streams the command draws (one generator per example, seeded alike)."""
+    from noisecraft.noise import example_seed
+
+    folder = write_folder(tmp_path, pipeline, steps_offset=1)
+    run = noisecraft.load_run(folder)
+    cls = DDPMPipeline if pipeline == "ddpm" else DDIMPipeline
+    pipe = cls.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    streams = [torch.Generator().manual_seed(example_seed(0, i)) for i in range(2)]
+    # DDIMScheduler clips x̂_0 by default: its reading with the clamped x̂_0 is ours (see above)
+    kw = {"eta": 0.0, "use_clipped_model_output": True} if pipeline == "ddim" else {}
+    expected = pipe(batch_size=2, generator=streams, num_inference_steps=5, output_type="np",
+                    **kw).images
+    got = run.generate_tensor(2, sampler=pipeline, steps=5, seed=0)
+    np.testing.assert_allclose(to_unit(got), expected, atol=ATOL, rtol=0)
+
+
+def test_no_ema_on_a_folder_is_refused_not_ignored(tmp_path, capsys):
+    folder = write_folder(tmp_path / "f", "ddpm")
+    with pytest.raises(ValueError, match="one set of weights"):
+        noisecraft.load_run(folder, use_ema=False)
+    assert main(["sample", folder, "--n", "1", "--steps", "2", "--no-ema",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "--no-ema" in capsys.readouterr().err
+    assert main(["sample", folder, "--n", "1", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    assert f"the weights of {folder}" in capsys.readouterr().out

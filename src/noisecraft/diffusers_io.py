@@ -327,7 +327,8 @@ class DiffusersRun(LoadedRun):
     def grid(self, sampler: str, steps: int) -> Tensor | None:
         """The grid sampling should walk to reproduce the folder's pipeline: diffusers' own
         timesteps for ddim and ddpm where they form a grid, else None (noisecraft's default
-        grid for the sampler). A hook for ``LoadedRun.generate_tensor`` (not yet called there)."""
+        grid for the sampler); :meth:`LoadedRun.generate_tensor` walks it, so ``noisecraft
+        sample FOLDER`` is the folder's own pipeline."""
         try:
             return self.diffusers_grid(steps, sampler)
         except ValueError:

@@ -235,6 +235,11 @@ class LoadedRun(RepresentationMixin):
         grids.make(SAMPLERS[sampler].default_grid, self.schedule, steps)  # raises for steps > T
         return sampler, steps
 
+    def grid(self, sampler: str, steps: int) -> torch.Tensor | None:
+        """The time grid ``sampler`` walks with ``steps`` steps: None, the sampler's own default
+        grid, for noisecraft runs; a diffusers folder returns its scheduler's own timesteps."""
+        return None
+
     @torch.no_grad()
     def generate_tensor(self, n: int, sampler: str | None = None, steps: int | None = None,
                         seed: int = 0,
@@ -285,6 +290,7 @@ class LoadedRun(RepresentationMixin):
                                           conditional=labels is not None or prompts is not None)
         from .progress import Bar, counting
 
+        grid = self.grid(sampler, steps)
         bar = Bar(-(-n // batch_size) * steps, "sample") if progress else None
         out = []
         for batch, start in enumerate(range(0, n, batch_size)):
@@ -292,7 +298,7 @@ class LoadedRun(RepresentationMixin):
             cond = self.condition(None if labels is None else labels[start:stop],
                                   None if prompts is None else prompts[start:stop], dev)
             x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
-                       steps=steps, options=options,
+                       steps=steps if grid is None else None, grid=grid, options=options,
                        seed=seed, seed_offset=offset + start, device=dev,
                        callback=counting(callback if start == 0 else None, bar), **cond)
             out.append(x.float().cpu())
@@ -523,6 +529,10 @@ def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,
     """
     if (Path(run_dir) / "model_index.json").is_file():
         from .diffusers_io import load_pipeline_folder
+
+        if not use_ema:  # nothing a user asked for is silently dropped
+            raise ValueError(f"{run_dir} is a diffusers folder with one set of weights; raw "
+                             "(--no-ema) weights do not apply")
         return load_pipeline_folder(run_dir, device=device)
     return read_committed(run_dir, lambda: _load_run(run_dir, use_ema, device))
 

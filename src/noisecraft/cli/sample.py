@@ -22,6 +22,7 @@ on (--seed, i), not on --batch-size.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,14 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "wav":
         written.append(write_wavs(run_, base, out, args.griffin_lim_iters))
     print(f"noisecraft: {len(out)} samples ({drawn.sampler}, {drawn.steps} steps, seed {args.seed}"
-          f"{describe(guidance)}, {'raw' if args.no_ema else 'EMA'} weights of step {run_.step})")
+          f"{describe(guidance)}, {_weights(run_, args.no_ema)})")
     for line in written:
         print(f"  {line}")
     return 0
+
+
+def _weights(run_: Any, raw: bool) -> str:
+    """Which weights drew the samples, in words."""
+    if getattr(run_, "source", None):  # a diffusers folder: its one set of weights
+        return f"the weights of {run_.run_dir}"
+    return f"{'raw' if raw else 'EMA'} weights of step {run_.step}"
