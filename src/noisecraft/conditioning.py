@@ -24,8 +24,16 @@ Prompts become three tensors, the keyword arguments a text-conditioned net takes
   (safetensors under ``$NOISECRAFT_CACHE/text/`` or ``~/.cache/noisecraft/text/``, keyed by
   (encoder sha256, text)), so a trainer never runs the encoder per step.
 
-Classifier-free guidance over prompts: ``Guided(denoiser, w, null=null_condition)`` (the empty
-prompt as the unconditional branch, batched with the conditional one).
+Classifier-free guidance over prompts: ``Guided(denoiser, w, null=null_for(encoder))`` (the
+empty prompt as the unconditional branch, batched with the conditional one).
+
+A CLIP text encoder (a Stable-Diffusion folder's ``text_encoder/`` + ``tokenizer/``,
+:class:`ClipTextEncoder`) sits behind the same contract with diffusers' conventions instead:
+every prompt is padded (and truncated) to the tokenizer's ``model_max_length`` L, the tokens are
+CLIP's last hidden states at all L positions (diffusers' UNet cross-attends to the padding too,
+so the mask is all True), the pooled vector is CLIP's ``pooler_output``, and the empty prompt is
+*encoded* like any other — that embedding, not zeros, is the unconditional branch, as
+``StableDiffusionPipeline.encode_prompt`` makes it. :func:`null_for` gives each encoder's null.
 
 The encoder needs the ``transformers`` package (the ``[text]`` extra); without it,
 :func:`load_text_encoder` raises one error saying ``pip install noisecraft[text]``.
@@ -169,6 +177,94 @@ def _load(name: str, folder: Path, digest: str, transformers: Any) -> TextEncode
                        max_tokens=_max_tokens(folder, tokenizer), tokenizer=tokenizer, model=model)
 
 
+@dataclass
+class ClipTextEncoder:
+    """A frozen CLIPTextModel with its CLIPTokenizer, read as diffusers' Stable-Diffusion pipelines
+    read them (module docstring). ``max_tokens`` is L, the tokenizer's ``model_max_length``;
+    ``sha256`` is of the weights file. Embeddings are kept in memory per prompt (no disk cache:
+    they are cheap next to the UNet and are never a training input here)."""
+
+    name: str
+    path: Path
+    sha256: str
+    dim: int
+    max_tokens: int
+    tokenizer: Any = field(repr=False)
+    model: Any = field(repr=False)
+    memory: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+
+    @torch.no_grad()
+    def run(self, prompts: list[str]) -> list[tuple[Tensor, Tensor]]:
+        """(tokens (L, D), pooled (D,)) per prompt: ``encode_prompt``'s tokenisation (pad to
+        max_length, truncate) and CLIP call (the attention mask only where the config's
+        ``use_attention_mask`` asks for it; the causal mask is CLIP's own)."""
+        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
+                               truncation=True, return_tensors="pt")
+        use_mask = bool(getattr(self.model.config, "use_attention_mask", False))
+        out = self.model(batch.input_ids,
+                         attention_mask=batch.attention_mask if use_mask else None)
+        hidden, pooled = out[0].float(), out[1].float()
+        return [(hidden[i].clone(), pooled[i].clone()) for i in range(len(prompts))]
+
+    def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Prompts → (tokens (B, L, D), mask (B, L) all True, pooled (B, D)), float32 on the CPU."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.memory]
+        if missing:
+            self.memory.update(zip(missing, self.run(missing), strict=True))
+        if not prompts:
+            return (torch.zeros(0, self.max_tokens, self.dim),
+                    torch.zeros(0, self.max_tokens, dtype=torch.bool), torch.zeros(0, self.dim))
+        tokens = torch.stack([self.memory[p][0] for p in prompts])
+        pooled = torch.stack([self.memory[p][1] for p in prompts])
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool), pooled
+
+    def null_condition(self, **cond: Any) -> dict[str, Any]:
+        """The unconditional keywords: the *encoded* empty prompt, one row broadcast over the
+        batch, on the call's device (``Guided(..., null=encoder.null_condition)``)."""
+        if set(cond) - set(TEXT_KEYS):
+            raise ValueError(f"no null condition is known for {sorted(set(cond) - set(TEXT_KEYS))[0]!r}")
+        device = next(v.device for v in cond.values() if v is not None) if any(
+            v is not None for v in cond.values()) else None
+        null = text_condition(self, [""], device)
+        return {k: None if cond[k] is None else null[k] for k in cond}
+
+
+def load_clip_encoder(text_encoder: str | os.PathLike, tokenizer: str | os.PathLike
+                      ) -> ClipTextEncoder:
+    """A CLIPTextModel folder (``config.json`` + ``model.safetensors``) and a CLIPTokenizer folder,
+    offline (``local_files_only``; safetensors only, a pickled ``pytorch_model.bin`` is never
+    read). Errors name the folder."""
+    from .cache import sha256_of_file
+
+    transformers = _import_transformers()
+    folder, tok_folder = Path(text_encoder), Path(tokenizer)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"text encoder {folder}: {weights} not found (safetensors weights "
+                                f"are required)")
+    if not tok_folder.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {str(tok_folder)!r} not found")
+    transformers.utils.logging.disable_progress_bar()
+    tok = transformers.CLIPTokenizer.from_pretrained(str(tok_folder), local_files_only=True)
+    model = transformers.CLIPTextModel.from_pretrained(str(folder), local_files_only=True,
+                                                       use_safetensors=True)
+    model.eval().requires_grad_(False)
+    limit = tok.model_max_length
+    if not (isinstance(limit, int) and 0 < limit <= model.config.max_position_embeddings):
+        raise ValueError(f"{tok_folder}: model_max_length {limit!r} must be a positive length of "
+                         f"at most the encoder's max_position_embeddings "
+                         f"{model.config.max_position_embeddings}")
+    return ClipTextEncoder(name=str(folder), path=folder, sha256=sha256_of_file(weights),
+                           dim=int(model.config.hidden_size), max_tokens=int(limit),
+                           tokenizer=tok, model=model)
+
+
+def null_for(encoder: Any) -> Any:
+    """The ``Guided(..., null=...)`` of an encoder: its own (a CLIP encoder: the encoded empty
+    prompt), else :func:`null_condition` (zero tokens, mask False: the net's learned null)."""
+    return getattr(encoder, "null_condition", null_condition)
+
+
 def _cache_file(encoder_sha256: str, text: str) -> Path:
     from .cache import cache_dir
 
@@ -224,16 +320,19 @@ def embed_captions(encoder: TextEncoder, prompts: list[str], *,
     return [null if text == "" else encoder.memory[text] for text in prompts]
 
 
-def encode_prompts(encoder: TextEncoder, prompts: list[str] | tuple[str, ...], *,
+def encode_prompts(encoder: TextEncoder | ClipTextEncoder, prompts: list[str] | tuple[str, ...], *,
                    disk: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Prompts → ``(tokens (B, L, D), mask (B, L) bool, pooled (B, D))`` on the CPU, float32.
 
     L is the longest prompt's token count (at least 1, so an all-empty batch still has a token
     axis); shorter rows are zero-padded with mask False. "" is the null condition (see the module
-    docstring). Cached in memory and, with ``disk=True``, on disk.
+    docstring). Cached in memory and, with ``disk=True``, on disk. A :class:`ClipTextEncoder`
+    gives L = its max_length and an all-True mask, "" encoded (module docstring).
     """
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a list of strings, got {prompts!r:.80}")
+    if isinstance(encoder, ClipTextEncoder):  # padded to max_length, "" encoded (docstring)
+        return encoder.encode(list(prompts))
     rows = embed_captions(encoder, list(prompts), disk=disk)
     length = max([1] + [tokens.shape[0] for tokens, _ in rows])
     tokens = torch.zeros(len(rows), length, encoder.dim)
@@ -245,7 +344,7 @@ def encode_prompts(encoder: TextEncoder, prompts: list[str] | tuple[str, ...], *
     return tokens, mask, pooled
 
 
-def text_condition(encoder: TextEncoder, prompts: list[str] | tuple[str, ...],
+def text_condition(encoder: TextEncoder | ClipTextEncoder, prompts: list[str] | tuple[str, ...],
                    device: torch.device | str | None = None) -> dict[str, Tensor]:
     """The keyword arguments of a text-conditioned net: ``{"text", "text_mask", "text_pooled"}``
     (``conditions.TEXT_KEYS``: tokens, their mask, the pooled vector)."""

@@ -68,7 +68,8 @@ UNET_PICKLE = "unet/diffusion_pytorch_model.bin"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 
 PIPELINES = ("DDPMPipeline", "DDIMPipeline")
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+SD_PIPELINES = ("StableDiffusionPipeline",)
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler")
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 VARIANCES = {"fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde", "fixed_large": "beta",
              "fixed_large_log": "beta", "learned_range": "learned"}
@@ -77,7 +78,8 @@ SPACINGS = ("leading", "trailing", "linspace")
 SCHEDULER_KEYS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                   "prediction_type", "clip_sample", "clip_sample_range", "variance_type",
                   "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
-                  "timestep_spacing", "steps_offset", "set_alpha_to_one", "rescale_betas_zero_snr"}
+                  "timestep_spacing", "steps_offset", "set_alpha_to_one", "rescale_betas_zero_snr",
+                  "skip_prk_steps"}
 # The scheduler classes' own defaults (diffusers 0.42; tests/test_diffusers_runs.py checks them
 # against the installed diffusers), so a folder reads without importing diffusers.
 _COMMON_DEFAULTS: dict[str, Any] = {
@@ -87,12 +89,19 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False}
 SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
     "DDPMScheduler": {**_COMMON_DEFAULTS, "variance_type": "fixed_small"},
-    "DDIMScheduler": {**_COMMON_DEFAULTS, "set_alpha_to_one": True}}
+    "DDIMScheduler": {**_COMMON_DEFAULTS, "set_alpha_to_one": True},
+    # PNDM (Stable Diffusion's usual scheduler) never clips; only its schedule, prediction and
+    # timesteps are read: noisecraft's samplers draw (its PLMS/PRK steps are not reproduced).
+    "PNDMScheduler": {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+                      "beta_schedule": "linear", "trained_betas": None, "skip_prk_steps": False,
+                      "set_alpha_to_one": False, "prediction_type": "epsilon",
+                      "timestep_spacing": "leading", "steps_offset": 0}}
 # The data spec of a folder: diffusers records no training data, so commands that default to
 # the run's own data (nll, explain) say so by this name unless given --data.
 NO_DATA = "<none: a diffusers folder records no training data>"
 # The pipelines' own defaults (DDPMPipeline.__call__ / DDIMPipeline.__call__).
-DEFAULT_SAMPLING = {"DDPMPipeline": ("ddpm", 1000), "DDIMPipeline": ("ddim", 50)}
+DEFAULT_SAMPLING = {"DDPMPipeline": ("ddpm", 1000), "DDIMPipeline": ("ddim", 50),
+                    "StableDiffusionPipeline": ("ddim", 50)}
 
 
 def is_pipeline_folder(path: str | os.PathLike[str]) -> bool:
@@ -167,7 +176,7 @@ def map_scheduler(config: dict[str, Any], source: str = SCHEDULER_CONFIG) -> Sch
         raise ValueError(f"{source}: timestep_spacing {c['timestep_spacing']!r} is not one of "
                          f"{', '.join(SPACINGS)}")
     r = float(c.get("clip_sample_range", 1.0))
-    clip = (-r, r) if c.get("clip_sample") else None
+    clip = (-r, r) if c.get("clip_sample") and cls != "PNDMScheduler" else None  # PNDM never clips
     mapped = {k: c[k] for k in sorted(c) if k in SCHEDULER_KEYS and k != "trained_betas"}
     if c.get("trained_betas") is not None:
         mapped["trained_betas"] = f"{len(c['trained_betas'])} values"
@@ -318,6 +327,11 @@ class DiffusersRun(LoadedRun):
 
     source: dict[str, Any] = field(default_factory=dict)
     mapping: SchedulerMapping | None = None
+    clip: Any = None  # noisecraft.conditioning.ClipTextEncoder, for a Stable-Diffusion folder
+
+    def text_encoder(self) -> Any:
+        """A Stable-Diffusion folder's own CLIP encoder (loaded with it); else the run's."""
+        return self.clip if self.clip is not None else super().text_encoder()
 
     def diffusers_grid(self, steps: int, sampler: str = "ddim") -> Tensor:
         """The grid on which noisecraft's ``sampler`` walks diffusers' own timesteps."""
@@ -350,6 +364,8 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
     path = Path(folder)
     index = read_json(path / MODEL_INDEX)
     pipeline = index.get("_class_name") if isinstance(index, dict) else None
+    if pipeline in SD_PIPELINES:
+        return load_sd_folder(path, index, device)
     if pipeline not in PIPELINES:
         raise RunError(f"{path / MODEL_INDEX}: pipeline {pipeline!r} is not read; noisecraft reads "
                        f"{', '.join(PIPELINES)} folders (a UNet2DModel and a scheduler)")
@@ -410,3 +426,202 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
     }
     return DiffusersRun(run_dir=path, config=config, net=net, denoiser=denoiser, schedule=schedule,
                         preprocess=preprocess, step=0, source=source, mapping=mapping)
+
+
+# --------------------------------------------------------------------------- Stable Diffusion
+SD_PARTS = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": "CLIPTextModel",
+            "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "scheduler": None}
+# Parts a StableDiffusionPipeline folder may name that play no part in drawing a picture: they
+# are never read (nothing is filtered or blacked out), and source["ignored"] lists them.
+SD_IGNORED = ("safety_checker", "feature_extractor", "image_encoder")
+SD_UNET_WEIGHTS = UNET_WEIGHTS
+# UNet2DConditionModel options that need inputs a StableDiffusionPipeline's text path does not
+# give (class labels, added embeddings, a time condition): refused naming the key.
+SD_UNET_REFUSED = ("class_embed_type", "num_class_embeds", "addition_embed_type",
+                   "encoder_hid_dim", "time_cond_proj_dim")
+# StableDiffusionPipeline was trained with 10% of captions dropped (the v1 model cards); the
+# folder does not record it, but RunConfig needs a dropout > 0 to allow guidance.
+SD_CAPTION_DROPOUT = 0.1
+
+
+class DiffusersTextUNet(nn.Module):
+    """``net(x_t, t, text=, text_mask=, text_pooled=) = unet(x_t, t − 1,
+    encoder_hidden_states=text).sample``: diffusers' timestep index is t − 1 (module docstring);
+    the CLIP tokens are the cross-attention context. A mask that is not all True (a caller's
+    own padding) goes in as ``encoder_attention_mask``; ``text_pooled`` is not read by a
+    StableDiffusionPipeline UNet."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: Tensor, t: Tensor | float, text: Tensor | None = None,
+                text_mask: Tensor | None = None, text_pooled: Tensor | None = None) -> Tensor:
+        if text is None:
+            raise ValueError("a Stable-Diffusion UNet needs text= (the CLIP tokens); the "
+                             "unconditional branch is the encoded empty prompt")
+        t = torch.as_tensor(t, device=x.device)
+        mask = None if text_mask is None or bool(text_mask.all()) else text_mask
+        return self.unet(x, t - 1, encoder_hidden_states=text.to(x.dtype),
+                         encoder_attention_mask=mask).sample
+
+
+def _read_safetensors(weights: Path, pickle_name: str) -> dict[str, Tensor]:
+    from safetensors.torch import load as safetensors_load
+
+    if not weights.is_file():
+        pickled = weights.parent / pickle_name
+        if pickled.is_file():
+            raise RunError(f"{pickled}: pickled weights are not read (unpickling can run code); "
+                           f"convert them to {weights.name}")
+        raise RunError(f"{weights}: missing")
+    try:
+        tensors = safetensors_load(weights.read_bytes())
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise RunError(f"{weights}: not a readable safetensors file ({type(e).__name__})") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise RunError(f"{weights}: tensor {bad[0]!r} holds NaN or Inf values")
+    return tensors
+
+
+def load_text_unet(folder: Path) -> tuple[DiffusersTextUNet, dict[str, Any]]:
+    """The folder's UNet2DConditionModel, built by ``from_config`` and loaded strictly from
+    safetensors, wrapped as :class:`DiffusersTextUNet`."""
+    from diffusers import UNet2DConditionModel
+
+    config_path = folder / UNET_CONFIG
+    if not config_path.is_file():
+        raise RunError(f"{config_path}: missing")
+    config = read_json(config_path)
+    if not isinstance(config, dict) or config.get("_class_name") != "UNet2DConditionModel":
+        name = config.get("_class_name") if isinstance(config, dict) else None
+        raise RunError(f"{config_path}: not a UNet2DConditionModel config (_class_name {name!r})")
+    for key in SD_UNET_REFUSED:
+        if config.get(key) is not None:
+            raise RunError(f"{config_path}: {key}={config[key]!r} is not supported (a "
+                           "StableDiffusionPipeline UNet is conditioned on text only)")
+    tensors = _read_safetensors(folder / SD_UNET_WEIGHTS, "diffusion_pytorch_model.bin")
+    try:
+        unet = UNet2DConditionModel.from_config(config)
+    except Exception as e:  # diffusers validates the config with assorted error types
+        raise RunError(f"{config_path}: diffusers cannot build a UNet2DConditionModel from it "
+                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        unet.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise RunError(f"{folder / SD_UNET_WEIGHTS}: does not fit the UNet2DConditionModel in "
+                       f"{config_path} ({str(e).splitlines()[0]})") from None
+    return DiffusersTextUNet(unet), dict(unet.config)
+
+
+def load_sd_folder(path: Path, index: dict[str, Any], device: str | torch.device = "cpu"
+                   ) -> DiffusersRun:
+    """A StableDiffusionPipeline folder as a text-conditional latent run (README, "Models from
+    diffusers"): the UNet2DConditionModel as ``net(x_t, t, text=...)`` at diffusers' t − 1, the
+    AutoencoderKL as the latent autoencoder (its ``scaling_factor``; no shift, as the pipeline
+    applies none), CLIP + its tokenizer as the text encoder
+    (:class:`noisecraft.conditioning.ClipTextEncoder`), the scheduler mapped as for DDIM folders.
+    The safety checker and feature extractor are ignored (``source["ignored"]``)."""
+    from .autoencoders import DIFFUSERS_WEIGHTS, load_autoencoder
+    from .conditioning import load_clip_encoder
+    from .config import (
+        ConditionConfig,
+        DataConfig,
+        LatentConfig,
+        RunConfig,
+        SamplingConfig,
+        TrainConfig,
+    )
+    from .data import Preprocess
+    from .devices import check_device
+    from .threads import apply_default_threads
+
+    apply_default_threads()
+    device = check_device(device)
+    pipeline = index["_class_name"]
+    for part, cls in SD_PARTS.items():
+        entry = index.get(part)
+        ok = isinstance(entry, list) and len(entry) == 2 and (
+            cls is None or entry[1] in ((cls,) if isinstance(cls, str) else cls))
+        if not ok or not (path / part).is_dir():
+            raise RunError(f"{path / MODEL_INDEX}: a {pipeline} folder needs {part!r} "
+                           f"({cls or 'a scheduler'}) and the folder {path / part}; got {entry!r}")
+    unknown = sorted(k for k in index if not k.startswith("_") and k not in SD_PARTS
+                     and k not in SD_IGNORED and k != "requires_safety_checker")
+    if unknown:
+        raise RunError(f"{path / MODEL_INDEX}: part {unknown[0]!r} is not read by noisecraft")
+    ignored = [k for k in SD_IGNORED if isinstance(index.get(k), list) and index[k][0] is not None]
+    scheduler_path = path / SCHEDULER_CONFIG
+    if not scheduler_path.is_file():
+        raise RunError(f"{scheduler_path}: missing")
+    try:
+        mapping = map_scheduler(read_json(scheduler_path), str(scheduler_path))
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    if mapping.clip is not None:
+        raise RunError(f"{scheduler_path}: clip_sample=true clips latents to ±"
+                       f"{mapping.clip[1]:g}; Stable-Diffusion folders are read unclipped only")
+    net, unet_config = load_text_unet(path)
+    ae = load_autoencoder(path / "vae", device=device)
+    clip = load_clip_encoder(path / "text_encoder", path / "tokenizer")
+    dim = int(unet_config["cross_attention_dim"])
+    if clip.dim != dim:
+        raise RunError(f"{path / 'text_encoder'}: hidden_size {clip.dim} does not fit the UNet's "
+                       f"cross_attention_dim {dim}")
+    channels = int(unet_config["in_channels"])
+    if channels != ae.latent_channels or int(unet_config["out_channels"]) != channels:
+        raise RunError(f"{path / UNET_CONFIG}: in/out_channels {channels}/"
+                       f"{unet_config['out_channels']} do not fit the VAE's latent_channels "
+                       f"{ae.latent_channels}")
+    size = unet_config["sample_size"]
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    height, width = h * ae.factor, w * ae.factor  # diffusers' default height/width
+    rgb = int(ae.module.config.in_channels)
+    preprocess = Preprocess(kind="image", channels=rgb, height=height, width=width,
+                            image_size=height if height == width else None)
+    sampler, steps = DEFAULT_SAMPLING[pipeline]
+    vae_shift = float(ae.module.config.shift_factor or 0.0)
+    latent = LatentConfig(autoencoder=str(path / "vae"), sha256=ae.sha256, kind="diffusers",
+                          posterior="mean", scale_factor=ae.scale_factor, shift_factor=0.0,
+                          shape=[channels, h, w])
+    config = RunConfig(
+        net={"arch": "diffusers.UNet2DConditionModel", "text_dim": dim,
+             **{k: v for k, v in unet_config.items() if not k.startswith("_")}},
+        schedule=mapping.schedule.to_dict(), prediction=mapping.prediction,
+        data=DataConfig(spec=NO_DATA, kind="image", shape=[rgb, height, width],
+                        image_size=preprocess.image_size, channels=rgb,
+                        preprocess=preprocess.to_dict()),
+        train=TrainConfig(loss="simple"),
+        sampling=SamplingConfig(sampler=sampler, steps=min(steps, mapping.schedule.T), clip=None),
+        condition=ConditionConfig(kind="text", text_encoder=str(path / "text_encoder"),
+                                  caption_dropout=SD_CAPTION_DROPOUT,
+                                  text_encoder_sha256=clip.sha256),
+        latent=latent)
+    denoiser, schedule = build_denoiser(net, config)
+    net.to(device, memory_format=INFERENCE_MEMORY_FORMAT).eval().requires_grad_(False)
+    clip.model.to(device)
+    files = [MODEL_INDEX, UNET_CONFIG, SD_UNET_WEIGHTS, SCHEDULER_CONFIG, "vae/config.json",
+             f"vae/{DIFFUSERS_WEIGHTS}", "text_encoder/config.json", "text_encoder/model.safetensors"]
+    source = {
+        "kind": "diffusers", "path": str(path.resolve()), "pipeline": pipeline,
+        "diffusers_version": index.get("_diffusers_version"),
+        "unet": "UNet2DConditionModel", "scheduler": mapping.scheduler_class,
+        "net": "diffusers UNet2DConditionModel, wrapped",
+        "sha256": {name: file_sha256(path / name) for name in files},
+        "mapped": {**mapping.mapped, "ddpm_variance": mapping.ddpm_variance},
+        "schedule": schedule.to_dict() if schedule.to_dict()["kind"] != "custom"
+        else {"kind": "custom", "T": schedule.T},
+        "prediction": mapping.prediction, "clip": None,
+        "time": "net(x_t, t, text=...) = unet(x_t, t - 1, encoder_hidden_states=text)",
+        "text": f"CLIP last hidden state, padded to {clip.max_tokens} tokens; the encoded empty "
+                "prompt is the unconditional branch",
+        "latent": {"scaling_factor": ae.scale_factor, "shift_factor": 0.0,
+                   **({"vae_shift_factor_ignored": vae_shift} if vae_shift else {})},
+        "ignored": ignored,
+        "caption_dropout": f"{SD_CAPTION_DROPOUT} assumed (not recorded by the folder)",
+        "step": "unknown: a diffusers folder records no training step (reported as 0)",
+    }
+    return DiffusersRun(run_dir=path, config=config, net=net, denoiser=denoiser, schedule=schedule,
+                        preprocess=preprocess, step=0, autoencoder=ae, source=source,
+                        mapping=mapping, clip=clip)

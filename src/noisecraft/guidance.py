@@ -271,6 +271,17 @@ class Guided(Denoiser):
                          f", unconditional={self.unconditional!r}" if self.unconditional else ""])
         return f"Guided({self.inner!r}, scale={self.scale}{extra})"
 
+    def with_null(self, null: NullCondition) -> Guided:
+        """The same guidance with another unconditional condition (e.g. a negative prompt's
+        embedding for one batch); ``null`` as in the constructor. Not for autoguidance."""
+        if self.unconditional is not None:
+            raise ValueError("null does not apply with unconditional= (autoguidance)")
+        if not (callable(null) or isinstance(null, Mapping)):
+            raise ValueError(f"null must be a mapping or a callable, got {type(null).__name__}")
+        twin = copy.copy(self)
+        twin.null = null
+        return twin
+
     # ------------------------------------------------------------------ the two branches
     def null_condition(self, n: int, cond: Mapping[str, Any]) -> dict[str, Any]:
         """The unconditional keywords for a batch of ``n`` with conditional keywords ``cond``."""

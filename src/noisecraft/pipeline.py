@@ -74,11 +74,14 @@ class Pipeline:
     def __call__(self, prompts: str | Sequence[str] | None = None, *, n: int = 1,
                  labels: int | Sequence[int] | None = None, guidance: float | None = None,
                  steps: int | None = None, sampler: str | None = None, seed: int = 0,
-                 progress: bool = True, record: bool = False) -> PipelineOutput:
-        """``n`` images for each prompt (or label); see :meth:`generate_with_stages` for ``record``."""
+                 progress: bool = True, record: bool = False,
+                 negative_prompt: str | None = None) -> PipelineOutput:
+        """``n`` images for each prompt (or label); see :meth:`generate_with_stages` for ``record``.
+        ``negative_prompt`` (with ``guidance``): the unconditional branch's prompt instead of ""."""
+        extra = {} if negative_prompt is None else {"negative_prompt": negative_prompt}
         out, _ = self.generate_with_stages(prompts, n=n, labels=labels, guidance=guidance,
                                            steps=steps, sampler=sampler, seed=seed,
-                                           progress=progress, record=record)
+                                           progress=progress, record=record, **extra)
         return out
 
     def generate_with_stages(self, prompts: str | Sequence[str] | None = None, *, n: int = 1,
@@ -91,7 +94,8 @@ class Pipeline:
 
         All images are drawn in one batch so that the progress bar counts sampler steps; image i
         uses the noise stream of index i under ``seed``, as ``noisecraft sample`` does.
-        ``guidance_options``: ``guidance_rescale``, ``guidance_interval``, ``autoguide`` of
+        ``guidance_options``: ``guidance_rescale``, ``guidance_interval``, ``autoguide``,
+        ``negative_prompt`` of
         :meth:`LoadedRun.generate_tensor` (checked there by :meth:`LoadedRun.guided`).
         """
         from .progress import Bar

@@ -176,10 +176,10 @@ class LoadedRun(RepresentationMixin):
                 raise ValueError(f"{name} was trained without caption dropout, so it has no "
                                  f"unconditional branch to guide with: guidance {scale:g} needs a "
                                  "run trained with --caption-dropout > 0 (or an --autoguide model)")
-            from .conditioning import null_condition
+            from .conditioning import null_for
 
             return Guided(self.denoiser, scale, rescale=rescale, interval=interval,
-                          null=null_condition)
+                          null=null_for(self.text_encoder()))
         if autoguide is None:
             if self.num_classes is None:
                 raise ValueError(f"{name} is not class-conditional: classifier-free guidance needs "
@@ -251,7 +251,7 @@ class LoadedRun(RepresentationMixin):
                         options: dict[str, Any] | None = None, *,
                         guidance_rescale: float = 0.0,
                         guidance_interval: tuple[float, float] | None = None,
-                        autoguide: LoadedRun | None = None,
+                        autoguide: LoadedRun | None = None, negative_prompt: str | None = None,
                         progress: bool = False, offset: int = 0) -> torch.Tensor:
         """``n`` samples in model space, float32 (n, *shape) on the CPU.
 
@@ -262,8 +262,10 @@ class LoadedRun(RepresentationMixin):
         ``prompts``: one per example (text runs). ``guidance``: the classifier-free guidance scale
         w (``noisecraft.guidance.Guided``; the empty prompt / label −1 is the unconditional branch),
         with ``guidance_rescale``, ``guidance_interval`` (in t) and ``autoguide`` (another run:
-        autoguidance), checked by :meth:`guided`. ``sampler``/``steps`` None: the run's own
-        (:meth:`sampler_and_steps`, config.json's ``sampling``). ``options`` are the
+        autoguidance), checked by :meth:`guided`. ``negative_prompt``: with ``guidance`` on a
+        text run, this prompt's embedding replaces the empty prompt's as the unconditional
+        branch of every example (as diffusers' ``negative_prompt``). ``sampler``/``steps`` None:
+        the run's own (:meth:`sampler_and_steps`, config.json's ``sampling``). ``options`` are the
         sampler's own (``{"variance": "learned"}`` for ddpm, ``{"eta": 1.0}`` for ddim).
         ``progress`` draws a tqdm bar on stderr counting sampler steps over all batches, with an
         ETA.
@@ -288,6 +290,11 @@ class LoadedRun(RepresentationMixin):
         denoiser = self.sampling_denoiser(guidance, guidance_rescale=guidance_rescale,
                                           guidance_interval=guidance_interval, autoguide=autoguide,
                                           conditional=labels is not None or prompts is not None)
+        if negative_prompt is not None and (guidance is None or autoguide is not None
+                                            or prompts is None or not isinstance(negative_prompt, str)):
+            raise ValueError(f"negative prompt {negative_prompt!r} needs prompts, a guidance scale "
+                             "and no autoguide: it replaces the empty prompt as the unconditional "
+                             "branch of classifier-free guidance")
         from .progress import Bar, counting
 
         grid = self.grid(sampler, steps)
@@ -297,7 +304,13 @@ class LoadedRun(RepresentationMixin):
             stop = min(n, start + batch_size)
             cond = self.condition(None if labels is None else labels[start:stop],
                                   None if prompts is None else prompts[start:stop], dev)
-            x = sample(denoiser, (stop - start, *self.shape), self.schedule, sampler=sampler,
+            guided = denoiser
+            if negative_prompt is not None:  # prompts and negatives padded alike, then split
+                negatives = [negative_prompt] * (stop - start)
+                both = self.condition(prompts=[*prompts[start:stop], *negatives], device=dev)
+                cond = {k: v[:stop - start] for k, v in both.items()}
+                guided = denoiser.with_null({k: v[stop - start:] for k, v in both.items()})
+            x = sample(guided, (stop - start, *self.shape), self.schedule, sampler=sampler,
                        steps=steps if grid is None else None, grid=grid, options=options,
                        seed=seed, seed_offset=offset + start, device=dev,
                        callback=counting(callback if start == 0 else None, bar), **cond)

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--prompt", action="append", metavar="TEXT", help="a prompt (text runs; repeat for several)")
     a("--class", dest="classes", action="append", type=non_negative_int, metavar="K",
       help="a class label (class-conditional runs; repeat for several)")
+    a("--negative-prompt", metavar="TEXT", help="text runs, with --guidance: the prompt of the "
+      "unconditional branch instead of the empty prompt (diffusers' negative_prompt)")
     a("--n", type=positive_int, default=8, help="images per prompt or class (default 8)")
     a("--steps", type=positive_int, help="sampling steps (default: the run's)")
     a("--sampler", help="one of noisecraft.SAMPLERS (default: the run's)")
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         args.out = str(folder / f"{_slug(what)}-seed{args.seed}")
     base = output_base(args.out)
     guidance = guidance_kwargs(pipe.run, args)
+    if args.negative_prompt is not None:
+        guidance["negative_prompt"] = args.negative_prompt
     out, stages = pipe.generate_with_stages(args.prompt, n=args.n, labels=args.classes,
                                             steps=args.steps, **guidance,
                                             sampler=args.sampler, seed=args.seed,

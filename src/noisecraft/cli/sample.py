@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
       "torchrun, whose own parser claims --n)")
     a("--prompt", action="append", metavar="TEXT",
       help="text runs: a prompt (repeat for several; --n samples each)")
+    a("--negative-prompt", metavar="TEXT", help="text runs, with --guidance: the prompt of the "
+      "unconditional branch instead of the empty prompt (diffusers' negative_prompt)")
     from ..config import SamplingConfig
     from ..process import VARIANCES
 
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         if args.variance is not None and sampler != "ddpm":
             raise ValueError(f"--variance applies to --sampler ddpm, not {sampler}")
         guidance = guidance_kwargs(run_, args)
+        if args.negative_prompt is not None:
+            guidance["negative_prompt"] = args.negative_prompt
         drawn = run_.sample(args.n, prompts=args.prompt, classes=args.classes, sampler=sampler,
                             steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                             options={"variance": args.variance} if args.variance else None,
