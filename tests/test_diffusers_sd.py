@@ -137,6 +137,13 @@ def test_guided_ddim_equals_stable_diffusion_pipeline(sd_folder, pipe, negative)
     np.testing.assert_allclose(ours, images, atol=1e-4, rtol=0)
 
 
+def test_empty_negative_prompt_is_the_default_null(sd_folder):
+    run = noisecraft.load_run(sd_folder)
+    kwargs = dict(sampler="ddim", steps=3, seed=1, prompts=["cat"], guidance=4.0)
+    torch.testing.assert_close(run.generate_tensor(1, negative_prompt="", **kwargs),
+                               run.generate_tensor(1, **kwargs), rtol=0, atol=1e-6)
+
+
 def test_negative_prompt_needs_guidance_and_prompts(sd_folder):
     run = noisecraft.load_run(sd_folder)
     with pytest.raises(ValueError, match="negative prompt 'blue'"):

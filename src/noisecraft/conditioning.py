@@ -201,9 +201,10 @@ class ClipTextEncoder:
         batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens,
                                truncation=True, return_tensors="pt")
         use_mask = bool(getattr(self.model.config, "use_attention_mask", False))
-        out = self.model(batch.input_ids,
-                         attention_mask=batch.attention_mask if use_mask else None)
-        hidden, pooled = out[0].float(), out[1].float()
+        dev = next(self.model.parameters()).device
+        out = self.model(batch.input_ids.to(dev),
+                         attention_mask=batch.attention_mask.to(dev) if use_mask else None)
+        hidden, pooled = out[0].float().cpu(), out[1].float().cpu()
         return [(hidden[i].clone(), pooled[i].clone()) for i in range(len(prompts))]
 
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor]:

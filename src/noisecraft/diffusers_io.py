@@ -44,6 +44,16 @@ Weights are read with safetensors only and loaded strictly into ``UNet2DModel.fr
 refused naming the file. :attr:`DiffusersRun.source` records where each part came from (paths,
 sha256 of every file read, the diffusers values mapped); ``nll`` and ``evaluate`` write it beside
 their numbers.
+
+A ``StableDiffusionPipeline`` folder (:func:`load_sd_folder`) is a text-conditional latent run:
+the ``UNet2DConditionModel`` as ``net(x_t, t, text=...) = unet(x_t, t − 1,
+encoder_hidden_states=text).sample`` (:class:`DiffusersTextUNet`), the ``AutoencoderKL`` as the
+run's autoencoder with its ``scaling_factor`` and no shift (the pipeline decodes
+``vae.decode(z / scaling_factor)``), CLIP and its tokenizer as the text encoder
+(:class:`noisecraft.conditioning.ClipTextEncoder`: padded to max_length, the encoded empty prompt
+as the unconditional branch). A ``PNDMScheduler`` config maps its schedule, prediction and
+timesteps; its PLMS steps are not reproduced (noisecraft's samplers draw). The safety checker,
+feature extractor and image encoder are never read: ``source["ignored"]`` names them.
 """
 
 from __future__ import annotations
