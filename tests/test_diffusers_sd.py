@@ -32,6 +32,7 @@ pytest.importorskip("transformers")
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     DDIMScheduler,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -82,8 +83,9 @@ def write_sd_folder(path, scheduler: str = "ddim") -> str:
     # Stable Diffusion's scaled_linear schedule (β ×10 for T = 100 instead of 1000)
     options = dict(num_train_timesteps=T, beta_start=0.0085, beta_end=0.12,
                    beta_schedule="scaled_linear", steps_offset=1)
-    sched = (DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **options)
-             if scheduler == "ddim" else PNDMScheduler(skip_prk_steps=True, **options))
+    sched = {"ddim": lambda: DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **options),
+             "pndm": lambda: PNDMScheduler(skip_prk_steps=True, **options),
+             "euler": lambda: EulerDiscreteScheduler(**options)}[scheduler]()
     StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
                             safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(path)
@@ -218,24 +220,42 @@ def test_pickled_unet_weights_are_refused(sd_folder, tmp_path):
         noisecraft.load_run(folder)
 
 
-def test_pndm_folder_maps_its_schedule(tmp_path):
-    """A PNDMScheduler folder (Stable Diffusion's usual one): its schedule is diffusers' own
-    alphas_cumprod; noisecraft's samplers draw (PLMS itself is not reproduced)."""
-    folder = write_sd_folder(tmp_path / "pndm", scheduler="pndm")
+SCHEDULER_CLASSES = {"pndm": PNDMScheduler, "euler": EulerDiscreteScheduler}
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "euler"])
+def test_pndm_and_euler_folders_map_their_schedule(tmp_path, scheduler):
+    """PNDMScheduler (Stable Diffusion's usual one) and EulerDiscreteScheduler folders: the
+    schedule is diffusers' own alphas_cumprod; noisecraft's samplers draw (PLMS and diffusers'
+    Euler σ grid are not reproduced), euler by default for an Euler folder."""
+    folder = write_sd_folder(tmp_path / scheduler, scheduler=scheduler)
     run = noisecraft.load_run(folder)
-    ref = PNDMScheduler.from_pretrained(folder, subfolder="scheduler").alphas_cumprod
+    cls = SCHEDULER_CLASSES[scheduler]
+    ref = cls.from_pretrained(folder, subfolder="scheduler").alphas_cumprod
     # ᾱ_t = alphas_cumprod[t − 1]; diffusers' float32 cumprod of T factors errs by ≲ T · 6e-8
     torch.testing.assert_close(run.schedule.alpha_bars, ref.double(), rtol=6e-8 * 2 * T, atol=0)
-    assert run.source["scheduler"] == "PNDMScheduler"
+    assert run.source["scheduler"] == cls.__name__
+    assert run.config.sampling.sampler == ("euler" if scheduler == "euler" else "ddim")
     x = run.generate_tensor(1, steps=2, prompts=["cat"], guidance=2.0)
     assert x.shape == (1, 4, 8, 8) and bool(x.isfinite().all())
 
 
-def test_pndm_defaults_are_the_installed_diffusers():
+def test_continuous_euler_timesteps_are_refused(tmp_path):
+    folder = write_sd_folder(tmp_path / "euler", scheduler="euler")
+    path = tmp_path / "euler" / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "timestep_type": "continuous"}))
+    with pytest.raises(RunError, match="timestep_type='continuous'"):
+        noisecraft.load_run(folder)
+
+
+@pytest.mark.parametrize("cls", ["PNDMScheduler", "EulerDiscreteScheduler"])
+def test_scheduler_defaults_are_the_installed_diffusers(cls):
     import inspect
+
+    import diffusers
 
     from noisecraft.diffusers_io import SCHEDULER_DEFAULTS
 
-    params = inspect.signature(PNDMScheduler.__init__).parameters
-    assert SCHEDULER_DEFAULTS["PNDMScheduler"] == {k: p.default for k, p in params.items()
-                                                   if p.default is not inspect.Parameter.empty}
+    params = inspect.signature(getattr(diffusers, cls).__init__).parameters
+    assert SCHEDULER_DEFAULTS[cls] == {k: p.default for k, p in params.items()
+                                       if p.default is not inspect.Parameter.empty}

@@ -51,8 +51,9 @@ encoder_hidden_states=text).sample`` (:class:`DiffusersTextUNet`), the ``Autoenc
 run's autoencoder with its ``scaling_factor`` and no shift (the pipeline decodes
 ``vae.decode(z / scaling_factor)``), CLIP and its tokenizer as the text encoder
 (:class:`noisecraft.conditioning.ClipTextEncoder`: padded to max_length, the encoded empty prompt
-as the unconditional branch). A ``PNDMScheduler`` config maps its schedule, prediction and
-timesteps; its PLMS steps are not reproduced (noisecraft's samplers draw). The safety checker,
+as the unconditional branch). A ``PNDMScheduler`` or ``EulerDiscreteScheduler`` config maps its
+schedule, prediction and timesteps; their PLMS / Euler steps and σ grids are not reproduced
+(noisecraft's samplers draw: ddim by default, euler for an Euler folder). The safety checker,
 feature extractor and image encoder are never read: ``source["ignored"]`` names them.
 """
 
@@ -79,7 +80,11 @@ SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 
 PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 SD_PIPELINES = ("StableDiffusionPipeline",)
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler")
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler")
+# EulerDiscreteScheduler options that only shape diffusers' own σ grid for its Euler steps (not
+# the model): read and recorded, not reproduced (noisecraft's samplers walk their own grids).
+EULER_GRID_KEYS = {"interpolation_type", "use_karras_sigmas", "use_exponential_sigmas",
+                   "use_beta_sigmas", "sigma_min", "sigma_max", "final_sigmas_type"}
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 VARIANCES = {"fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde", "fixed_large": "beta",
              "fixed_large_log": "beta", "learned_range": "learned"}
@@ -89,7 +94,7 @@ SCHEDULER_KEYS = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedul
                   "prediction_type", "clip_sample", "clip_sample_range", "variance_type",
                   "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
                   "timestep_spacing", "steps_offset", "set_alpha_to_one", "rescale_betas_zero_snr",
-                  "skip_prk_steps"}
+                  "skip_prk_steps", "timestep_type", *EULER_GRID_KEYS}
 # The scheduler classes' own defaults (diffusers 0.42; tests/test_diffusers_runs.py checks them
 # against the installed diffusers), so a folder reads without importing diffusers.
 _COMMON_DEFAULTS: dict[str, Any] = {
@@ -105,7 +110,14 @@ SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
     "PNDMScheduler": {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
                       "beta_schedule": "linear", "trained_betas": None, "skip_prk_steps": False,
                       "set_alpha_to_one": False, "prediction_type": "epsilon",
-                      "timestep_spacing": "leading", "steps_offset": 0}}
+                      "timestep_spacing": "leading", "steps_offset": 0},
+    "EulerDiscreteScheduler": {
+        "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+        "beta_schedule": "linear", "trained_betas": None, "prediction_type": "epsilon",
+        "interpolation_type": "linear", "use_karras_sigmas": False, "use_exponential_sigmas": False,
+        "use_beta_sigmas": False, "sigma_min": None, "sigma_max": None,
+        "timestep_spacing": "linspace", "timestep_type": "discrete", "steps_offset": 0,
+        "rescale_betas_zero_snr": False, "final_sigmas_type": "zero"}}
 # The data spec of a folder: diffusers records no training data, so commands that default to
 # the run's own data (nll, explain) say so by this name unless given --data.
 NO_DATA = "<none: a diffusers folder records no training data>"
@@ -160,6 +172,9 @@ def map_scheduler(config: dict[str, Any], source: str = SCHEDULER_CONFIG) -> Sch
         if c.get(key):
             raise ValueError(f"{source}: {key}={c[key]!r} is not supported (noisecraft's "
                              f"Denoiser has no counterpart); only {key}=false loads")
+    if c.get("timestep_type", "discrete") != "discrete":
+        raise ValueError(f"{source}: timestep_type={c['timestep_type']!r} feeds the UNet a "
+                         "continuous σ code, not the timestep index; only 'discrete' loads")
     T = c["num_train_timesteps"]
     if c.get("trained_betas") is not None:
         schedule = Schedule.from_betas(c["trained_betas"])
@@ -591,6 +606,8 @@ def load_sd_folder(path: Path, index: dict[str, Any], device: str | torch.device
     preprocess = Preprocess(kind="image", channels=rgb, height=height, width=width,
                             image_size=height if height == width else None)
     sampler, steps = DEFAULT_SAMPLING[pipeline]
+    if mapping.scheduler_class == "EulerDiscreteScheduler":
+        sampler = "euler"  # noisecraft's Euler on its own grid (diffusers' σ grid not reproduced)
     vae_shift = float(ae.module.config.shift_factor or 0.0)
     latent = LatentConfig(autoencoder=str(path / "vae"), sha256=ae.sha256, kind="diffusers",
                           posterior="mean", scale_factor=ae.scale_factor, shift_factor=0.0,
