@@ -203,6 +203,7 @@ def test_safety_checker_and_feature_extractor_are_ignored_and_recorded(sd_folder
     (folder / "model_index.json").write_text(json.dumps(index))
     run = noisecraft.load_run(folder)
     assert run.source["ignored"] == ["safety_checker", "feature_extractor"]
+    assert "tokenizer/tokenizer_config.json" in run.source["sha256"]
     index["controlnet"] = ["diffusers", "ControlNetModel"]
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(RunError, match="'controlnet'"):

@@ -629,7 +629,8 @@ def load_sd_folder(path: Path, index: dict[str, Any], device: str | torch.device
     net.to(device, memory_format=INFERENCE_MEMORY_FORMAT).eval().requires_grad_(False)
     clip.model.to(device)
     files = [MODEL_INDEX, UNET_CONFIG, SD_UNET_WEIGHTS, SCHEDULER_CONFIG, "vae/config.json",
-             f"vae/{DIFFUSERS_WEIGHTS}", "text_encoder/config.json", "text_encoder/model.safetensors"]
+             f"vae/{DIFFUSERS_WEIGHTS}", "text_encoder/config.json", "text_encoder/model.safetensors",
+             *sorted(f"tokenizer/{f.name}" for f in (path / "tokenizer").iterdir() if f.is_file())]
     source = {
         "kind": "diffusers", "path": str(path.resolve()), "pipeline": pipeline,
         "diffusers_version": index.get("_diffusers_version"),

@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         explain = base.with_name(base.name + "_explain.png")
         viz.save(pipe.explain(stages), explain)
         written.append(explain)
-    print(f"noisecraft: {len(out.images)} images (seed {args.seed}{describe(guidance)}) -> "
+    negative = f", negative prompt {args.negative_prompt!r}" if args.negative_prompt else ""
+    print(f"noisecraft: {len(out.images)} images (seed {args.seed}{describe(guidance)}{negative}) -> "
           f"{', '.join(map(str, written))}")
     return 0
