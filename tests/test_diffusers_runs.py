@@ -384,8 +384,8 @@ def test_other_pipelines_are_refused_naming_them(tmp_path):
     folder = write_folder(tmp_path)
     index = tmp_path / "model_index.json"
     index.write_text(json.dumps({**json.loads(index.read_text()),
-                                 "_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(RunError, match="StableDiffusionPipeline"):
+                                 "_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(RunError, match="StableDiffusionXLPipeline"):
         noisecraft.load_run(folder)
 
 

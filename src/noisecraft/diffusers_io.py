@@ -393,7 +393,8 @@ def load_pipeline_folder(folder: str | os.PathLike[str], device: str | torch.dev
         return load_sd_folder(path, index, device)
     if pipeline not in PIPELINES:
         raise RunError(f"{path / MODEL_INDEX}: pipeline {pipeline!r} is not read; noisecraft reads "
-                       f"{', '.join(PIPELINES)} folders (a UNet2DModel and a scheduler)")
+                       f"{', '.join(PIPELINES)} folders (a UNet2DModel and a scheduler) and "
+                       f"{', '.join(SD_PIPELINES)} folders")
     for part, cls in (("unet", "UNet2DModel"), ("scheduler", None)):
         entry = index.get(part)
         if not (isinstance(entry, list) and len(entry) == 2) or (cls and entry[1] != cls):
