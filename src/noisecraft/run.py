@@ -302,12 +302,13 @@ class LoadedRun(RepresentationMixin):
         out = []
         for batch, start in enumerate(range(0, n, batch_size)):
             stop = min(n, start + batch_size)
-            cond = self.condition(None if labels is None else labels[start:stop],
-                                  None if prompts is None else prompts[start:stop], dev)
             guided = denoiser
-            if negative_prompt is not None:  # prompts and negatives padded alike, then split
-                negatives = [negative_prompt] * (stop - start)
-                both = self.condition(prompts=[*prompts[start:stop], *negatives], device=dev)
+            if negative_prompt is None:
+                cond = self.condition(None if labels is None else labels[start:stop],
+                                      None if prompts is None else prompts[start:stop], dev)
+            else:  # prompts and negatives encoded (padded) together, then split
+                both = self.condition(prompts=[*prompts[start:stop]]
+                                      + [negative_prompt] * (stop - start), device=dev)
                 cond = {k: v[:stop - start] for k, v in both.items()}
                 guided = denoiser.with_null({k: v[stop - start:] for k, v in both.items()})
             x = sample(guided, (stop - start, *self.shape), self.schedule, sampler=sampler,
