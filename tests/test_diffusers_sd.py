@@ -260,3 +260,41 @@ def test_scheduler_defaults_are_the_installed_diffusers(cls):
     params = inspect.signature(getattr(diffusers, cls).__init__).parameters
     assert SCHEDULER_DEFAULTS[cls] == {k: p.default for k, p in params.items()
                                        if p.default is not inspect.Parameter.empty}
+
+
+# --------------------------------------------------------------------------- negative prompts
+def test_guidance_zero_with_a_negative_prompt_samples_that_prompt(sd_folder):
+    """w = 0 is the unconditional branch alone, so with a negative prompt N it must be plain
+    (unguided) sampling conditioned on N, from the same noise: the rule checked another way."""
+    run = noisecraft.load_run(sd_folder)
+    kwargs = dict(sampler="ddim", steps=3, seed=2)
+    got = run.generate_tensor(2, prompts=["a red cat"] * 2, guidance=0.0, negative_prompt="blue",
+                              **kwargs)
+    torch.testing.assert_close(got, run.generate_tensor(2, prompts=["blue"] * 2, **kwargs),
+                               rtol=0, atol=1e-5)
+
+
+def test_negative_prompt_on_a_noisecraft_text_run(tmp_path):
+    """The same rule on a trained noisecraft text run (its encoder pads to the longest prompt,
+    mask False on padding): prompts and negative prompt of different token lengths are padded
+    together; w = 0 then samples the negative prompt, and "" is the run's own null."""
+    from noisecraft.conditioning import TextEncoderMissing, default_encoder_path
+
+    try:
+        default_encoder_path()
+    except TextEncoderMissing:
+        pytest.skip("the default text encoder package is not installed")
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--out", str(out), "--condition", "text",
+                 "--caption-template", "a handwritten digit {name}", "--steps", "2",
+                 "--batch-size", "8", "--timesteps", "50", "--sample-every", "0",
+                 "--no-progress"]) == 0
+    run = noisecraft.load_run(out)
+    kwargs = dict(sampler="ddim", steps=3, seed=0)
+    long_prompt = ["a handwritten digit seven written slowly"]
+    got = run.generate_tensor(1, prompts=long_prompt, guidance=0.0, negative_prompt="zero", **kwargs)
+    torch.testing.assert_close(got, run.generate_tensor(1, prompts=["zero"], **kwargs),
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        run.generate_tensor(1, prompts=long_prompt, guidance=3.0, negative_prompt="", **kwargs),
+        run.generate_tensor(1, prompts=long_prompt, guidance=3.0, **kwargs), rtol=0, atol=1e-5)
