@@ -118,6 +118,16 @@ def test_clip_embeddings_equal_encode_prompt(sd_folder, pipe):
     np.testing.assert_allclose(null["text"][0].numpy(), uncond[0].detach().numpy(), atol=1e-6)
 
 
+def test_latents_are_the_vae_posterior_mean_times_scaling_factor(sd_folder, pipe):
+    """run.encode is what SD's img2img/training feed the UNet: vae.encode(x).latent_dist.mean ·
+    scaling_factor (the same module on the same input: equal to float32 roundoff)."""
+    run = noisecraft.load_run(sd_folder)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(run.encode(x), expected.detach(), rtol=0, atol=1e-6)
+    assert run.shape == (4, 8, 8) and run.preprocess.shape == (3, 16, 16)
+
+
 @pytest.mark.parametrize("negative", [None, "blue"])
 def test_guided_ddim_equals_stable_diffusion_pipeline(sd_folder, pipe, negative):
     """noisecraft's DDIM through LoadedRun.generate_tensor (its grid: the folder's own
@@ -183,6 +193,7 @@ def test_editing_commands_on_a_folder(sd_folder, tmp_path):
     assert main(["encode", sd_folder, "--image", str(picture), "--prompt", "cat",
                  "--out", str(tmp_path / "e"), *common]) == 0
     assert main(["edit", sd_folder, "--image", str(picture), "--prompt", "red", "--n", "1",
+                 "--guidance", "3",
                  "--out", str(tmp_path / "ed"), *common]) == 0
     assert main(["inpaint", sd_folder, "--image", str(picture), "--mask", str(mask),
                  "--prompt", "cat", "--n", "1", "--out", str(tmp_path / "in"), *common]) == 0
