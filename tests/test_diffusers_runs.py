@@ -249,6 +249,14 @@ def test_sample_and_nll_commands_on_a_folder(tmp_path, capsys, shared_data):
                  "--features", "digits", "--metrics", "fid", "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert metrics["source"] == source and np.isfinite(metrics["fid"])
+    # explain: a folder records no training data, so it names the data it explains with
+    capsys.readouterr()
+    assert main(["explain", folder, "--out", str(tmp_path / "r.html")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["explain", folder, "--data", "digits", "--out", str(tmp_path / "r.html"),
+                 "--samples", "8", "--held-out", "8", "--steps", "3",
+                 "--sections", "schedule", "forward", "loss", "--no-progress"]) == 0
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") >= 3
 
 
 # --------------------------------------------------------------------------- export

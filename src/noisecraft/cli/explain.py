@@ -27,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--samples", type=positive_int, default=64,
       help="samples per sampler and step count in the compute section (default 64)")
     a("--held-out", type=positive_int, default=128, help="held-out examples used (default 128)")
-    a("--steps", type=positive_int, default=50, help="sampling steps of the pictures (default 50)")
+    from ..samplers import DEFAULT_STEPS
+
+    a("--steps", type=positive_int, default=DEFAULT_STEPS,
+      help=f"sampling steps of the pictures (default {DEFAULT_STEPS})")
+    a("--data", metavar="DATA", help="held-out data to explain with (default: the run's own "
+      "training data; a diffusers folder records none)")
     a("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME",
       help=f"sections to draw (default all: {' '.join(SECTIONS)})")
     a("--no-progress", action="store_true", help="do not name each section as it is drawn")
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"noisecraft explain: {key} ...", file=sys.stderr, flush=True)
 
     page, timings = report(run_, seed=args.seed, n_samples=args.samples, held_out=args.held_out,
-                           steps=args.steps, sections=args.sections, progress=progress)
+                           steps=args.steps, sections=args.sections, progress=progress,
+                           data=args.data)
     atomic_write(out, page.encode("utf-8"))
     total = time.perf_counter() - start
     parts = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())

@@ -72,13 +72,15 @@ __all__ = [
 
 def report(run: Any, *, seed: int = 0, n_samples: int = 64, held_out: int = 128,
            steps: int = DEFAULT_STEPS, sections: Sequence[str] = SECTIONS,
-           progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, float]]:
-    """The explain page for a loaded run (:func:`noisecraft.load_run`) and seconds per section."""
+           progress: Callable[[str], None] | None = None, data: str | None = None
+           ) -> tuple[str, dict[str, float]]:
+    """The explain page for a loaded run (:func:`noisecraft.load_run`) and seconds per section;
+    ``data``: the held-out data's spec (default: the run's own training data)."""
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     torch.manual_seed(seed)
-    x, labels = _held_out(run, held_out)
+    x, labels = _held_out(run, held_out, data)
     ctx = Context(run, x, labels, seed, n_samples, min(steps, run.schedule.T), default_yardstick(run))
     out: list[Section] = []
     rec = None

@@ -13,14 +13,15 @@ from torch import Tensor
 from .. import data
 
 
-def held_out(run: Any, n: int) -> tuple[Tensor, Tensor | None]:
-    """Up to ``n`` held-out examples of a loaded run's data, preprocessed as the run was trained
+def held_out(run: Any, n: int, data_spec: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """Up to ``n`` held-out examples of a loaded run's data (or of ``data_spec``: a run that records
+    none, such as a diffusers folder, or other data), preprocessed as the run was trained
     (``noisecraft.data.held_out``), and their labels when the run is class-conditional (else None)."""
     pre = run.preprocess
     options: dict[str, Any] = {}
     if pre.kind == "image":
         options = {"image_size": pre.image_size, "channels": pre.channels}
-    x, labels = data.held_out(run.config.data.spec, n, **options)
+    x, labels = data.held_out(data_spec or run.config.data.spec, n, **options)
     return x, (labels if run.num_classes is not None else None)
 
 
