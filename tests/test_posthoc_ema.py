@@ -109,6 +109,17 @@ def trajectory():
     return snapshots, direct, np.stack(thetas)
 
 
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_the_basis_weights_are_the_tracked_profiles(trajectory, index):
+    """The least-squares basis (profile_weights) applied to the known trajectory gives each
+    directly tracked profile (itself checked against the closed form above), to float32 rounding."""
+    _, direct, thetas = trajectory
+    w = posthoc.profile_weights(direct.gammas[index], STEPS, STEPS + 7)  # zeros past t
+    assert w[STEPS:].sum() == 0 and w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w[:STEPS] @ thetas, direct.nets[index].weight.double().flatten().numpy(),
+                               rtol=0, atol=1e-5)
+
+
 def test_a_stored_profile_is_reconstructed_exactly(trajectory):
     snapshots, direct, _ = trajectory
     rec = posthoc.combine(snapshots, 0.05, STEPS)
