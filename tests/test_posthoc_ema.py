@@ -16,7 +16,7 @@ import noisecraft.io as ncio
 from noisecraft import posthoc
 from noisecraft.cli import main
 from noisecraft.run import load_run
-from noisecraft.train import PowerEMA, TrainConfig
+from noisecraft.train import PowerEMA, TrainConfig, Trainer
 from train_helpers import train, vector_config
 
 
@@ -74,13 +74,14 @@ def test_sigma_rel_is_the_relative_std_of_the_profile(sigma_rel):
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, 0.3, float("nan")])
-def test_bad_lengths(bad):
+def test_bad_lengths(bad, tmp_path):
     with pytest.raises(ValueError, match="sigma_rel"):
         posthoc.sigma_rel_to_gamma(bad)
     with pytest.raises(ValueError, match="ema_profiles"):
         TrainConfig(ema_profiles=f"0.05,{bad}")
-    with pytest.raises(ValueError, match="snapshot_every needs ema_profiles"):
-        TrainConfig(snapshot_every=10)
+    config, dataset = vector_config(steps=2, snapshot_every=10)
+    with pytest.raises(ValueError, match="--snapshot-every needs --ema-profiles"):
+        Trainer(config, tmp_path / "run", dataset)
 
 
 # ----------------------------------------------------------------------------- reconstruction

@@ -163,10 +163,10 @@ UNIFORM_SIGMA_REL = 1 / math.sqrt(12)
 """The longest EMA length σ_rel: the power-function profile of exponent 0, the plain average."""
 
 
-def parse_sigma_rels(text: str, name: str = "ema_profiles") -> tuple[float, ...]:
-    """'0.05,0.1' → (0.05, 0.1); '' → (): EMA lengths σ_rel, each in (0, 1/√12], no repeats
+def parse_sigma_rels(text: str | None, name: str = "ema_profiles") -> tuple[float, ...]:
+    """'0.05,0.1' → (0.05, 0.1); None → (): EMA lengths σ_rel, each in (0, 1/√12], no repeats
     (``noisecraft.posthoc`` holds their maths)."""
-    if not text.strip():
+    if text is None:
         return ()
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -421,7 +421,7 @@ class TrainConfig(Settings):
     ema_decay: float = setting(0.999, "EMA decay per optimizer step", range="[0, 1)")
     ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n)/(10 + n)) over the first "
                                "updates, so early weights are forgotten")
-    ema_profiles: str = setting("", "power-function EMA profiles to track besides --ema-decay "
+    ema_profiles: str | None = setting(None, "power-function EMA profiles to track besides --ema-decay "
                                 "(EDM2), as comma-separated lengths sigma_rel in (0, 0.2887], "
                                 "e.g. 0.05,0.1 (default: none); with --snapshot-every, "
                                 "`noisecraft ema` reconstructs any length afterwards",
@@ -460,8 +460,6 @@ class TrainConfig(Settings):
         if self.max_time is not None:
             duration_seconds(self.max_time)  # a bad duration fails here, not hours later
         parse_sigma_rels(self.ema_profiles)
-        if self.snapshot_every and not self.ema_profiles.strip():
-            raise ValueError("snapshot_every needs ema_profiles (the EMA lengths to snapshot)")
 
 
 @dataclass

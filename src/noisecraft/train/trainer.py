@@ -276,6 +276,8 @@ class Trainer:
         self.device = device
         self.progress = progress
         self.check_run_dir(self.run_dir, resume)
+        if config.train.snapshot_every and not config.train.ema_profiles:
+            raise ValueError("--snapshot-every needs --ema-profiles (the EMA lengths to snapshot)")
         self.net: nn.Module | None = None  # the trained network and its EMA, set by fit()
         self.ema: EMA | None = None
         self.phema: PowerEMA | None = None  # config.train.ema_profiles, when it names any
@@ -374,7 +376,7 @@ class Trainer:
         if hasattr(net, "fit_closed_form"):  # e.g. nets.linear.LinearDiffusion: solved, not trained
             return self._solve(ctx, net, ema, opt, gen, stream)
         step, wall, used = 0, 0.0, {kind: 0.0 for kind in CLOCKS}
-        if tc.ema_profiles.strip():
+        if tc.ema_profiles is not None:
             self.phema = PowerEMA(net, parse_sigma_rels(tc.ema_profiles))
         if self.resume:
             step, wall, used = self._restore(ctx, net, ema, opt, gen, stream)
