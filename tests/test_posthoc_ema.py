@@ -264,3 +264,46 @@ def test_autoguide_run_at_step_loads_that_snapshot(snapshot_run, tmp_path, capsy
     assert main([*base, "--autoguide", f"{snapshot_run}@9", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "no EMA snapshot at step 9; snapshots: 4, 8, 12" in err
+
+
+RACE_WRITER = """
+import sys
+from train_helpers import train, vector_config
+config, dataset = vector_config(steps=30, checkpoint_every=1, log_every=1, ema_profiles="0.05,0.1",
+                                snapshot_every=1)
+train(sys.argv[1], config, dataset, stop_at=2)
+print("first", flush=True)
+train(sys.argv[1], config, dataset, resume=True)
+"""
+
+
+def test_reconstructing_while_the_trainer_saves_every_step(tmp_path):
+    """Readers racing a writer that saves (and snapshots) every step (tests/test_run_race.py's
+    pattern): every reconstruction reads committed, complete snapshots, and never fails."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo / 'tests'}",
+           "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "run"
+    writer = subprocess.Popen([sys.executable, "-c", RACE_WRITER, str(run_dir)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "first", writer.stderr.read()
+    seen, raw, errors = [], 0, []
+    while writer.poll() is None:
+        try:
+            rec = posthoc.reconstruct(run_dir, 0.1)
+            assert rec.residual < 1e-12 and rec.snapshots == list(range(1, rec.step + 1))
+            seen.append(rec.step)
+            # Without the retry of read_committed: the newest snapshot file on disk, committed or
+            # not, is complete (renamed into place whole), so reading it never fails.
+            names = sorted(n for n in os.listdir(run_dir) if posthoc.SNAPSHOT_RE.match(n))
+            ncio.read_safetensors(run_dir / names[-1])
+            raw += 1
+        except Exception as e:  # noqa: BLE001 - every failure is what this test counts
+            errors.append(f"{type(e).__name__}: {e}")
+    assert writer.wait() == 0, writer.stderr.read()
+    assert errors == [], f"{len(errors)} of {len(seen) + len(errors)} reads failed: {errors[:3]}"
+    assert len(seen) >= 10 and raw >= 10 and seen == sorted(seen), seen
