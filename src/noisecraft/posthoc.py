@@ -268,3 +268,41 @@ def load_snapshot_run(run_dir: str | os.PathLike[str], step: int,
     run.net.load_state_dict(weights, strict=True)
     run.step = step
     return run
+
+
+# --------------------------------------------------------------------------- choosing a length
+@dataclass
+class Sweep:
+    """Scores of reconstructed EMA lengths under the run's own yardstick (``explain``'s: the
+    digits/MNIST classifier's confident fraction, higher is better, else the sliced W2 distance
+    to held-out data, lower is better)."""
+
+    yardstick: str
+    rows: list[dict[str, float]]
+    best: float
+
+
+def sweep(run_dir: str | os.PathLike[str], lengths: Sequence[float], *, n: int = 256,
+          steps: int | None = None, seed: int = 0, held_out_n: int = 512,
+          step: int | None = None) -> Sweep:
+    """Reconstruct each EMA length, draw ``n`` samples with the run's sampler (same seed, so
+    the lengths differ by their weights only) and score them; ``best`` is the best length."""
+    from .explain.context import Context, draw, held_out
+    from .explain.sampling import default_yardstick, yardstick
+    from .run import load_run
+
+    if not lengths:
+        raise ValueError("sweep needs at least one EMA length")
+    recs = [reconstruct(run_dir, s, step) for s in lengths]  # every length checked before sampling
+    run = load_run(run_dir)
+    sampler, steps = run.sampler_and_steps(None, steps)
+    x, labels = held_out(run, held_out_n)
+    ctx = Context(run, x, labels, seed, n, steps, default_yardstick(run))
+    what, score, short = yardstick(ctx)
+    rows = []
+    for rec in recs:
+        run.net.load_state_dict({k: v.to(run.device) for k, v in rec.weights.items()})
+        rows.append({"sigma_rel": rec.sigma_rel, "residual": rec.residual,
+                     "score": float(score(draw(ctx, sampler, n, steps)))})
+    pick = max if short == "confident fraction" else min
+    return Sweep(what, rows, pick(rows, key=lambda r: r["score"])["sigma_rel"])
