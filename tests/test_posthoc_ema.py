@@ -307,3 +307,22 @@ def test_reconstructing_while_the_trainer_saves_every_step(tmp_path):
     assert writer.wait() == 0, writer.stderr.read()
     assert errors == [], f"{len(errors)} of {len(seen) + len(errors)} reads failed: {errors[:3]}"
     assert len(seen) >= 10 and raw >= 10 and seen == sorted(seen), seen
+
+
+def test_sweep_scores_each_length_by_the_runs_yardstick(snapshot_run, capsys):
+    """The sweep's score of a stored length is the yardstick (sliced W2 to held-out moons,
+    explain's) of samples drawn from that profile's weights loaded by hand; best is the minimum."""
+    from noisecraft.explain.context import Context, draw, held_out
+    from noisecraft.explain.sampling import yardstick
+
+    result = posthoc.sweep(snapshot_run, [0.05, 0.07, 0.1], n=200)
+    assert "sliced Wasserstein" in result.yardstick and len(result.rows) == 3
+    assert result.best == min(result.rows, key=lambda r: r["score"])["sigma_rel"]
+    run = load_run(snapshot_run)
+    run.net.load_state_dict(posthoc.read_snapshot(snapshot_run, 40)[1][1])  # profile 0.1 at 40
+    ctx = Context(run, held_out(run, 512)[0], None, 0, 200, run.sampler_and_steps()[1],
+                  "sliced-wasserstein")
+    direct = yardstick(ctx)[1](draw(ctx, run.sampler_and_steps()[0], 200, ctx.steps))
+    assert result.rows[2]["score"] == pytest.approx(direct, rel=1e-6)
+    assert main(["ema", str(snapshot_run), "--sweep", "0.05,0.1", "--n", "50"]) == 0
+    assert "best: sigma_rel" in capsys.readouterr().out
