@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +228,7 @@ def write_posthoc_run(run_dir: str | os.PathLike[str], sigma_rel: float,
     out.mkdir(parents=True)
     meta = {"step": str(rec.step)}
     ema_bytes = tensors_to_bytes(rec.weights, meta)
-    shutil.copyfile(src / CONFIG, out / CONFIG)
+    atomic_write(out / CONFIG, (src / CONFIG).read_bytes())
     atomic_write(out / EMA_WEIGHTS, ema_bytes)
     atomic_write(out / MODEL, model if model is not None else ema_bytes)
     record: dict[str, Any] = {"source": str(src.resolve()), "sigma_rel": sigma_rel,
