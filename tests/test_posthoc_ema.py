@@ -149,6 +149,20 @@ def test_an_intermediate_length_matches_the_directly_tracked_profile(trajectory,
     assert error.max() < 0.1 * apart.max()
 
 
+def test_the_solver_matches_a_dense_least_squares_whatever_its_chunk():
+    """The chunked QR solve against numpy's dense lstsq on the explicit weight matrix."""
+    stored = [(posthoc.sigma_rel_to_gamma(s), t) for t in range(20, 201, 20) for s in (0.05, 0.1)]
+    target = (posthoc.sigma_rel_to_gamma(0.07), 190)
+    dense = np.stack([posthoc.profile_weights(g, t, 200) for g, t in stored], axis=1)
+    want = posthoc.profile_weights(*target, 200)
+    x, *_ = np.linalg.lstsq(dense, want, rcond=None)
+    expected = np.linalg.norm(dense @ x - want) / np.linalg.norm(want)
+    for chunk in (7, 64, 1 << 16):
+        got, residual = posthoc.solve_coefficients(stored, target, chunk=chunk)
+        assert residual == pytest.approx(expected, rel=1e-8)
+        np.testing.assert_allclose(dense @ got, dense @ x, atol=1e-12)
+
+
 def test_a_length_far_outside_the_stored_ones_is_out_of_reach(trajectory):
     snapshots, _, _ = trajectory
     assert posthoc.combine(snapshots, 0.02, STEPS).residual > posthoc.MAX_RESIDUAL

@@ -79,17 +79,32 @@ def profile_weights(gamma: float, t: int, horizon: int) -> np.ndarray:
     return w / w.sum()
 
 
-def solve_coefficients(stored: Sequence[tuple[float, int]], target: tuple[float, int]
-                       ) -> tuple[np.ndarray, float]:
+def solve_coefficients(stored: Sequence[tuple[float, int]], target: tuple[float, int],
+                       chunk: int = 1 << 16) -> tuple[np.ndarray, float]:
     """Least-squares x with Σ_i x_i w(γ_i, t_i) ≈ w(γ*, t*): the coefficients and the relative
-    residual ‖Σ x_i w_i − w*‖ / ‖w*‖. Solved on the weight vectors themselves (SVD, not normal
-    equations, whose condition number is the square of an already ill-conditioned basis)."""
+    residual ‖Σ x_i w_i − w*‖ / ‖w*‖. Solved on the weight vectors themselves, not the normal
+    equations (whose condition number is the square of an already ill-conditioned basis): the
+    τ axis is folded ``chunk`` rows at a time into the R of a QR factorisation of [W | w*], so
+    memory stays O(chunk × snapshots) however long the run; then R₁₁ x ≈ r by SVD."""
     horizon = max([t for _, t in stored] + [target[1]])
-    basis = np.stack([profile_weights(g, t, horizon) for g, t in stored], axis=1)
-    want = profile_weights(*target, horizon)
-    x, *_ = np.linalg.lstsq(basis, want, rcond=None)
-    residual = float(np.linalg.norm(basis @ x - want) / np.linalg.norm(want))
-    return x, residual
+    m = len(stored)
+    sums = [_power_sum(g, t) for g, t in stored] + [_power_sum(*target)]
+    gammas = [g for g, _ in stored] + [target[0]]
+    ends = [t for _, t in stored] + [target[1]]
+    r = np.zeros((0, m + 1))
+    for lo in range(1, horizon + 1, chunk):
+        tau = np.arange(lo, min(lo + chunk, horizon + 1), dtype=np.float64)[:, None]
+        block = np.where(tau <= np.array(ends), tau ** np.array(gammas), 0.0) / np.array(sums)
+        r = np.linalg.qr(np.vstack([r, block]), mode="r")
+    x, *_ = np.linalg.lstsq(r[:m, :m], r[:m, m], rcond=None)
+    miss = np.append(r[:m, :m] @ x - r[:m, m], r[m:, m])  # the residual in the rotated basis
+    norm = np.linalg.norm(r[:, m])                          # ‖w*‖, rotations keep lengths
+    return x, float(np.linalg.norm(miss) / norm)
+
+
+def _power_sum(gamma: float, t: int) -> float:
+    """S_t = Σ_{τ=1..t} τ^γ."""
+    return float((np.arange(1, t + 1, dtype=np.float64) ** gamma).sum())
 
 
 # --------------------------------------------------------------------------- files
