@@ -340,3 +340,14 @@ def test_sweep_scores_each_length_by_the_runs_yardstick(snapshot_run, capsys):
     assert result.rows[2]["score"] == pytest.approx(direct, rel=1e-6)
     assert main(["ema", str(snapshot_run), "--sweep", "0.05,0.1", "--n", "50"]) == 0
     assert "best: sigma_rel" in capsys.readouterr().out
+
+
+def test_a_solved_net_refuses_ema_profiles(tmp_path):
+    from noisecraft import data
+    from noisecraft.train import new_run_config
+
+    dataset = data.load("moons")
+    config = new_run_config(dataset, "moons", net="linear",
+                            train=TrainConfig(steps=1, ema_profiles="0.05", sample_every=0))
+    with pytest.raises(ValueError, match="--ema-profiles needs a trained net"):
+        train(tmp_path / "run", config, dataset)

@@ -374,6 +374,9 @@ class Trainer:
         self.net, self.ema = net, ema
         self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
         if hasattr(net, "fit_closed_form"):  # e.g. nets.linear.LinearDiffusion: solved, not trained
+            if tc.ema_profiles is not None:  # one solution, no trajectory to average
+                raise ValueError("--ema-profiles needs a trained net; this one is solved in "
+                                 "closed form")
             return self._solve(ctx, net, ema, opt, gen, stream)
         step, wall, used = 0, 0.0, {kind: 0.0 for kind in CLOCKS}
         if tc.ema_profiles is not None:
