@@ -37,7 +37,7 @@ def help_text() -> str:
     return re.sub(r"\s+", " ", train_parser().format_help())
 
 
-TEXT_EXAMPLES = {"max_time": "1.5h"}
+TEXT_EXAMPLES = {"max_time": "1.5h", "ema_profiles": "0.05,0.1"}
 
 
 def test_every_train_config_field_is_a_flag_that_reaches_the_config():

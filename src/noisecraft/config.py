@@ -159,6 +159,29 @@ def choices_of(f: dataclasses.Field) -> tuple[Any, ...] | None:
     return tuple(choices() if callable(choices) else choices)
 
 
+UNIFORM_SIGMA_REL = 1 / math.sqrt(12)
+"""The longest EMA length σ_rel: the power-function profile of exponent 0, the plain average."""
+
+
+def parse_sigma_rels(text: str | None, name: str = "ema_profiles") -> tuple[float, ...]:
+    """'0.05,0.1' → (0.05, 0.1); None → (): EMA lengths σ_rel, each in (0, 1/√12], no repeats
+    (``noisecraft.posthoc`` holds their maths)."""
+    if text is None:
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated EMA lengths sigma_rel, e.g. "
+                         f"0.05,0.1, got {text!r}") from None
+    bad = [v for v in values if not 0 < v <= UNIFORM_SIGMA_REL]
+    if bad:
+        raise ValueError(f"{name}: EMA length sigma_rel must be in (0, {UNIFORM_SIGMA_REL:.4f}] "
+                         f"(1/sqrt(12) is the uniform average), got {bad[0]!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} lists a length twice: {text!r}")
+    return values
+
+
 def is_setting(f: dataclasses.Field) -> bool:
     return "help" in f.metadata
 
@@ -398,6 +421,14 @@ class TrainConfig(Settings):
     ema_decay: float = setting(0.999, "EMA decay per optimizer step", range="[0, 1)")
     ema_warmup: bool = setting(True, "EMA decay min(decay, (1 + n)/(10 + n)) over the first "
                                "updates, so early weights are forgotten")
+    ema_profiles: str | None = setting(None, "power-function EMA profiles to track besides --ema-decay "
+                                "(EDM2), as comma-separated lengths sigma_rel in (0, 0.2887], "
+                                "e.g. 0.05,0.1 (default: none); with --snapshot-every, "
+                                "`noisecraft ema` reconstructs any length afterwards",
+                                metavar="SIGMA_RELS")
+    snapshot_every: int = setting(0, "with --ema-profiles: keep a snapshot of the profiles every "
+                                  "N steps and at --steps (phema-STEP.safetensors, each the size "
+                                  "of the profiles; 0 = off)", range="[0, inf)", resumable=True)
     label_dropout: float | None = setting(
         None, "with --class-cond: fraction of labels replaced by the null label, for "
         f"classifier-free guidance (default {CLASS_COND_LABEL_DROPOUT:g} for class-conditional "
@@ -428,6 +459,7 @@ class TrainConfig(Settings):
         super().__post_init__()
         if self.max_time is not None:
             duration_seconds(self.max_time)  # a bad duration fails here, not hours later
+        parse_sigma_rels(self.ema_profiles)
 
 
 @dataclass

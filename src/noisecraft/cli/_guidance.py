@@ -8,11 +8,10 @@
     --guidance-interval LO HI   guide only where LO ≤ t ≤ HI (the run's own t, 0..T)
     --autoguide RUN_DIR    autoguidance (Karras et al. 2024): another run of the same data and
                            schedule, smaller or trained for fewer steps, plays the unconditional
-                           branch with the same condition
+                           branch with the same condition; RUN_DIR@STEP is the run's own EMA
+                           snapshot of that step (--snapshot-every), its shortest profile
 
-Autoguidance takes a run directory, not a step of the same run: the trainer keeps one checkpoint
-per run, so an "earlier checkpoint" is a copy of the run directory made at that step (or a run
-trained with fewer --steps). Every check lives in :meth:`noisecraft.LoadedRun.guided`.
+Every check lives in :meth:`noisecraft.LoadedRun.guided`.
 """
 
 from __future__ import annotations
@@ -57,10 +56,10 @@ def add_guidance_arguments(parser: argparse.ArgumentParser, classes: bool = True
     g.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
                    help="with --guidance: guide only where LO <= t <= HI, in the run's time "
                    "0..T (Kynkäänniemi et al. 2024); the conditional model elsewhere")
-    g.add_argument("--autoguide", metavar="RUN_DIR",
+    g.add_argument("--autoguide", metavar="RUN_DIR[@STEP]",
                    help="with --guidance: autoguidance (Karras et al. 2024): a weaker run of the "
                    "same data and schedule (smaller, or fewer steps) replaces the unconditional "
-                   "branch")
+                   "branch; RUN_DIR@STEP: that run's EMA snapshot of step STEP")
 
 
 def guidance_kwargs(run: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -77,7 +76,11 @@ def guidance_kwargs(run: Any, args: argparse.Namespace) -> dict[str, Any]:
         return {}
     autoguide = None
     if args.autoguide is not None:
-        autoguide = load_run(args.autoguide, use_ema=not args.no_ema, device=args.device)
+        from ..posthoc import load_snapshot_run, split_run_step
+
+        guide_dir, step = split_run_step(args.autoguide)  # RUN@STEP: a snapshot of that step
+        autoguide = (load_run(guide_dir, use_ema=not args.no_ema, device=args.device)
+                     if step is None else load_snapshot_run(guide_dir, step, device=args.device))
     return {"guidance": args.guidance, "guidance_rescale": args.guidance_rescale or 0.0,
             "guidance_interval": tuple(args.guidance_interval) if args.guidance_interval else None,
             "autoguide": autoguide}

@@ -8,13 +8,14 @@ evaluation (safetensors + JSON only).
 from ..config import CONFIG_VERSION, DataConfig, RunConfig, SamplingConfig, TrainConfig
 from ..io import atomic_write
 from ..run import LoadedRun, load_run, read_config
-from .ema import EMA
+from .ema import EMA, PowerEMA
 from .setup import prepare, prepare_autoencoder, resume_config, train
 from .trainer import Trainer, TrainResult, lr_at, new_run_config
 
 __all__ = [
     "CONFIG_VERSION",
     "EMA",
+    "PowerEMA",
     "DataConfig",
     "LoadedRun",
     "RunConfig",

@@ -49,12 +49,14 @@ from ..config import (
     SamplingConfig,
     TrainConfig,
     duration_seconds,
+    parse_sigma_rels,
 )
 from ..data.transforms import KINDS
 from ..denoiser import Denoiser
 from ..errors import DataError, RunError
 from ..io import PREVIOUS, atomic_write, atomic_write_many, checkpoint_file, tensors_to_bytes
 from ..lock import LOCK, RunLock
+from ..posthoc import PHEMA, SNAPSHOT, SNAPSHOT_RE, profiles_from_file, profiles_to_bytes
 from ..run import (
     CONFIG,
     EMA_WEIGHTS,
@@ -75,7 +77,7 @@ from ..seeding import derive_seed
 from . import accel, distributed
 from . import checkpoint as ckpt
 from .batches import BatchStream
-from .ema import EMA
+from .ema import EMA, PowerEMA
 
 STATE_VERSION = 1
 
@@ -245,7 +247,7 @@ class TrainResult:
 
 # What a run directory may hold (DESIGN §2.6); anything else makes a folder foreign.
 RUN_FILES = frozenset({CONFIG, MODEL, EMA_WEIGHTS, OPTIMIZER, STATE, LOG, SAMPLES, LOCK, PREVIOUS,
-                       "tensorboard"})
+                       "tensorboard", PHEMA})  # and SNAPSHOT_RE's snapshots
 
 
 class Trainer:
@@ -274,8 +276,11 @@ class Trainer:
         self.device = device
         self.progress = progress
         self.check_run_dir(self.run_dir, resume)
+        if config.train.snapshot_every and not config.train.ema_profiles:
+            raise ValueError("--snapshot-every needs --ema-profiles (the EMA lengths to snapshot)")
         self.net: nn.Module | None = None  # the trained network and its EMA, set by fit()
         self.ema: EMA | None = None
+        self.phema: PowerEMA | None = None  # config.train.ema_profiles, when it names any
 
     @staticmethod
     def check_run_dir(run_dir: str | Path, resume: bool) -> None:
@@ -291,6 +296,7 @@ class Trainer:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 checks; the writer
             Trainer._check_checkpoint_of(path, resume)  # lock's check is shared with every rank
         foreign = [p.name for p in path.iterdir() if p.name not in RUN_FILES
+                   and not SNAPSHOT_RE.match(p.name)
                    and not (p.name.startswith(".") and p.name.endswith(".tmp"))  # io's temp files
                    ] if path.is_dir() and int(os.environ.get("RANK", "0")) == 0 else []
         if not resume and not (path / CONFIG).is_file() and foreign:
@@ -368,8 +374,13 @@ class Trainer:
         self.net, self.ema = net, ema
         self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
         if hasattr(net, "fit_closed_form"):  # e.g. nets.linear.LinearDiffusion: solved, not trained
+            if tc.ema_profiles is not None:  # one solution, no trajectory to average
+                raise ValueError("--ema-profiles needs a trained net; this one is solved in "
+                                 "closed form")
             return self._solve(ctx, net, ema, opt, gen, stream)
         step, wall, used = 0, 0.0, {kind: 0.0 for kind in CLOCKS}
+        if tc.ema_profiles is not None:
+            self.phema = PowerEMA(net, parse_sigma_rels(tc.ema_profiles))
         if self.resume:
             step, wall, used = self._restore(ctx, net, ema, opt, gen, stream)
 
@@ -453,6 +464,8 @@ class Trainer:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 ema.update(net)
+                if self.phema is not None:
+                    self.phema.update(net)
                 step += 1
                 bar.update(1)
                 time_used = {kind: time_used[kind] + clock(kind) - before[kind] for kind in CLOCKS}
@@ -477,7 +490,8 @@ class Trainer:
                     count, t_log, step_at_log = 0, now, step
                 if ctx.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == end):
                     self._samples(ema.net, step)
-                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == end:
+                if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == end \
+                        or self._snapshot_due(step):
                     wall_now = wall_at_start + time.perf_counter() - t_start
                     self._save(ctx, step, net, ema, opt, gen, stream, wall_now, time_used)
         finally:
@@ -597,13 +611,24 @@ class Trainer:
                      "data": [json.loads(d) for d in data],
                      "rng": {k: [ckpt.encode_rng(_bytes_state(b)) for b in v] for k, v in rng.items()}}
             meta = {"step": str(step)}
-            atomic_write_many(self.run_dir, {
-                MODEL: tensors_to_bytes(net.state_dict(), meta),
-                EMA_WEIGHTS: tensors_to_bytes(ema.state_dict(), meta),
-                OPTIMIZER: ckpt.optimizer_to_bytes(opt, step),
-                STATE: (json.dumps(state, indent=1) + "\n").encode(),
-            })
+            files = {MODEL: tensors_to_bytes(net.state_dict(), meta),
+                     EMA_WEIGHTS: tensors_to_bytes(ema.state_dict(), meta),
+                     OPTIMIZER: ckpt.optimizer_to_bytes(opt, step)}
+            if self.phema is not None:  # the profiles; a snapshot is a copy, in the same commit
+                p = self.phema
+                files[PHEMA] = profiles_to_bytes(p.sigma_rels, p.state_dicts(), p.sums, step)
+                if self._snapshot_due(step):
+                    files[SNAPSHOT.format(step=step)] = files[PHEMA]
+            files[STATE] = (json.dumps(state, indent=1) + "\n").encode()  # last: the commit
+            atomic_write_many(self.run_dir, files)
         distributed.barrier(ctx)
+
+    def _snapshot_due(self, step: int) -> bool:
+        """Snapshots at multiples of snapshot_every and at --steps (not at an interruption, so a
+        resumed run keeps exactly the snapshots of an uninterrupted one)."""
+        every = self.config.train.snapshot_every
+        return self.phema is not None and every > 0 and (
+            step % every == 0 or step == self.config.train.steps)
 
     def _restore(self, ctx: distributed.Context, net: nn.Module, ema: EMA,
                  opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream
@@ -616,6 +641,14 @@ class Trainer:
         check_step(model_file, load_weights(net, model_file), step)
         check_step(ema_file, load_weights(ema.net, ema_file), step)
         ema.num_updates = int(state.get("ema_updates", step))
+        if self.phema is not None:
+            phema_file = checkpoint_file(d, PHEMA)
+            sigma_rels, states, sums, saved = profiles_from_file(phema_file)
+            check_step(phema_file, {"step": str(saved)}, step)
+            if tuple(sigma_rels) != self.phema.sigma_rels:
+                raise RunError(f"{phema_file}: tracks EMA lengths {sigma_rels}, the config "
+                               f"{list(self.phema.sigma_rels)}")
+            self.phema.load(states, sums, step)  # profile k's t is the optimizer step
         try:
             self.time_sampler.load_state_dict(state.get("time_sampler", {}))
         except ValueError as e:
