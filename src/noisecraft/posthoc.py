@@ -25,6 +25,8 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,18 +242,32 @@ def write_posthoc_run(run_dir: str | os.PathLike[str], sigma_rel: float,
         return tensors_to_bytes(tensors, meta)
 
     model = read_committed(src, raw_model)
-    out.mkdir(parents=True)
-    meta = {"step": str(rec.step)}
-    ema_bytes = tensors_to_bytes(rec.weights, meta)
-    atomic_write(out / CONFIG, (src / CONFIG).read_bytes())
-    atomic_write(out / EMA_WEIGHTS, ema_bytes)
-    atomic_write(out / MODEL, model if model is not None else ema_bytes)
-    record: dict[str, Any] = {"source": str(src.resolve()), "sigma_rel": sigma_rel,
-                              "residual": rec.residual, "snapshots": rec.snapshots,
-                              "model": "raw" if model else "posthoc"}
-    atomic_write(out / STATE, json.dumps({"version": 1, "step": rec.step, "posthoc_ema": record},
-                                         indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside ``out`` and renamed into place: a failure leaves no half-written run.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, widened to what the umask allows
+        meta = {"step": str(rec.step)}
+        ema_bytes = tensors_to_bytes(rec.weights, meta)
+        atomic_write(tmp / CONFIG, (src / CONFIG).read_bytes())
+        atomic_write(tmp / EMA_WEIGHTS, ema_bytes)
+        atomic_write(tmp / MODEL, model if model is not None else ema_bytes)
+        record: dict[str, Any] = {"source": str(src.resolve()), "sigma_rel": sigma_rel,
+                                  "residual": rec.residual, "snapshots": rec.snapshots,
+                                  "model": "raw" if model else "posthoc"}
+        atomic_write(tmp / STATE, json.dumps({"version": 1, "step": rec.step,
+                                              "posthoc_ema": record}, indent=1) + "\n")
+        os.rename(tmp, out)  # (an empty folder made at ``out`` meanwhile is replaced; a full one refused)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return rec
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --------------------------------------------------------------------------- RUN@STEP

@@ -11,6 +11,8 @@ A run directory holds
     state.json             step, RNG states, LR-schedule and data-order positions
     log.jsonl              one JSON object per logged step
     samples/               sample grids written during training
+    phema.safetensors      power-function EMA profiles (``--ema-profiles``; noisecraft.posthoc)
+    phema-STEP*.safetensors  their snapshots (``--snapshot-every``), for post-hoc EMA
     .lock                  the writer's lock (``noisecraft.lock``): one trainer at a time
 
 A checkpoint is saved as one transaction of ``noisecraft.io`` with ``state.json`` last (the
