@@ -257,7 +257,7 @@ def write_posthoc_run(run_dir: str | os.PathLike[str], sigma_rel: float,
                                   "model": "raw" if model else "posthoc"}
         atomic_write(tmp / STATE, json.dumps({"version": 1, "step": rec.step,
                                               "posthoc_ema": record}, indent=1) + "\n")
-        os.rename(tmp, out)  # (an empty folder made at ``out`` meanwhile is replaced; a full one refused)
+        os.rename(tmp, out)  # an empty folder made at ``out`` meanwhile is replaced, a full one refused
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
