@@ -366,7 +366,7 @@ class Trainer:
         stream = BatchStream(self.dataset, tc.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                              seed=tc.seed, num_workers=tc.num_workers, pin_memory=dev.type == "cuda")
         self.net, self.ema = net, ema
-        self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
+        self.time_sampler = losses.time_sampler(tc.time_sampler, Schedule.from_dict(cfg.schedule))
         if hasattr(net, "fit_closed_form"):  # e.g. nets.linear.LinearDiffusion: solved, not trained
             return self._solve(ctx, net, ema, opt, gen, stream)
         step, wall, used = 0, 0.0, {kind: 0.0 for kind in CLOCKS}
