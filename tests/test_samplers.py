@@ -322,7 +322,7 @@ def test_raw_net_and_prediction_types_agree(mixture, schedule):
 
 def test_the_front_is_exported():
     assert noisecraft.sample is sample and noisecraft.SAMPLERS is SAMPLERS
-    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "heun", "dpmpp-2m", "sde"}
+    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "heun", "dpmpp-2m", "sde", "edm"}
     assert noisecraft.grids.GRIDS.keys() == {"respaced", "log-snr", "karras"}
 
 
