@@ -285,79 +285,6 @@ def heun(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | 
     return walk(heun_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
 
 
-# ---------------------------------------------------------------------------- EDM's stochastic Heun
-def churn(w: Walk, i: int, S_churn: float, S_tmin: float, S_tmax: float
-          ) -> tuple[float, float, float]:
-    """EDM's raised noise level at step i (Karras et al. 2022, Algorithm 2, lines 4–5):
-    (t̂, α̂, σ̂) with σ̂ = σ̃(t̂) = σ̃_i (1 + γ_i), γ_i = min(S_churn/N, √2 − 1) when S_tmin ≤ σ̃_i ≤ S_tmax,
-    else 0 (then t̂ = t_i). σ̃(t̂) is capped at σ̃(T): above T the schedule has no noise level (and
-    a grid starting at T is not churned on its first step). t̂ comes from the schedule's own
-    inverse, ``t_from_log_snr(−2 log σ̃)``."""
-    sig = w.sigma_tilde(i)
-    gamma = min(S_churn / w.steps, math.sqrt(2) - 1) if S_tmin <= sig <= S_tmax else 0.0
-    if gamma <= 0 or w.up:
-        return w.t[i], w.alpha[i], sig
-    lam = max(-2 * math.log(sig * (1 + gamma)), w.schedule.log_snr(w.schedule.T).item())
-    t_hat = w.schedule.t_from_log_snr(lam).item()
-    if t_hat <= w.t[i]:
-        return w.t[i], w.alpha[i], sig
-    return t_hat, w.schedule.marginal(t_hat)[0].item(), math.exp(-0.5 * lam)
-
-
-def edm_raise(w: Walk, i: int, x: Tensor, *, S_churn: float = 0.0, S_tmin: float = 0.0,
-              S_tmax: float = math.inf, S_noise: float = 1.0) -> tuple[Tensor, float]:
-    """Before step i's reading: x̂ at t̂ = :func:`churn`, ŷ = y_i + √(σ̃(t̂)² − σ̃_i²) S_noise z in
-    y = x/α (Algorithm 2, line 6); with S_noise = 1 this is the forward process q(x_t̂ | x_{t_i})."""
-    t_hat, a_hat, sig_hat = churn(w, i, S_churn, S_tmin, S_tmax)
-    if t_hat == w.t[i]:
-        return x, t_hat
-    sig = w.sigma_tilde(i)
-    x_hat = torch.add(x * (a_hat / w.alpha[i]), w.randn(),
-                      alpha=a_hat * math.sqrt(max(sig_hat**2 - sig**2, 0.0)) * S_noise)
-    return x_hat, t_hat
-
-
-def edm_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None, *, S_churn: float = 0.0,
-             S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0
-             ) -> tuple[Tensor, None]:
-    """The Heun step of :func:`heun_step` from (x̂, t̂) (made by :func:`edm_raise` before the
-    reading ``d``) onto t_{i+1} (Algorithm 2, lines 7–11)."""
-    t_hat, a_hat, sig_hat = churn(w, i, S_churn, S_tmin, S_tmax)
-    return _heun_to(w, i + 1, x * (w.alpha[i + 1] / a_hat), d.eps,
-                    w.sigma_tilde(i + 1) - sig_hat), None
-
-
-edm_step.start = edm_raise  # type: ignore[attr-defined]
-
-
-@_register("edm", grid="karras", step=edm_step)
-def edm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
-        callback: Callback | None = None, cond: dict[str, Any] | None = None,
-        S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf,
-        S_noise: float = 1.0) -> Tensor:
-    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2; ``edm_sampler`` of NVlabs/edm)
-    on dy/dσ̃ = ε̂ in y = x/α, σ̃ = σ/α, over the Karras grid by default. Each step i first adds
-    noise to go *up* from σ̃_i to σ̂ = σ̃_i (1 + γ_i),
-
-        γ_i = min(S_churn/N, √2 − 1) if S_tmin ≤ σ̃_i ≤ S_tmax else 0,
-        ŷ = y_i + √(σ̂² − σ̃_i²) S_noise z,
-
-    then takes one Heun step of the ODE from σ̂ to σ̃_{i+1} (Euler onto σ̃ = 0). σ̂ is carried
-    to the one time variable by the schedule's inverse (t̂ = ``t_from_log_snr(−2 log σ̂)``) and
-    capped at σ̃(T). S_tmin, S_tmax are in σ̃ (EDM's σ) units, as in the paper. With
-    S_churn = 0 (the default, as in ``generate.py``) the sampler *is* :func:`heun` (Algorithm 1)
-    on the same grid. 2N − 1 denoiser calls for N steps, churned or not.
-    """
-    number("S_churn", S_churn, 0)
-    number("S_noise", S_noise, 0)
-    if not (isinstance(S_tmin, int | float) and isinstance(S_tmax, int | float)
-            and 0 <= S_tmin <= S_tmax):
-        raise ValueError(f"S_tmin and S_tmax must satisfy 0 <= S_tmin <= S_tmax, got "
-                         f"S_tmin={S_tmin!r}, S_tmax={S_tmax!r}")
-    return walk(edm_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback, S_churn=S_churn,
-                S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
-
-
 History = tuple[Tensor, float] | None
 
 
@@ -430,6 +357,79 @@ def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | N
     first step and sends x_t to ~8 times the data's spread before later steps pull it back.
     """
     return walk(sde_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
+
+
+# ---------------------------------------------------------------------------- EDM's stochastic Heun
+def churn(w: Walk, i: int, S_churn: float, S_tmin: float, S_tmax: float
+          ) -> tuple[float, float, float]:
+    """EDM's raised noise level at step i (Karras et al. 2022, Algorithm 2, lines 4–5):
+    (t̂, α̂, σ̂) with σ̂ = σ̃(t̂) = σ̃_i (1 + γ_i), γ_i = min(S_churn/N, √2 − 1) when S_tmin ≤ σ̃_i ≤ S_tmax,
+    else 0 (then t̂ = t_i). σ̃(t̂) is capped at σ̃(T): above T the schedule has no noise level (and
+    a grid starting at T is not churned on its first step). t̂ comes from the schedule's own
+    inverse, ``t_from_log_snr(−2 log σ̃)``."""
+    sig = w.sigma_tilde(i)
+    gamma = min(S_churn / w.steps, math.sqrt(2) - 1) if S_tmin <= sig <= S_tmax else 0.0
+    if gamma <= 0 or w.up:
+        return w.t[i], w.alpha[i], sig
+    lam = max(-2 * math.log(sig * (1 + gamma)), w.schedule.log_snr(w.schedule.T).item())
+    t_hat = w.schedule.t_from_log_snr(lam).item()
+    if t_hat <= w.t[i]:
+        return w.t[i], w.alpha[i], sig
+    return t_hat, w.schedule.marginal(t_hat)[0].item(), math.exp(-0.5 * lam)
+
+
+def edm_raise(w: Walk, i: int, x: Tensor, *, S_churn: float = 0.0, S_tmin: float = 0.0,
+              S_tmax: float = math.inf, S_noise: float = 1.0) -> tuple[Tensor, float]:
+    """Before step i's reading: x̂ at t̂ = :func:`churn`, ŷ = y_i + √(σ̃(t̂)² − σ̃_i²) S_noise z in
+    y = x/α (Algorithm 2, line 6); with S_noise = 1 this is the forward process q(x_t̂ | x_{t_i})."""
+    t_hat, a_hat, sig_hat = churn(w, i, S_churn, S_tmin, S_tmax)
+    if t_hat == w.t[i]:
+        return x, t_hat
+    sig = w.sigma_tilde(i)
+    x_hat = torch.add(x * (a_hat / w.alpha[i]), w.randn(),
+                      alpha=a_hat * math.sqrt(max(sig_hat**2 - sig**2, 0.0)) * S_noise)
+    return x_hat, t_hat
+
+
+def edm_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None, *, S_churn: float = 0.0,
+             S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0
+             ) -> tuple[Tensor, None]:
+    """The Heun step of :func:`heun_step` from (x̂, t̂) (made by :func:`edm_raise` before the
+    reading ``d``) onto t_{i+1} (Algorithm 2, lines 7–11)."""
+    t_hat, a_hat, sig_hat = churn(w, i, S_churn, S_tmin, S_tmax)
+    return _heun_to(w, i + 1, x * (w.alpha[i + 1] / a_hat), d.eps,
+                    w.sigma_tilde(i + 1) - sig_hat), None
+
+
+edm_step.start = edm_raise  # type: ignore[attr-defined]
+
+
+@_register("edm", grid="karras", step=edm_step)
+def edm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+        callback: Callback | None = None, cond: dict[str, Any] | None = None,
+        S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf,
+        S_noise: float = 1.0) -> Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2; ``edm_sampler`` of NVlabs/edm)
+    on dy/dσ̃ = ε̂ in y = x/α, σ̃ = σ/α, over the Karras grid by default. Each step i first adds
+    noise to go *up* from σ̃_i to σ̂ = σ̃_i (1 + γ_i),
+
+        γ_i = min(S_churn/N, √2 − 1) if S_tmin ≤ σ̃_i ≤ S_tmax else 0,
+        ŷ = y_i + √(σ̂² − σ̃_i²) S_noise z,
+
+    then takes one Heun step of the ODE from σ̂ to σ̃_{i+1} (Euler onto σ̃ = 0). σ̂ is carried
+    to the one time variable by the schedule's inverse (t̂ = ``t_from_log_snr(−2 log σ̂)``) and
+    capped at σ̃(T). S_tmin, S_tmax are in σ̃ (EDM's σ) units, as in the paper. With
+    S_churn = 0 (the default, as in ``generate.py``) the sampler *is* :func:`heun` (Algorithm 1)
+    on the same grid. 2N − 1 denoiser calls for N steps, churned or not.
+    """
+    number("S_churn", S_churn, 0)
+    number("S_noise", S_noise, 0)
+    if not (isinstance(S_tmin, int | float) and isinstance(S_tmax, int | float)
+            and 0 <= S_tmin <= S_tmax):
+        raise ValueError(f"S_tmin and S_tmax must satisfy 0 <= S_tmin <= S_tmax, got "
+                         f"S_tmin={S_tmin!r}, S_tmax={S_tmax!r}")
+    return walk(edm_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback, S_churn=S_churn,
+                S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
 
 
 # ---------------------------------------------------------------------------- the front
