@@ -76,6 +76,9 @@ def test_edm_reading_of_the_exact_F_is_the_exact_eps_reading(schedule):
         torch.testing.assert_close(a.x0, b.x0, rtol=0, atol=scale)
         torch.testing.assert_close(a.eps, b.eps, rtol=0, atol=scale)
         torch.testing.assert_close(a.v, b.v, rtol=0, atol=scale)
+        # The library's ideal net for "edm" (GaussianMixture.net) reads the same.
+        ideal = Denoiser(MIXTURE.net(schedule, "edm"), schedule, "edm")(x_t, t)
+        torch.testing.assert_close(ideal.x0, b.x0, rtol=0, atol=scale)
     # t = 0 (no noise): c_skip = 1, c_out = 0, so x̂_0 = x_t whatever the net says.
     x = torch.randn(4, 2, dtype=torch.float64)
     junk = Denoiser(lambda x_in, t: torch.full_like(x_in, 7.0), schedule, "edm")
