@@ -22,6 +22,7 @@ from scipy import stats
 
 from noisecraft import Denoiser, GaussianMixture, Schedule, grids, losses, sample
 from noisecraft.denoiser import SIGMA_DATA
+from noisecraft.guidance import Guided
 from noisecraft.samplers import SAMPLERS
 from test_samplers import MEANS, STD, WEIGHTS, check_matches_mixture
 
@@ -83,6 +84,25 @@ def test_edm_reading_of_the_exact_F_is_the_exact_eps_reading(schedule):
     x = torch.randn(4, 2, dtype=torch.float64)
     junk = Denoiser(lambda x_in, t: torch.full_like(x_in, 7.0), schedule, "edm")
     torch.testing.assert_close(junk(x, 0.0).x0, x, rtol=0, atol=1e-15)
+
+
+def test_guidance_mixes_edm_readings_as_it_mixes_eps_ones():
+    """Guided reads only ε̂ (and x̂_0), so classifier-free guidance of the exact EDM net is the
+    guidance of the exact ε net, to rounding; and it samples with the edm sampler."""
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0, 1, -1])
+    edm = Guided(Denoiser(MIXTURE.net(LINEAR, "edm"), LINEAR, "edm"), 3.0)
+    eps = Guided(Denoiser(MIXTURE.net(LINEAR, "eps"), LINEAR, "eps"), 3.0)
+    for t in (3, 400, 1000):
+        a, b = edm(x, t, labels=labels), eps(x, t, labels=labels)
+        torch.testing.assert_close(a.x0, b.x0, rtol=0, atol=1e-12)
+        torch.testing.assert_close(a.eps, b.eps, rtol=0, atol=1e-12)
+    kw = dict(sampler="edm", steps=10, seed=0, options={"S_churn": 5.0}, dtype=torch.float64,
+              labels=torch.zeros(8, dtype=torch.long))
+    # The readings differ by rounding (≤ 1e-13 · 1/α_T); ten guided steps amplify it (measured
+    # 5e-7), as for the prediction types in tests/test_samplers.py: 1e-6 is far below any step.
+    torch.testing.assert_close(sample(edm, (8, 2), LINEAR, **kw), sample(eps, (8, 2), LINEAR, **kw),
+                               rtol=0, atol=1e-6)
 
 
 def test_the_net_sees_c_in_times_x_over_alpha_and_the_library_t():

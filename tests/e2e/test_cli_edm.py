@@ -56,3 +56,10 @@ def test_nll_scores_an_edm_run(edm_run, capsys, method):
                  method, "--rtol", "1e-3", "--atol", "1e-3", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["n"] == 8 and np.isfinite(record["mean"])
+
+
+def test_explain_draws_an_edm_run(edm_run, tmp_path):
+    page = tmp_path / "explain.html"
+    assert main(["explain", str(edm_run), "--out", str(page), "--samples", "32", "--held-out",
+                 "16", "--steps", "6", "--no-progress"]) == 0
+    assert page.stat().st_size > 10_000
