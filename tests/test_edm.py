@@ -308,3 +308,24 @@ def test_log_normal_time_sampler_needs_its_schedule():
     with pytest.raises(ValueError, match="unknown time sampler"):
         losses.time_sampler("lognormal", LINEAR)
     assert isinstance(losses.time_sampler("uniform", LINEAR), losses.UniformTimeSampler)
+
+
+@pytest.mark.parametrize("prediction", ["edm", "flow"])
+def test_the_closed_form_linear_net_reads_alike_in_every_prediction(prediction):
+    """``nets.linear.LinearDiffusion`` computes E[ε | x_t] in closed form and returns it in the
+    run's prediction; fed the Denoiser's x_t/r (edm) or x_t/(α + σ) (flow), it must undo that
+    scaling, so its x̂_0 equals the ε-fit's (float32 rounding)."""
+    from noisecraft import data
+    from noisecraft.nets.linear import LinearDiffusion
+
+    moons = data.load("moons")
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    readings = {}
+    for p in ("eps", prediction):
+        net = LinearDiffusion(in_channels=2, image_size=None, num_components=4)
+        net.fit_closed_form(moons, LINEAR, p)
+        readings[p] = [Denoiser(net, LINEAR, p)(x, t).x0 for t in (1, 300, 1000)]
+    # float32 rounding (6e-8) amplified by x̂_0 = (x_t − σ ε̂)/α, 1/α_T = 157: ~1e-5; the net
+    # that read its input as x_t was off by 0.05 (edm) and 0.3 (flow).
+    for a, b in zip(readings["eps"], readings[prediction], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
