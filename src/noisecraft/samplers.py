@@ -25,7 +25,9 @@ Every sampler has the signature
 
 Each sampler is ONE step function from t to s (``ddim_step``, ``heun_step``, …, also
 ``SAMPLERS[name].step``) driven by the one :func:`walk` over a :class:`Walk` (the grid and its
-marginals); the multistep DPM-Solver++(2M) passes its history from step to step explicitly.
+marginals); the multistep DPM-Solver++(2M) passes its history from step to step explicitly, and
+EDM's sampler moves x up to a noisier t̂ before its reading with ``edm_step.start`` (the walk
+calls a step's ``start``, when it has one, before the denoiser).
 :func:`noisecraft.editing.encode` runs the deterministic samplers' same steps on the reversed
 grid (``Walk(..., up=True)``), so every update formula is written once.
 
