@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .denoiser import PREDICTIONS
+from .denoiser import PREDICTIONS, SIGMA_DATA, _edm_r, _edm_target
 from .schedule import Schedule, broadcast_to
 
 
@@ -129,7 +129,8 @@ class GaussianMixture:
         (or E[x_0|x_t, k] for ``labels`` k ≥ 0, the mixture's where −1) as ε, x_0 or v; or, for
         ``"flow"``, the exact velocity E[ε − x_0 | x] of the straight path at the point it is fed
         (x = (1 − τ) x_0 + τ ε, τ = σ/(α + σ)), from the mixture's posterior in that
-        parametrisation itself.
+        parametrisation itself; for ``"edm"``, EDM's F at the point it is fed (x_t/r, σ_d =
+        ``SIGMA_DATA``: :mod:`noisecraft.denoiser`).
 
         Components are the classes: the class-conditional ideal denoiser for classifier-free
         guidance, with −1 or a missing ``labels`` as the null condition, like the trained nets.
@@ -175,6 +176,12 @@ class _IdealNet(nn.Module):
             x = x_t.double()
             a, s = broadcast_to(1 - tau, x), broadcast_to(tau, x)
             return ((x - a * x0) / s - x0).to(x_t.dtype)      # E[ε | x] − E[x_0 | x]
+        if self.prediction == "edm":  # fed x_t/r (noisecraft.denoiser, σ_d = SIGMA_DATA): EDM's F
+            r = broadcast_to(_edm_r(alpha, sigma, SIGMA_DATA), x_t, torch.float64)
+            x = x_t.double() * r
+            x0 = self.mixture.posterior_mean(x, alpha, sigma, labels)
+            a, s = broadcast_to(alpha, x), broadcast_to(sigma, x)
+            return _edm_target(x0, (x - a * x0) / s, a, s, SIGMA_DATA).to(x_t.dtype)
         x0 = self.mixture.posterior_mean(x_t, alpha, sigma, labels)
         x = x_t.double()
         a, s = broadcast_to(alpha, x), broadcast_to(sigma, x)

@@ -319,7 +319,8 @@ class BuildConfig(Settings):
                              stored=lambda c: c.schedule.get("T"))
     prediction: str = setting("eps", "what the net predicts (flow: the velocity eps - x0 of "
                               "the straight path; flow matching is --schedule flow --prediction "
-                              "flow --time-sampler logit-normal)",
+                              "flow --time-sampler logit-normal; edm: EDM's preconditioned F, "
+                              "sigma_data 0.5, with --time-sampler log-normal)",
                               choices=registry("denoiser", "PREDICTIONS"),
                               stored=lambda c: c.prediction)
     learned_variance: bool = setting(
@@ -442,8 +443,9 @@ class TrainConfig(Settings):
                                    range="[0, inf)")
     time_sampler: str = setting("uniform", "how t is drawn: uniform, importance (Improved "
                                 "DDPM: p_t from the recent losses at t, reweighted to stay "
-                                "unbiased), or logit-normal (SD3: t/T = sigmoid(z), z ~ N(0, 1), "
-                                "for flow matching with --schedule flow --prediction flow)",
+                                "unbiased), logit-normal (SD3: t/T = sigmoid(z), z ~ N(0, 1), "
+                                "for flow matching with --schedule flow --prediction flow), or "
+                                "log-normal (EDM: ln(sigma/alpha) ~ N(-1.2, 1.2^2))",
                                 choices=registry("losses", "TIME_SAMPLERS"))
     seed: int = seed_setting()
     log_every: int = log_every_setting()

@@ -8,6 +8,7 @@ reads that tensor as ε, x_0 or v and derives the other two once, using x_t = α
     prediction="x0":   ε̂ = (x_t − α x̂_0) / σ
     prediction="v":    v = α ε − σ x_0,  so  x̂_0 = α x_t − σ v̂  and  ε̂ = σ x_t + α v̂.
     prediction="flow": the rectified-flow velocity on the straight path (below).
+    prediction="edm":  EDM's preconditioned output F (below).
 
 Flow matching at the network's boundary
 ---------------------------------------
@@ -21,11 +22,38 @@ SD3), so x̂_0 = x^flow − τ v̂ and ε̂ = x^flow + (1 − τ) v̂. Both are 
 ε̂ (the same x_0 and ε), so samplers, guidance, the likelihood and inversion, which read only
 x̂_0, ε̂ and (α, σ), run on flow models unchanged.
 
+EDM's preconditioning at the network's boundary
+-----------------------------------------------
+Karras et al. (2022, "Elucidating the design space…", Table 1 and eq. 7) write the denoiser in
+the variance-exploding scale x = x_t/α, σ̃ = σ/α (σ̃ is EDM's σ) as
+
+    D(x; σ̃) = c_skip x + c_out F(c_in x, c_noise),
+    c_skip = σ_d²/(σ̃² + σ_d²),  c_out = σ̃ σ_d/√(σ̃² + σ_d²),  c_in = 1/√(σ̃² + σ_d²),
+
+with σ_d = ``sigma_data`` (:data:`SIGMA_DATA` = 0.5, EDM's value for pixels in [−1, 1]) and
+c_noise = ¼ ln σ̃. D is x̂_0, and ε̂ follows from x_t = α x̂_0 + σ ε̂. With r = √(σ² + α² σ_d²)
+(= α √(σ̃² + σ_d²)) everything is a plain function of (x_t, α, σ) with no division by α or σ:
+
+    network input c_in x = x_t / r       (unit variance when the data's is σ_d²),
+    x̂_0 = (α σ_d² x_t + σ σ_d r F) / r²,   ε̂ = (σ x_t − α σ_d r F) / r²,
+    target F* = (σ x_0 − α σ_d² ε) / (σ_d r).
+
+The network is called with the library's t, not c_noise: t is the one time variable every
+backbone embeds (§2.1 of the design; its sinusoidal embedding expects t ∈ [0, T]) and c_noise is a
+monotone function of t, so nothing is lost, and guidance intervals, experts routed by t and
+exported runs keep reading one t. Only the input scaling c_in and the output mix (c_skip, c_out)
+are EDM's. With σ_d = 1 the parameterisation is v-prediction with F = −v (r = 1).
+
+EDM's loss weight λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² = 1/c_out² on ‖D − x_0‖² is exactly the unit
+weight on ‖F − F*‖² (D − x_0 = c_out (F − F*)), so :func:`noisecraft.losses.simple` on an
+``"edm"`` Denoiser *is* EDM's weighted loss; no separate weighting is needed.
+
 Samplers, losses and likelihoods take a ``Denoiser``; none of them looks at a prediction string.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +63,11 @@ from torch import Tensor
 
 from .schedule import Schedule, broadcast_to
 
-PREDICTIONS = ("eps", "x0", "v", "flow")
+PREDICTIONS = ("eps", "x0", "v", "flow", "edm")
+
+SIGMA_DATA = 0.5
+"""EDM's σ_d, the data's standard deviation assumed by ``prediction="edm"`` (EDM's value for
+pixels in [−1, 1]); a Denoiser's ``sigma_data`` overrides it."""
 
 
 _DERIVED = ("x0", "eps", "v")
@@ -94,11 +126,13 @@ class Denoiser:
         net: any callable ``net(x_t, t, **cond) -> Tensor`` with the shape of x_t (twice the
             channels, along dim 1, when ``learned_variance``).
         schedule: the :class:`Schedule` whose ``marginal(t)`` defines x_t.
-        prediction: what the network's output is: ``"eps"``, ``"x0"``, ``"v"`` or ``"flow"``
-            (the velocity ε − x_0 of the straight path, fed x_t/(α + σ): module docstring).
+        prediction: what the network's output is: ``"eps"``, ``"x0"``, ``"v"``, ``"flow"``
+            (the velocity ε − x_0 of the straight path, fed x_t/(α + σ)) or ``"edm"`` (EDM's
+            preconditioned F, fed x_t/√(σ² + α² σ_d²)): module docstring.
         clip: ``(lo, hi)`` clamps x̂_0 (then ε̂ and v̂ are recomputed from the clamped x̂_0).
             Off by default; ``(-1, 1)`` suits pixel data scaled to [−1, 1].
         learned_variance: the network also outputs the Improved-DDPM variance interpolation.
+        sigma_data: σ_d of ``prediction="edm"`` (default :data:`SIGMA_DATA`); ignored otherwise.
 
     Arithmetic is done in float32 or the input's dtype when wider; the network itself runs in
     whatever dtype (or autocast) the caller chose. ``t`` is a float tensor of shape (batch,) or a
@@ -106,7 +140,8 @@ class Denoiser:
     """
 
     def __init__(self, net: Callable[..., Tensor], schedule: Schedule, prediction: str = "eps",
-                 clip: tuple[float, float] | None = None, learned_variance: bool = False):
+                 clip: tuple[float, float] | None = None, learned_variance: bool = False,
+                 sigma_data: float = SIGMA_DATA):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of "
                              f"{', '.join(PREDICTIONS)}")
@@ -116,11 +151,14 @@ class Denoiser:
             lo, hi = clip
             if not lo < hi:
                 raise ValueError(f"clip must be (lo, hi) with lo < hi, got {clip!r}")
+        if not (isinstance(sigma_data, int | float) and 0 < sigma_data < math.inf):
+            raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
         self.net = net
         self.schedule = schedule
         self.prediction = prediction
         self.clip = clip
         self.learned_variance = learned_variance
+        self.sigma_data = float(sigma_data)
 
     def unclipped(self) -> Denoiser:
         """This reading without the x̂_0 clamp: the density the network defines (a clamp is a
@@ -128,7 +166,7 @@ class Denoiser:
         if self.clip is None:
             return self
         return Denoiser(self.net, self.schedule, self.prediction, clip=None,
-                        learned_variance=self.learned_variance)
+                        learned_variance=self.learned_variance, sigma_data=self.sigma_data)
 
     def __repr__(self) -> str:
         return (f"Denoiser({type(self.net).__name__}, {self.schedule!r}, "
@@ -154,13 +192,14 @@ class Denoiser:
 
     def net_input(self, x_t: Tensor, t: Tensor,
                   marginal: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """What the network is fed at (x_t, t): x_t itself, or x^flow = x_t/(α + σ) for
-        ``"flow"`` (in x_t's dtype, so the network runs in the dtype the caller chose).
-        ``marginal``: (α, σ) at t when the caller has them already."""
-        if self.prediction != "flow":
+        """What the network is fed at (x_t, t): x_t itself, x^flow = x_t/(α + σ) for ``"flow"``
+        or EDM's c_in x_t/α = x_t/√(σ² + α² σ_d²) for ``"edm"`` (in x_t's dtype, so the network
+        runs in the dtype the caller chose). ``marginal``: (α, σ) at t when the caller has them."""
+        if self.prediction not in ("flow", "edm"):
             return x_t
         alpha, sigma = marginal if marginal is not None else self.schedule.marginal(t)
-        return x_t * broadcast_to(1 / (alpha + sigma), x_t)
+        scale = alpha + sigma if self.prediction == "flow" else _edm_r(alpha, sigma, self.sigma_data)
+        return x_t * broadcast_to(1 / scale, x_t)
 
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
         """Interpret a raw network output ``out`` computed at (:meth:`net_input` of x_t, t)."""
@@ -187,12 +226,12 @@ class Denoiser:
         alpha, sigma = marginal
         a, s = broadcast_to(alpha, x, dtype), broadcast_to(sigma, x, dtype)
         return Denoised(output=out, variance_fraction=frac,
-                        derive=_Reading(self.prediction, self.clip, x, a, s, out),
+                        derive=_Reading(self.prediction, self.clip, x, a, s, out, self.sigma_data),
                         **_given(self.prediction, self.clip, out))
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor | float) -> Tensor:
-        """The regression target for this prediction type: ε, x_0, v = α ε − σ x_0 or the
-        flow velocity ε − x_0."""
+        """The regression target for this prediction type: ε, x_0, v = α ε − σ x_0, the
+        flow velocity ε − x_0 or EDM's F* = (σ x_0 − α σ_d² ε)/(σ_d r)."""
         if self.prediction == "eps":
             return eps
         if self.prediction == "x0":
@@ -203,16 +242,30 @@ class Denoiser:
         t = self.expand_time(t, x0)
         dtype = torch.promote_types(x0.dtype, torch.float32)
         alpha, sigma = self.schedule.marginal(t)
-        return broadcast_to(alpha, x0, dtype) * eps - broadcast_to(sigma, x0, dtype) * x0
+        a, s = broadcast_to(alpha, x0, dtype), broadcast_to(sigma, x0, dtype)
+        if self.prediction == "edm":
+            return _edm_target(x0.to(dtype), eps.to(dtype), a, s, self.sigma_data)
+        return a * eps - s * x0
+
+
+def _edm_r(alpha: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
+    """r = √(σ² + α² σ_d²) = α √(σ̃² + σ_d²): 1/r is EDM's c_in in the x_t scale."""
+    return torch.sqrt(sigma**2 + (alpha * sigma_data) ** 2)
+
+
+def _edm_target(x0: Tensor, eps: Tensor, a: Tensor, s: Tensor, sigma_data: float) -> Tensor:
+    """F = (σ x_0 − α σ_d² ε)/(σ_d r): EDM's (x_0 − c_skip x)/c_out with x = x_t/α."""
+    return torch.sub(s * x0, a * eps, alpha=sigma_data**2) / (sigma_data * _edm_r(a, s, sigma_data))
 
 
 def from_eps(eps: Tensor, x: Tensor, a: Tensor, s: Tensor, *, prediction: str = "eps",
              clip: tuple[float, float] | None = None,
-             variance_fraction: Tensor | None = None, output: Tensor | None = None) -> Denoised:
+             variance_fraction: Tensor | None = None, output: Tensor | None = None,
+             sigma_data: float = SIGMA_DATA) -> Denoised:
     """The reading whose ε̂ is ``eps`` at x_t = ``x`` (α = ``a``, σ = ``s``, already broadcast):
     what a guided mix of two readings is. x̂_0 and v̂ are derived only when read. ``output``
     defaults to the unclipped field in ``prediction`` (ε̂ itself for ε-prediction: no cost)."""
-    unclipped = _Reading("eps", None, x, a, s, eps)
+    unclipped = _Reading("eps", None, x, a, s, eps, sigma_data)
     if output is None:
         output = eps if prediction == "eps" else unclipped(
             prediction, Denoised(eps=eps, output=eps, derive=unclipped))
@@ -234,8 +287,10 @@ class _Reading:
         v̂ = α ε̂ − σ x̂_0.
 
     A flow velocity v̂ (x^flow = c x_t, c = 1/(α + σ)): x̂_0 = c (x_t − σ v̂), ε̂ = c (x_t + α v̂);
-    asked for by the name ``"flow"``, the velocity is ε̂ − x̂_0. With ``clip``, x̂_0 is clamped
-    first and ε̂, v̂ follow from the clamped x̂_0.
+    asked for by the name ``"flow"``, the velocity is ε̂ − x̂_0. EDM's F (r = √(σ² + α² σ_d²)):
+    x̂_0 = (α σ_d² x_t + σ σ_d r F)/r², ε̂ = (σ x_t − α σ_d r F)/r²; by the name ``"edm"``,
+    F = (σ x̂_0 − α σ_d² ε̂)/(σ_d r). With ``clip``, x̂_0 is clamped first and ε̂, v̂ follow from
+    the clamped x̂_0.
     """
 
     prediction: str
@@ -244,6 +299,7 @@ class _Reading:
     a: Tensor
     s: Tensor
     out: Tensor
+    sigma_data: float = SIGMA_DATA
 
     def __call__(self, name: str, d: Denoised) -> Tensor:
         # addcmul(u, p, q, value=c) = u + c·p·q in one pass over the tensor instead of three.
@@ -255,6 +311,9 @@ class _Reading:
                 x0 = out
             elif self.prediction == "flow":
                 x0 = torch.addcmul(x, s, out, value=-1).div_(a + s)
+            elif self.prediction == "edm":
+                sd, r = self.sigma_data, _edm_r(a, s, self.sigma_data)
+                x0 = torch.add(sd**2 * a * x, s * r * out, alpha=sd).div_(r**2)
             else:
                 x0 = torch.addcmul(a * x, s, out, value=-1)
             return x0.clamp(*self.clip) if self.clip is not None else x0
@@ -263,7 +322,12 @@ class _Reading:
                 return torch.addcmul(s * x, a, out)
             if self.clip is None and self.prediction == "flow":
                 return torch.addcmul(x, a, out).div_(a + s)
+            if self.clip is None and self.prediction == "edm":
+                r = _edm_r(a, s, self.sigma_data)
+                return torch.sub(s * x, a * r * out, alpha=self.sigma_data).div_(r**2)
             return torch.addcmul(x, a, d.x0, value=-1).div_(s)
         if name == "flow":
             return d.eps - d.x0
+        if name == "edm":
+            return _edm_target(d.x0, d.eps, a, s, self.sigma_data)
         return torch.addcmul(a * d.eps, s, d.x0, value=-1)

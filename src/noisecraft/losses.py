@@ -206,10 +206,67 @@ class LogitNormalTimeSampler(TimeSampler):
         return t.to(device), torch.ones(batch, dtype=torch.float32, device=device)
 
 
+class LogNormalTimeSampler(TimeSampler):
+    """EDM's log-normal law of the noise level (Karras et al. 2022, Table 1): ln σ̃ ~ N(P_mean,
+    P_std²) with σ̃ = σ/α (EDM's σ), P_mean = −1.2, P_std = 1.2, put on the steps by the
+    schedule's own inverse as the first step whose noise level reaches the draw,
+
+        t = min{t ∈ {1, …, T} : σ̃(t) ≥ σ̃}  (T when σ̃ > σ̃(T)),  so
+        p_t = Φ(u_t) − Φ(u_{t−1}),  u_t = (ln σ̃(t) − P_mean)/P_std,  u_0 = −∞, u_T = +∞.
+
+    The draws below σ̃(1) (0.01 on the linear schedule: 0.2 % of them) land on t = 1 and those
+    above σ̃(T) on T: the schedule's ends clip the law. Steps stay integers, as every time sampler
+    here draws them, so the bound and the importance weights keep their meaning. Like
+    :class:`LogitNormalTimeSampler` it is a *weighting* of the objective (EDM's p_train), not an
+    importance sample of the uniform one: every weight is 1. Built from the schedule
+    (:func:`time_sampler`), since σ̃(t) is the schedule's.
+    """
+
+    needs_schedule = True
+
+    def __init__(self, T: int, schedule: Schedule | None = None, mean: float = -1.2,
+                 std: float = 1.2):
+        super().__init__(T)
+        if not isinstance(schedule, Schedule) or schedule.T != T:
+            raise ValueError(f"the log-normal time sampler needs the run's Schedule with T = {T}, "
+                             f"got {schedule!r}")
+        number("log-normal P_mean", mean)
+        number("log-normal P_std", std, 0, low_open=True)
+        self.mean, self.std = float(mean), float(std)
+        # ln σ̃(t) = −λ(t)/2 for t = 1..T, increasing.
+        self._log_sigma = (-0.5 * schedule.log_snr(torch.arange(1, T + 1))).contiguous()
+
+    def probabilities(self) -> Tensor:
+        u = (self._log_sigma - self.mean) / self.std
+        cdf = torch.special.ndtr(torch.cat([u[:-1], u.new_tensor([math.inf])]))
+        return torch.cat([cdf[:1], cdf.diff()])
+
+    def sample(self, batch: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        z = torch.randn(batch, generator=generator, device=gen_device, dtype=torch.float64)
+        log_sigma = self.mean + self.std * z
+        # The number of steps with σ̃(t) < σ̃ is t − 1.
+        t = torch.searchsorted(self._log_sigma.to(gen_device), log_sigma) + 1
+        return t.clamp(max=self.T).to(device), torch.ones(batch, dtype=torch.float32, device=device)
+
+
 TIME_SAMPLERS: dict[str, type[TimeSampler]] = {"uniform": UniformTimeSampler,
                                                "importance": ImportanceTimeSampler,
-                                               "logit-normal": LogitNormalTimeSampler}
-"""The time samplers by name (``TrainConfig.time_sampler``)."""
+                                               "logit-normal": LogitNormalTimeSampler,
+                                               "log-normal": LogNormalTimeSampler}
+"""The time samplers by name (``TrainConfig.time_sampler``); build one with :func:`time_sampler`."""
+
+
+def time_sampler(name: str, schedule: Schedule) -> TimeSampler:
+    """The time sampler ``name`` of :data:`TIME_SAMPLERS` with its defaults, for ``schedule``
+    (the log-normal one reads the schedule's noise levels; the others only its T)."""
+    if name not in TIME_SAMPLERS:
+        raise ValueError(f"unknown time sampler {name!r}; choose one of {', '.join(TIME_SAMPLERS)}")
+    cls = TIME_SAMPLERS[name]
+    if getattr(cls, "needs_schedule", False):
+        return cls(schedule.T, schedule)  # type: ignore[call-arg]
+    return cls(schedule.T)
 
 
 def _draw_time(schedule: Schedule, x0: Tensor, t: Tensor | float | None,

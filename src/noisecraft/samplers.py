@@ -9,13 +9,14 @@ Every sampler has the signature
 - ``grid`` is a strictly decreasing tensor t_0 > t_1 > … > t_N = 0 (see :mod:`noisecraft.grids`);
   step i goes from t = t_i to s = t_{i+1}. Each sampler names the grid it defaults to in
   ``fn.default_grid``: ``respaced`` for ddpm, ddim and sde (the grids they were defined on),
-  ``log-snr`` for euler, heun and dpmpp-2m. Measured with ``benchmarks/sampler_accuracy.py``
-  (mean distance to the exact probability-flow ODE solution, Gaussian-mixture problem): at 25
-  steps log-SNR-uniform vs Karras (ρ = 7) is 9.7e-3 vs 2.3e-2 (dpmpp-2m) and 1.7e-2 vs 1.3e-2
-  (heun) on the linear schedule, 2.3e-2 vs 1.8e-1 and 2.7e-2 vs 8.6e-2 on the cosine one.
-  Karras's ρ = 7 was tuned for EDM's σ ∈ [0.002, 80]; here σ̃ = σ/α spans [0.01, 157] (linear)
-  and [0.006, 2·10⁴] (cosine), where ρ = 7 spends more nodes at high noise, where the flow is
-  nearly straight, than uniform-λ spacing (the ρ → ∞ limit of Karras's formula) does.
+  ``log-snr`` for euler, heun and dpmpp-2m, ``karras`` for edm (EDM's own). Measured with
+  ``benchmarks/sampler_accuracy.py`` (mean distance to the exact probability-flow ODE solution,
+  Gaussian-mixture problem): at 25 steps log-SNR-uniform vs Karras (ρ = 7) is 9.7e-3 vs 2.3e-2
+  (dpmpp-2m) and 1.7e-2 vs 1.3e-2 (heun) on the linear schedule, 2.3e-2 vs 1.8e-1 and 2.7e-2 vs
+  8.6e-2 on the cosine one. Karras's ρ = 7 was tuned for EDM's σ ∈ [0.002, 80]; here σ̃ = σ/α spans
+  [0.01, 157] (linear) and [0.006, 2·10⁴] (cosine), where ρ = 7 spends more nodes at high noise,
+  where the flow is nearly straight, than uniform-λ spacing (the ρ → ∞ limit of Karras's formula)
+  does.
 - ``noise`` is a :mod:`noisecraft.noise` source; stochastic samplers draw from it only
   (``None``: the global RNG).
 - ``callback(i, t, x_t, x0_hat)`` is called after step i with the new time t = t_{i+1}, the new
@@ -24,7 +25,9 @@ Every sampler has the signature
 
 Each sampler is ONE step function from t to s (``ddim_step``, ``heun_step``, …, also
 ``SAMPLERS[name].step``) driven by the one :func:`walk` over a :class:`Walk` (the grid and its
-marginals); the multistep DPM-Solver++(2M) passes its history from step to step explicitly.
+marginals); the multistep DPM-Solver++(2M) passes its history from step to step explicitly, and
+EDM's sampler moves x up to a noisier t̂ before its reading with ``edm_step.start`` (the walk
+calls a step's ``start``, when it has one, before the denoiser).
 :func:`noisecraft.editing.encode` runs the deterministic samplers' same steps on the reversed
 grid (``Walk(..., up=True)``), so every update formula is written once.
 
@@ -120,8 +123,9 @@ class Walk:
     def steps(self) -> int:
         return len(self.t) - 1
 
-    def denoise(self, x: Tensor, i: int) -> Denoised:
-        return self.denoiser(x.to(self.in_dtype), self.t[i], **self.cond)
+    def denoise(self, x: Tensor, i: int, t: float | None = None) -> Denoised:
+        """The reading at (x, t_i), or at (x, t) when a step moved off the grid (EDM's churn)."""
+        return self.denoiser(x.to(self.in_dtype), self.t[i] if t is None else t, **self.cond)
 
     def randn(self) -> Tensor:
         return self.noise.randn(self.event_shape, dtype=self.dtype, device=self.device)
@@ -160,8 +164,13 @@ def walk(step: Step, w: Walk, x: Tensor, callback: Callback | None = None, *, fi
     out_dtype = x.dtype
     x = x.to(w.dtype)
     carry = None
+    # A step may move x before its reading (``step.start``: EDM's churn raises the noise to t̂).
+    start = getattr(step, "start", None)
     for i in range(first, w.steps):
-        d = denoised if (i == first and denoised is not None) else w.denoise(x, i)
+        t = w.t[i]
+        if start is not None and not (i == first and denoised is not None):
+            x, t = start(w, i, x, **options)
+        d = denoised if (i == first and denoised is not None) else w.denoise(x, i, t)
         x, carry = step(w, i, x, d, carry, **options)
         if callback is not None:
             callback(i, w.t[i + 1], x, d.x0)
@@ -250,14 +259,19 @@ def euler(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource |
 
 def heun_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None) -> tuple[Tensor, None]:
     """The Euler predictor to s, then the trapezoidal corrector with ε̂ at s (Euler onto s = 0)."""
-    a_t, a_s = w.alpha[i], w.alpha[i + 1]
-    ds = w.sigma_tilde(i + 1) - w.sigma_tilde(i)
-    x_scaled = x * (a_s / a_t)                                                 # α_s y_t
-    x_pred = torch.add(x_scaled, d.eps, alpha=a_s * ds)
-    if w.t[i + 1] == 0:
-        return x_pred, None
-    eps_s = w.denoise(x_pred, i + 1).eps
-    return torch.add(x_scaled, d.eps + eps_s, alpha=0.5 * a_s * ds), None
+    return _heun_to(w, i + 1, x * (w.alpha[i + 1] / w.alpha[i]), d.eps,
+                    w.sigma_tilde(i + 1) - w.sigma_tilde(i)), None
+
+
+def _heun_to(w: Walk, j: int, x_scaled: Tensor, eps: Tensor, ds: float) -> Tensor:
+    """One Heun step of dy/dσ̃ = ε̂ onto grid node s = t_j from y (``x_scaled`` = α_s y), where
+    the reading was ``eps``, over ``ds`` = σ̃_s − σ̃ (shared by ``heun`` and ``edm``)."""
+    a_s = w.alpha[j]
+    x_pred = torch.add(x_scaled, eps, alpha=a_s * ds)
+    if w.t[j] == 0:
+        return x_pred
+    eps_s = w.denoise(x_pred, j).eps
+    return torch.add(x_scaled, eps + eps_s, alpha=0.5 * a_s * ds)
 
 
 @_register("heun", grid="log-snr", step=heun_step)
@@ -345,6 +359,79 @@ def sde(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | N
     first step and sends x_t to ~8 times the data's spread before later steps pull it back.
     """
     return walk(sde_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
+
+
+# ---------------------------------------------------------------------------- EDM's stochastic Heun
+def churn(w: Walk, i: int, S_churn: float, S_tmin: float, S_tmax: float
+          ) -> tuple[float, float, float]:
+    """EDM's raised noise level at step i (Karras et al. 2022, Algorithm 2, lines 4–5):
+    (t̂, α̂, σ̂) with σ̂ = σ̃(t̂) = σ̃_i (1 + γ_i), γ_i = min(S_churn/N, √2 − 1) when S_tmin ≤ σ̃_i ≤ S_tmax,
+    else 0 (then t̂ = t_i). σ̃(t̂) is capped at σ̃(T): above T the schedule has no noise level (and
+    a grid starting at T is not churned on its first step). t̂ comes from the schedule's own
+    inverse, ``t_from_log_snr(−2 log σ̃)``."""
+    sig = w.sigma_tilde(i)
+    gamma = min(S_churn / w.steps, math.sqrt(2) - 1) if S_tmin <= sig <= S_tmax else 0.0
+    if gamma <= 0 or w.up:
+        return w.t[i], w.alpha[i], sig
+    lam = max(-2 * math.log(sig * (1 + gamma)), w.schedule.log_snr(w.schedule.T).item())
+    t_hat = w.schedule.t_from_log_snr(lam).item()
+    if t_hat <= w.t[i]:
+        return w.t[i], w.alpha[i], sig
+    return t_hat, w.schedule.marginal(t_hat)[0].item(), math.exp(-0.5 * lam)
+
+
+def edm_raise(w: Walk, i: int, x: Tensor, *, S_churn: float = 0.0, S_tmin: float = 0.0,
+              S_tmax: float = math.inf, S_noise: float = 1.0) -> tuple[Tensor, float]:
+    """Before step i's reading: x̂ at t̂ = :func:`churn`, ŷ = y_i + √(σ̃(t̂)² − σ̃_i²) S_noise z in
+    y = x/α (Algorithm 2, line 6); with S_noise = 1 this is the forward process q(x_t̂ | x_{t_i})."""
+    t_hat, a_hat, sig_hat = churn(w, i, S_churn, S_tmin, S_tmax)
+    if t_hat == w.t[i]:
+        return x, t_hat
+    sig = w.sigma_tilde(i)
+    x_hat = torch.add(x * (a_hat / w.alpha[i]), w.randn(),
+                      alpha=a_hat * math.sqrt(max(sig_hat**2 - sig**2, 0.0)) * S_noise)
+    return x_hat, t_hat
+
+
+def edm_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None, *, S_churn: float = 0.0,
+             S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0
+             ) -> tuple[Tensor, None]:
+    """The Heun step of :func:`heun_step` from (x̂, t̂) (made by :func:`edm_raise` before the
+    reading ``d``) onto t_{i+1} (Algorithm 2, lines 7–11)."""
+    t_hat, a_hat, sig_hat = churn(w, i, S_churn, S_tmin, S_tmax)
+    return _heun_to(w, i + 1, x * (w.alpha[i + 1] / a_hat), d.eps,
+                    w.sigma_tilde(i + 1) - sig_hat), None
+
+
+edm_step.start = edm_raise  # type: ignore[attr-defined]
+
+
+@_register("edm", grid="karras", step=edm_step)
+def edm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | None = None,
+        callback: Callback | None = None, cond: dict[str, Any] | None = None,
+        S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf,
+        S_noise: float = 1.0) -> Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2; ``edm_sampler`` of NVlabs/edm)
+    on dy/dσ̃ = ε̂ in y = x/α, σ̃ = σ/α, over the Karras grid by default. Each step i first adds
+    noise to go *up* from σ̃_i to σ̂ = σ̃_i (1 + γ_i),
+
+        γ_i = min(S_churn/N, √2 − 1) if S_tmin ≤ σ̃_i ≤ S_tmax else 0,
+        ŷ = y_i + √(σ̂² − σ̃_i²) S_noise z,
+
+    then takes one Heun step of the ODE from σ̂ to σ̃_{i+1} (Euler onto σ̃ = 0). σ̂ is carried
+    to the one time variable by the schedule's inverse (t̂ = ``t_from_log_snr(−2 log σ̂)``) and
+    capped at σ̃(T). S_tmin, S_tmax are in σ̃ (EDM's σ) units, as in the paper. With
+    S_churn = 0 (the default, as in ``generate.py``) the sampler *is* :func:`heun` (Algorithm 1)
+    on the same grid. 2N − 1 denoiser calls for N steps, churned or not.
+    """
+    number("S_churn", S_churn, 0)
+    number("S_noise", S_noise, 0)
+    if not (isinstance(S_tmin, int | float) and isinstance(S_tmax, int | float)
+            and 0 <= S_tmin <= S_tmax):
+        raise ValueError(f"S_tmin and S_tmax must satisfy 0 <= S_tmin <= S_tmax, got "
+                         f"S_tmin={S_tmin!r}, S_tmax={S_tmax!r}")
+    return walk(edm_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback, S_churn=S_churn,
+                S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
 
 
 # ---------------------------------------------------------------------------- the front

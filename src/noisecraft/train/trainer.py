@@ -372,7 +372,7 @@ class Trainer:
         stream = BatchStream(self.dataset, tc.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                              seed=tc.seed, num_workers=tc.num_workers, pin_memory=dev.type == "cuda")
         self.net, self.ema = net, ema
-        self.time_sampler = losses.TIME_SAMPLERS[tc.time_sampler](cfg.schedule["T"])
+        self.time_sampler = losses.time_sampler(tc.time_sampler, Schedule.from_dict(cfg.schedule))
         if hasattr(net, "fit_closed_form"):  # e.g. nets.linear.LinearDiffusion: solved, not trained
             if tc.ema_profiles is not None:  # one solution, no trajectory to average
                 raise ValueError("--ema-profiles needs a trained net; this one is solved in "
