@@ -357,6 +357,13 @@ def test_export_command_and_its_refusal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no diffusers counterpart" in err and "ddpm-cifar10" in err
     assert not (tmp_path / "out2").exists()
+    # a flow run's U-Net would export, but its reading has no diffusers scheduler: one line
+    flow = trained_run(tmp_path / "flow", schedule="flow", prediction="flow")
+    assert main(["export", flow, str(tmp_path / "out3")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("noisecraft: error: prediction 'flow' has no diffusers scheduler") \
+        and err.count("\n") == 1
+    assert not (tmp_path / "out3").exists()
 
 
 @pytest.mark.parametrize("cls", ["DDPMScheduler", "DDIMScheduler"])

@@ -52,6 +52,9 @@ import torch
 from torch import Tensor
 
 EXPORTABLE_PRESETS = ("tiny", "mnist", "ddpm-cifar10", "audio")
+# noisecraft's predictions that a DDPMScheduler's prediction_type names; flow and edm read the
+# network at a rescaled input, which no diffusers scheduler does.
+DIFFUSERS_PREDICTIONS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 """U-Net presets whose layout has a UNet2DModel counterpart (unconditional, T = 1000)."""
 
 REFERENCE_T = 1000
@@ -317,11 +320,15 @@ def scheduler_config(run: Any) -> dict[str, Any]:
     if clip is not None and clip[0] != -clip[1]:
         raise ValueError(f"sampling clip {list(clip)} is not symmetric; diffusers' "
                          "clip_sample_range clamps to [-r, r]")
-    config.update(prediction_type={"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[
-        run.config.prediction], clip_sample=clip is not None,
-        clip_sample_range=float(clip[1]) if clip is not None else 1.0,
-        variance_type="learned_range" if run.denoiser.learned_variance else "fixed_small",
-        timestep_spacing="trailing", steps_offset=0)
+    if run.config.prediction not in DIFFUSERS_PREDICTIONS:
+        raise ValueError(f"prediction {run.config.prediction!r} has no diffusers scheduler "
+                         f"counterpart; runs with prediction {', '.join(DIFFUSERS_PREDICTIONS)} "
+                         "export")
+    config.update(prediction_type=DIFFUSERS_PREDICTIONS[run.config.prediction],
+                  clip_sample=clip is not None,
+                  clip_sample_range=float(clip[1]) if clip is not None else 1.0,
+                  variance_type="learned_range" if run.denoiser.learned_variance else "fixed_small",
+                  timestep_spacing="trailing", steps_offset=0)
     return config
 
 
