@@ -8,6 +8,7 @@ reads that tensor as ε, x_0 or v and derives the other two once, using x_t = α
     prediction="x0":   ε̂ = (x_t − α x̂_0) / σ
     prediction="v":    v = α ε − σ x_0,  so  x̂_0 = α x_t − σ v̂  and  ε̂ = σ x_t + α v̂.
     prediction="flow": the rectified-flow velocity on the straight path (below).
+    prediction="consistency": x̂_0 = c_skip(t) x_t/α + c_out(t) F (below).
 
 Flow matching at the network's boundary
 ---------------------------------------
@@ -20,6 +21,16 @@ and predicts the velocity v^flow = dx^flow/dτ = ε − x_0 (Liu et al. 2022; Li
 SD3), so x̂_0 = x^flow − τ v̂ and ε̂ = x^flow + (1 − τ) v̂. Both are the VP reading's x̂_0 and
 ε̂ (the same x_0 and ε), so samplers, guidance, the likelihood and inversion, which read only
 x̂_0, ε̂ and (α, σ), run on flow models unchanged.
+
+Consistency models at the network's boundary
+--------------------------------------------
+A consistency model f(x_t, t) maps every point of a probability-flow ODE path to its end x_0
+(Song et al. 2023). Its parameterisation (their eq. 8, EDM's c_skip/c_out in σ̃ = σ/α):
+
+    x̂_0 = c_skip(t) x_t/α + c_out(t) F,   c_skip = σ_d²/(σ̃² + σ_d²),   c_out = σ_d σ̃/√(σ̃² + σ_d²),
+
+so at t = 0 (σ̃ = 0, α = 1: the boundary, the library's ε_min) c_skip = 1 and c_out = 0 and
+f(x, 0) = x exactly, whatever the network says. σ_d = ``CONSISTENCY_SIGMA_DATA``.
 
 Samplers, losses and likelihoods take a ``Denoiser``; none of them looks at a prediction string.
 """
@@ -35,7 +46,18 @@ from torch import Tensor
 
 from .schedule import Schedule, broadcast_to
 
-PREDICTIONS = ("eps", "x0", "v", "flow")
+PREDICTIONS = ("eps", "x0", "v", "flow", "consistency")
+
+CONSISTENCY_SIGMA_DATA = 0.5
+"""σ_d of the consistency parameterisation (Song et al. 2023 use 0.5 for data in [−1, 1])."""
+
+
+def consistency_coefficients(alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """(c_skip/α, c_out) at (α_t, σ_t): x̂_0 = (c_skip/α) x_t + c_out F (module docstring).
+    At σ = 0 they are (1, 0) exactly: the boundary condition f(x, 0) = x."""
+    sd2 = CONSISTENCY_SIGMA_DATA**2
+    st = sigma / alpha                                                         # σ̃ = σ/α
+    return sd2 / (st**2 + sd2) / alpha, CONSISTENCY_SIGMA_DATA * st / (st**2 + sd2).sqrt()
 
 
 _DERIVED = ("x0", "eps", "v")
@@ -201,6 +223,12 @@ class Denoiser:
             dtype = torch.promote_types(x0.dtype, torch.float32)
             return eps.to(dtype) - x0.to(dtype)
         t = self.expand_time(t, x0)
+        if self.prediction == "consistency":  # the F that makes x̂_0 = x_0 (t > 0: c_out > 0)
+            dtype = torch.promote_types(x0.dtype, torch.float32)
+            alpha, sigma = self.schedule.marginal(t)
+            skip, out = consistency_coefficients(alpha, sigma)
+            x_t = broadcast_to(alpha, x0, dtype) * x0 + broadcast_to(sigma, x0, dtype) * eps
+            return (x0 - broadcast_to(skip, x0, dtype) * x_t) / broadcast_to(out, x0, dtype)
         dtype = torch.promote_types(x0.dtype, torch.float32)
         alpha, sigma = self.schedule.marginal(t)
         return broadcast_to(alpha, x0, dtype) * eps - broadcast_to(sigma, x0, dtype) * x0
@@ -255,6 +283,9 @@ class _Reading:
                 x0 = out
             elif self.prediction == "flow":
                 x0 = torch.addcmul(x, s, out, value=-1).div_(a + s)
+            elif self.prediction == "consistency":
+                skip, c_out = consistency_coefficients(a, s)
+                x0 = torch.addcmul(skip * x, c_out, out)
             else:
                 x0 = torch.addcmul(a * x, s, out, value=-1)
             return x0.clamp(*self.clip) if self.clip is not None else x0
@@ -266,4 +297,7 @@ class _Reading:
             return torch.addcmul(x, a, d.x0, value=-1).div_(s)
         if name == "flow":
             return d.eps - d.x0
+        if name == "consistency":
+            skip, c_out = consistency_coefficients(a, s)
+            return torch.addcmul(d.x0, skip, x, value=-1).div_(c_out)
         return torch.addcmul(a * d.eps, s, d.x0, value=-1)
