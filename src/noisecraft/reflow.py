@@ -104,7 +104,7 @@ def straightness(denoiser: Denoiser, x_T: Tensor, *, steps: int = 100,
                  cond: dict[str, Any] | None = None) -> Tensor:
     """S per example (module docstring), by the ``euler`` sampler on a τ-uniform grid: one Euler
     step is exactly z_s = z_t + (τ_s − τ_t)(ε̂ − x̂_0) (DDIM in z), so the path's velocity on
-    step i is its chord (z_{i+1} − z_i)/Δτ_i, and S = Σ Δτ_i ‖(z_1 − z_0) − ż_i‖² / τ_T, summed
+    step i is its chord (z_i − z_{i+1})/Δτ_i, and S = Σ Δτ_i ‖(z_1 − z_0)/τ_T − ż_i‖² / τ_T, summed
     over dimensions (mean per example over the path). Accurate to the solver's O(1/steps)."""
     grid = straightness_grid(denoiser.schedule, steps)
     alpha, sigma = denoiser.schedule.marginal(grid)
@@ -118,8 +118,8 @@ def straightness(denoiser: Denoiser, x_T: Tensor, *, steps: int = 100,
     z = torch.stack(path)                                                    # (steps + 1, B, …)
     dtau = (tau[:-1] - tau[1:]).to(z)                                        # > 0
     velocity = (z[:-1] - z[1:]) / dtau.view(-1, *[1] * (z.ndim - 1))        # ż = dz/dτ
-    chord = z[0] - z[-1]                                                     # z_1 − z_0
-    dev = (chord - velocity).flatten(2).pow(2).sum(-1)                       # (steps, B)
+    straight = (z[0] - z[-1]) / dtau.sum()             # (z_1 − z_0)/τ_T, τ_T = 1 − O(1/T²)
+    dev = (straight - velocity).flatten(2).pow(2).sum(-1)                    # (steps, B)
     return (dtau[:, None] * dev).sum(0) / dtau.sum()
 
 
