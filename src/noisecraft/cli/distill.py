@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("run_dir", metavar="RUN_DIR", help="the teacher run")
     a("--out", required=True, metavar="OUT", help="the new run directory")
     a("--intervals", type=positive_int, default=18, help="N, grid steps of the ODE (default 18)")
-    a("--grid", choices=list(GRIDS), default="karras", help="the grid (default karras)")
-    a("--solver", choices=SOLVERS, default="heun", help="the teacher's ODE step (default heun)")
+    a("--grid", choices=list(GRIDS), default="respaced", help="the grid (default respaced)")
+    a("--solver", choices=SOLVERS, default="euler", help="the teacher's ODE step (default euler)")
     a("--target-decay", type=probability, default=0.95, help="EMA decay of the target network "
       "(default 0.95)")
     a("--steps", type=positive_int, help="training steps (default: the teacher's)")
