@@ -161,7 +161,8 @@ def test_a_model_distilled_from_the_exact_ode_maps_x_t_to_its_endpoint():
 
 def test_noisecraft_distill_end_to_end(tmp_path, monkeypatch):
     """A 100-step moons run distilled for 100 steps; `sample --steps 1` and `--steps 2` read the
-    distilled run (its default sampler is ``consistency``), and load_run reads its prediction."""
+    distilled run (its default sampler is ``consistency``), load_run reads its prediction and
+    explain writes its report."""
     from noisecraft.cli import main
     from noisecraft.run import load_run
 
@@ -176,6 +177,8 @@ def test_noisecraft_distill_end_to_end(tmp_path, monkeypatch):
         assert main(["sample", "cd", "--steps", steps, "--n", "50", "--out", f"s{steps}"]) == 0
         samples = np.load(tmp_path / f"s{steps}.npz")["samples"]
         assert samples.shape == (50, 2) and np.isfinite(samples).all()
+    assert main(["explain", "cd", "--out", "report.html", "--samples", "16", "--held-out", "16",
+                 "--steps", "5"]) == 0
     from noisecraft.distill import distill
 
     with pytest.raises(ValueError, match="dpmpp-2m"):
