@@ -129,7 +129,9 @@ def _trainer_class() -> type:
     from .train.trainer import Trainer
 
     class PairedTrainer(Trainer):
-        """A :class:`Trainer` whose loss uses each item's paired ``noise`` as ε (reflow)."""
+        """A :class:`Trainer` whose loss uses each item's paired ``noise`` as ε (reflow): the
+        flow-matching regression ``losses.simple`` at t from the run's time sampler, whatever
+        the teacher's ``--loss`` (a bound term has no meaning for a coupling)."""
 
         def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
                   ctx: Any) -> Tensor:
