@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     # a trained run read back (its directory format first), and what is done with it
     ("run", ["rundir", "run", "run_editing", "scoring", "evaluation", "outputs", "pipeline",
              "explain", "diffusers_io", "diffusers_export", "posthoc"]),
-    ("train", ["train"]),
+    ("train", ["train", "reflow", "distill"]),
     ("cli", ["cli", "__main__"]),
     # the package's front: re-exports everything
     ("top", [""]),

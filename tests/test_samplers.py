@@ -322,7 +322,8 @@ def test_raw_net_and_prediction_types_agree(mixture, schedule):
 
 def test_the_front_is_exported():
     assert noisecraft.sample is sample and noisecraft.SAMPLERS is SAMPLERS
-    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "heun", "dpmpp-2m", "sde", "edm"}
+    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "heun", "dpmpp-2m", "sde", "edm",
+                             "consistency"}
     assert noisecraft.grids.GRIDS.keys() == {"respaced", "log-snr", "karras"}
 
 
@@ -380,7 +381,7 @@ def test_check_sampler_is_the_one_sampler_name_check():
     assert samplers.check_sampler("heun") == "heun"
     assert samplers.check_sampler("heun", editing.ENCODERS) == "heun"
     with pytest.raises(ValueError, match="unknown sampler 'plms'; choose one of ddpm, ddim, euler, "
-                                         "heun, dpmpp-2m, sde, edm$"):
+                                         "heun, dpmpp-2m, sde, edm, consistency$"):
         samplers.check_sampler("plms")
     with pytest.raises(ValueError, match="unknown sampler 3"):
         samplers.check_sampler(3)

@@ -9,6 +9,7 @@ reads that tensor as ε, x_0 or v and derives the other two once, using x_t = α
     prediction="v":    v = α ε − σ x_0,  so  x̂_0 = α x_t − σ v̂  and  ε̂ = σ x_t + α v̂.
     prediction="flow": the rectified-flow velocity on the straight path (below).
     prediction="edm":  EDM's preconditioned output F (below).
+    prediction="consistency": x̂_0 = c_skip(t) x_t/α + c_out(t) F (below).
 
 Flow matching at the network's boundary
 ---------------------------------------
@@ -47,6 +48,15 @@ are EDM's. With σ_d = 1 the parameterisation is v-prediction with F = −v (r =
 EDM's loss weight λ(σ̃) = (σ̃² + σ_d²)/(σ̃ σ_d)² = 1/c_out² on ‖D − x_0‖² is exactly the unit
 weight on ‖F − F*‖² (D − x_0 = c_out (F − F*)), so :func:`noisecraft.losses.simple` on an
 ``"edm"`` Denoiser *is* EDM's weighted loss; no separate weighting is needed.
+Consistency models at the network's boundary
+--------------------------------------------
+A consistency model f(x_t, t) maps every point of a probability-flow ODE path to its end x_0
+(Song et al. 2023). Its parameterisation (their eq. 8, EDM's c_skip/c_out in σ̃ = σ/α):
+
+    x̂_0 = c_skip(t) x_t/α + c_out(t) F,   c_skip = σ_d²/(σ̃² + σ_d²),   c_out = σ_d σ̃/√(σ̃² + σ_d²),
+
+so at t = 0 (σ̃ = 0, α = 1: the boundary, the library's ε_min) c_skip = 1 and c_out = 0 and
+f(x, 0) = x exactly, whatever the network says. σ_d = ``CONSISTENCY_SIGMA_DATA``.
 
 Samplers, losses and likelihoods take a ``Denoiser``; none of them looks at a prediction string.
 """
@@ -63,11 +73,22 @@ from torch import Tensor
 
 from .schedule import Schedule, broadcast_to
 
-PREDICTIONS = ("eps", "x0", "v", "flow", "edm")
+PREDICTIONS = ("eps", "x0", "v", "flow", "edm", "consistency")
 
 SIGMA_DATA = 0.5
 """EDM's σ_d, the data's standard deviation assumed by ``prediction="edm"`` (EDM's value for
 pixels in [−1, 1]); a Denoiser's ``sigma_data`` overrides it."""
+
+CONSISTENCY_SIGMA_DATA = 0.5
+"""σ_d of the consistency parameterisation (Song et al. 2023 use 0.5 for data in [−1, 1])."""
+
+
+def consistency_coefficients(alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """(c_skip/α, c_out) at (α_t, σ_t): x̂_0 = (c_skip/α) x_t + c_out F (module docstring).
+    At σ = 0 they are (1, 0) exactly: the boundary condition f(x, 0) = x."""
+    sd2 = CONSISTENCY_SIGMA_DATA**2
+    st = sigma / alpha                                                         # σ̃ = σ/α
+    return sd2 / (st**2 + sd2) / alpha, CONSISTENCY_SIGMA_DATA * st / (st**2 + sd2).sqrt()
 
 
 _DERIVED = ("x0", "eps", "v")
@@ -240,6 +261,12 @@ class Denoiser:
             dtype = torch.promote_types(x0.dtype, torch.float32)
             return eps.to(dtype) - x0.to(dtype)
         t = self.expand_time(t, x0)
+        if self.prediction == "consistency":  # the F that makes x̂_0 = x_0 (t > 0: c_out > 0)
+            dtype = torch.promote_types(x0.dtype, torch.float32)
+            alpha, sigma = self.schedule.marginal(t)
+            skip, out = consistency_coefficients(alpha, sigma)
+            x_t = broadcast_to(alpha, x0, dtype) * x0 + broadcast_to(sigma, x0, dtype) * eps
+            return (x0 - broadcast_to(skip, x0, dtype) * x_t) / broadcast_to(out, x0, dtype)
         dtype = torch.promote_types(x0.dtype, torch.float32)
         alpha, sigma = self.schedule.marginal(t)
         a, s = broadcast_to(alpha, x0, dtype), broadcast_to(sigma, x0, dtype)
@@ -314,6 +341,9 @@ class _Reading:
             elif self.prediction == "edm":
                 sd, r = self.sigma_data, _edm_r(a, s, self.sigma_data)
                 x0 = torch.add(sd**2 * a * x, s * r * out, alpha=sd).div_(r**2)
+            elif self.prediction == "consistency":
+                skip, c_out = consistency_coefficients(a, s)
+                x0 = torch.addcmul(skip * x, c_out, out)
             else:
                 x0 = torch.addcmul(a * x, s, out, value=-1)
             return x0.clamp(*self.clip) if self.clip is not None else x0
@@ -330,4 +360,7 @@ class _Reading:
             return d.eps - d.x0
         if name == "edm":
             return _edm_target(d.x0, d.eps, a, s, self.sigma_data)
+        if name == "consistency":
+            skip, c_out = consistency_coefficients(a, s)
+            return torch.addcmul(d.x0, skip, x, value=-1).div_(c_out)
         return torch.addcmul(a * d.eps, s, d.x0, value=-1)

@@ -434,6 +434,28 @@ def edm(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *, noise: NoiseSource | N
                 S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
 
 
+# ---------------------------------------------------------------------------- consistency
+def consistency_step(w: Walk, i: int, x: Tensor, d: Denoised, carry: None) -> tuple[Tensor, None]:
+    """x_s = α_s x̂_0 + σ_s z: jump to the path's end, then re-noise to s (x̂_0 onto s = 0)."""
+    if w.t[i + 1] == 0:
+        return d.x0, None
+    return torch.add(w.alpha[i + 1] * d.x0, w.randn(), alpha=w.sigma[i + 1]), None
+
+
+@_register("consistency", grid="respaced", step=consistency_step)
+def consistency(denoiser: Denoiser, x_T: Tensor, grid: Tensor, *,
+                noise: NoiseSource | None = None, callback: Callback | None = None,
+                cond: dict[str, Any] | None = None) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): x̂_0 = f(x_t, t), then
+    x_s = α_s x̂_0 + σ_s z with fresh z at the next grid time s, …, and x̂_0 at the last.
+
+    One denoiser call per step: ``steps=1`` is the one-step sampler x_0 = f(x_T, T). Made for a
+    ``prediction="consistency"`` run, whose x̂_0 is the ODE path's end; on any other Denoiser it
+    is ancestral sampling that forgets x_t (the posterior mean is not a path's end).
+    """
+    return walk(consistency_step, Walk(denoiser, x_T, grid, cond, noise), x_T, callback)
+
+
 # ---------------------------------------------------------------------------- the front
 _STANDARD_ARGS = {"denoiser", "x_T", "grid", "noise", "callback", "cond"}
 

@@ -18,7 +18,8 @@ from ._args import apply_threads
 
 # Sub-command modules, in the order `--help` lists them.
 COMMAND_MODULES: list[str] = ["train", "sample", "demo", "fid", "evaluate", "data", "nll", "editing",
-                              "train_autoencoder", "generate", "explain", "export", "ema"]
+                              "train_autoencoder", "generate", "explain", "export", "ema",
+                              "reflow", "distill"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -125,6 +125,11 @@ def _resumed(out: str | Path, settings: dict[str, Any], device: Any, progress: b
     from ..run import read_config
     from .trainer import Trainer
 
+    for marker, command in MADE_BY.items():
+        if (Path(out) / marker).is_file():
+            raise ValueError(f"{out} was made by `noisecraft {command}` (its {marker}): its loss is "
+                             f"not `train`'s, so `train --resume` would train it wrongly; run "
+                             f"`noisecraft {command}` again instead")
     config = resume_config(read_config(out), settings)
     Trainer.check_run_dir(out, resume=True)   # before loading (or encoding) any data
     d = config.data
@@ -145,6 +150,10 @@ def _resumed(out: str | Path, settings: dict[str, Any], device: Any, progress: b
     return config, dataset
 
 
+# Runs another command trains with its own loss, marked by the file it writes first.
+MADE_BY = {"reflow.json": "reflow", "distill.json": "distill"}
+
+
 def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConfig, Any]:
     from .. import data as nc_data
     from ..config import ConditionConfig, TrainConfig
@@ -152,6 +161,9 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
 
     sections = split_settings(settings)
     build = BuildConfig(**sections.pop(None))
+    if build.prediction == "consistency":
+        raise ValueError("prediction 'consistency' is trained by `noisecraft distill` from a teacher "
+                         "run, not by `train`")
     if build.data is None:
         raise ValueError("data is required for a new run (--data; or resume an existing run)")
     if "latent_posterior" in settings and settings["latent_posterior"] is not None \

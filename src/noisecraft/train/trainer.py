@@ -247,6 +247,7 @@ class TrainResult:
 
 # What a run directory may hold (DESIGN §2.6); anything else makes a folder foreign.
 RUN_FILES = frozenset({CONFIG, MODEL, EMA_WEIGHTS, OPTIMIZER, STATE, LOG, SAMPLES, LOCK, PREVIOUS,
+                       "reflow.json", "distill.json",  # written first by `noisecraft reflow|distill`
                        "tensorboard", PHEMA})  # and SNAPSHOT_RE's snapshots
 
 

@@ -1,0 +1,46 @@
+"""``noisecraft distill``: a consistency model of a run's probability-flow ODE (Song et al. 2023).
+
+Trains OUT, a run with --prediction consistency (f(x, 0) = x exactly), by consistency
+distillation: one --solver step of the teacher's ODE between adjacent points of an
+--intervals-step grid, the target an EMA of the student with decay --target-decay. OUT samples
+with the consistency sampler: `noisecraft sample OUT --steps 1` is one network evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import add_threads, command_parser, positive_float, positive_int, probability
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..distill import SOLVERS
+    from ..grids import GRIDS
+
+    p = command_parser(sub, "distill", __doc__, "distill a run into a few-step consistency model",
+                       "noisecraft distill runs/moons --out runs/moons-cd")
+    a = p.add_argument
+    a("run_dir", metavar="RUN_DIR", help="the teacher run")
+    a("--out", required=True, metavar="OUT", help="the new run directory")
+    a("--intervals", type=positive_int, default=18, help="N, grid steps of the ODE (default 18)")
+    a("--grid", choices=list(GRIDS), default="respaced", help="the grid (default respaced)")
+    a("--solver", choices=SOLVERS, default="euler", help="the teacher's ODE step (default euler)")
+    a("--target-decay", type=probability, default=0.95, help="EMA decay of the target network "
+      "(default 0.95)")
+    a("--steps", type=positive_int, help="training steps (default: the teacher's)")
+    a("--batch-size", type=positive_int, help="batch size (default: the teacher's)")
+    a("--lr", type=positive_float, help="learning rate (default: the teacher's)")
+    a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_threads(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..distill import distill
+
+    result = distill(args.run_dir, args.out, intervals=args.intervals, grid=args.grid,
+                     solver=args.solver, target_decay=args.target_decay, steps=args.steps,
+                     batch_size=args.batch_size, lr=args.lr, device=args.device)
+    print(f"noisecraft: {result.run_dir}: distilled from {args.run_dir}, step {result.step}, "
+          f"loss {result.loss:.4f}")
+    return 0
