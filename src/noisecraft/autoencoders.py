@@ -305,16 +305,7 @@ def _load_diffusers(p: Path) -> LoadedAutoencoder:
         tensors = safetensors_load(weights.read_bytes())
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise RunError(f"{weights}: not a readable safetensors file ({type(e).__name__})") from None
-    try:
-        module = AutoencoderKL.from_config(config)
-    except Exception as e:  # diffusers validates the config with assorted error types
-        raise RunError(f"{p / CONFIG}: diffusers cannot build an AutoencoderKL from it "
-                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    try:
-        module.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise RunError(f"{weights}: does not fit the AutoencoderKL in config.json "
-                       f"({str(e).splitlines()[0]})") from None
+    module = diffusers_module(AutoencoderKL, config, tensors, p / CONFIG, weights)
     cfg = module.config
     return LoadedAutoencoder(module=module, kind="diffusers", path=p,
                              sha256=folder_sha256(p / CONFIG, weights),
@@ -322,3 +313,20 @@ def _load_diffusers(p: Path) -> LoadedAutoencoder:
                              shift_factor=float(cfg.shift_factor or 0.0),
                              latent_channels=int(cfg.latent_channels),
                              factor=2 ** (len(cfg.block_out_channels) - 1))
+
+
+def diffusers_module(cls: Any, config: dict[str, Any], tensors: dict[str, Tensor],
+                     config_path: Path, weights: Path) -> nn.Module:
+    """``cls.from_config(config)`` (a diffusers model class) with ``tensors`` loaded strictly: the
+    one place a diffusers module is built from a folder's files; errors name the file."""
+    try:
+        module = cls.from_config(config)
+    except Exception as e:  # diffusers validates the config with assorted error types
+        raise RunError(f"{config_path}: diffusers cannot build a {cls.__name__} from it "
+                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise RunError(f"{weights}: does not fit the {cls.__name__} in {config_path} "
+                       f"({str(e).splitlines()[0]})") from None
+    return module

@@ -68,6 +68,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .autoencoders import diffusers_module
 from .errors import RunError
 from .io import read_json
 from .run import INFERENCE_MEMORY_FORMAT, LoadedRun, build_denoiser
@@ -331,16 +332,7 @@ def load_unet(folder: Path, T: int, native: bool = True
         raise RunError(f"{folder} is a diffusers pipeline folder whose UNet has no noisecraft "
                        "counterpart; reading it needs the diffusers package: "
                        "pip install 'noisecraft[latent]'") from None
-    try:
-        unet = UNet2DModel.from_config(config)
-    except Exception as e:  # diffusers validates the config with assorted error types
-        raise RunError(f"{config_path}: diffusers cannot build a UNet2DModel from it "
-                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    try:
-        unet.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise RunError(f"{weights}: does not fit the UNet2DModel in {config_path} "
-                       f"({str(e).splitlines()[0]})") from None
+    unet = diffusers_module(UNet2DModel, config, tensors, config_path, weights)
     return DiffusersUNet(unet), dict(unet.config), None
 
 
@@ -528,16 +520,8 @@ def load_text_unet(folder: Path) -> tuple[DiffusersTextUNet, dict[str, Any]]:
             raise RunError(f"{config_path}: {key}={config[key]!r} is not supported (a "
                            "StableDiffusionPipeline UNet is conditioned on text only)")
     tensors = _read_safetensors(folder / SD_UNET_WEIGHTS, "diffusion_pytorch_model.bin")
-    try:
-        unet = UNet2DConditionModel.from_config(config)
-    except Exception as e:  # diffusers validates the config with assorted error types
-        raise RunError(f"{config_path}: diffusers cannot build a UNet2DConditionModel from it "
-                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    try:
-        unet.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise RunError(f"{folder / SD_UNET_WEIGHTS}: does not fit the UNet2DConditionModel in "
-                       f"{config_path} ({str(e).splitlines()[0]})") from None
+    unet = diffusers_module(UNet2DConditionModel, config, tensors, config_path,
+                            folder / SD_UNET_WEIGHTS)
     return DiffusersTextUNet(unet), dict(unet.config)
 
 

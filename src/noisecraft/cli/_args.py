@@ -178,3 +178,13 @@ def flat_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     given = given_settings(args, cls)
     return {flag_name(cls, f).replace("-", "_"): given[f.name] for f in settings_of(cls)
             if f.name in given}
+
+
+def add_student_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a command that trains a new run from a teacher run (reflow, distill)."""
+    a = parser.add_argument
+    a("--steps", type=positive_int, help="training steps (default: the teacher's)")
+    a("--batch-size", type=positive_int, help="batch size (default: the teacher's)")
+    a("--lr", type=positive_float, help="learning rate (default: the teacher's)")
+    a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_threads(parser)

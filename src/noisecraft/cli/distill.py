@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_threads, command_parser, positive_float, positive_int, probability
+from ._args import add_student_arguments, command_parser, positive_int, probability
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,11 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--solver", choices=SOLVERS, default="euler", help="the teacher's ODE step (default euler)")
     a("--target-decay", type=probability, default=0.95, help="EMA decay of the target network "
       "(default 0.95)")
-    a("--steps", type=positive_int, help="training steps (default: the teacher's)")
-    a("--batch-size", type=positive_int, help="batch size (default: the teacher's)")
-    a("--lr", type=positive_float, help="learning rate (default: the teacher's)")
-    a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_threads(p)
+    add_student_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_threads, command_parser, non_negative_int, positive_float, positive_int
+from ._args import add_student_arguments, command_parser, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,11 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
       "(default: the run's if deterministic, else heun)")
     a("--ode-steps", type=positive_int, help="its steps (default: the run's sampling steps)")
     a("--seed", type=non_negative_int, default=0, help="seed of the pairs' noise (default 0)")
-    a("--steps", type=positive_int, help="training steps (default: the teacher's)")
-    a("--batch-size", type=positive_int, help="batch size (default: the teacher's)")
-    a("--lr", type=positive_float, help="learning rate (default: the teacher's)")
-    a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_threads(p)
+    add_student_arguments(p)
     p.set_defaults(func=run)
 
 
