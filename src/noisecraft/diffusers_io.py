@@ -294,27 +294,15 @@ def load_unet(folder: Path, T: int, native: bool = True
     the weights are converted into noisecraft's own UNet and diffusers is not imported; otherwise
     ``UNet2DModel.from_config`` holds them, wrapped as :class:`DiffusersUNet`. Either way the
     safetensors file is loaded strictly."""
-    from safetensors.torch import load as safetensors_load
 
     from .diffusers_export import from_diffusers_state, native_config
 
     config_path, weights = folder / UNET_CONFIG, folder / UNET_WEIGHTS
     if not config_path.is_file():
         raise RunError(f"{config_path}: missing")
-    if not weights.is_file():
-        if (folder / UNET_PICKLE).is_file():
-            raise RunError(f"{folder / UNET_PICKLE}: pickled weights are not read (unpickling can "
-                           f"run code); convert them to {UNET_WEIGHTS}")
-        raise RunError(f"{weights}: missing")
+    tensors = _read_safetensors(weights, Path(UNET_PICKLE).name)  # refuses a pickle-only folder
     config = read_json(config_path)
     _check_unet_config(config, str(config_path))
-    try:
-        tensors = safetensors_load(weights.read_bytes())
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise RunError(f"{weights}: not a readable safetensors file ({type(e).__name__})") from None
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:
-        raise RunError(f"{weights}: tensor {bad[0]!r} holds NaN or Inf values")
     own = native_config(config, T) if native else None
     if own is not None:
         from . import nets
