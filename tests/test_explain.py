@@ -411,3 +411,16 @@ def test_paths_section_prints_the_runs_straightness(tmp_path):
     parser = _Page()
     parser.feed(page)
     assert len(parser.srcs) == 1 and parser.srcs[0].startswith("data:image/png;base64,")
+    # a straight run: data that is one point μ (a one-component mixture of width 1e-4, its exact
+    # x̂_0), where every ODE path is the line z = (1 − τ) μ + τ x_T, so S = O(width²) = 1e-8 at
+    # most (measured 5e-11);
+    # and a curved one (the two-mode mixture: paths bend towards one mode), S well above it
+    import re
+
+    for mix, straight in ((GaussianMixture([1.0], torch.tensor([[0.5, -0.3]]), [1e-4]), True),
+                          (GaussianMixture([0.5, 0.5], torch.tensor([[-1.0, 0.0], [1.0, 0.0]]),
+                                           [0.1, 0.1]), False)):
+        run.denoiser = Denoiser(mix.net(run.schedule, "x0"), run.schedule, "x0")
+        page, _ = report(run, sections=["paths"], steps=20, held_out=16)
+        got = float(re.search(r"Straightness S = ([^ ]+) ", page).group(1))
+        assert (got < 1e-6) if straight else (got > 0.1), (straight, got)
