@@ -53,12 +53,13 @@ def section_paths(ctx: Context) -> Section:
             series.append((f"{'PC' if ctx.image else 'z_'}{name}" if e == 0 else "",
                            tau, proj[:, e, k]))
     chart = viz.line_chart(series, title="ODE paths in straight-path coordinates",
-                           xlabel="τ = σ/(α+σ)  (1 = noise, 0 = data)")
+                           xlabel="tau = sigma/(alpha + sigma)   (0 = data)")  # the chart font is ASCII
     per = ", ".join(f"{v:.3g}" for v in s.tolist())
     return Section("paths", "10. Straightness of the ODE paths", [
         fig(chart, f"The probability-flow ODE from {PATHS} starts x_T to data, in the "
                    "straight-path coordinates z = x_t/(α_t+σ_t) against τ = σ_t/(α_t+σ_t), where "
-                   f"the forward process is the line z = (1−τ) x_0 + τ ε; each curve is {what}. "
+                   f"the forward process is the line z = (1−τ) x_0 + τ ε (τ_T = {tau[0]:.3g} at "
+                   f"t = T: 1 only when ᾱ_T = 0); each curve is {what}. "
                    f"Straightness S = {s.mean().item():.4g} (mean over the {PATHS} paths: {per}), "
                    f"Liu et al.'s S = ∫₀¹ ‖(z_1 − z_0) − ż_τ‖² dτ summed over dimensions, by "
                    f"{steps} Euler ODE steps uniform in τ. S = 0 exactly when every path is a "
