@@ -336,3 +336,91 @@ def test_loss_and_likelihood_sections_read_the_unclipped_density(tmp_path, monke
                         lambda den, *a, **k: seen.append(den.clip) or real_loss(den, *a, **k))
     report(run, sections=["loss", "likelihood"], n_samples=8, held_out=8)
     assert seen == [None, None, None]
+
+
+# ---------------------------------------------------------------------------- few evaluations
+def _rows_of(page: str) -> list[tuple[str, ...]]:
+    """The compute table's (sampler, steps, NFE) cells, read back from the page's HTML."""
+    import re
+
+    return re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td><td>(\d+)</td>", page)
+
+
+def test_few_step_plan_counts_evaluations_not_steps():
+    """nfe_plan puts every sampler that can spend 1, 2 or 4 evaluations there, and the counts
+    quality_vs_nfe reports are the denoiser calls an outside counter sees, one run at a time:
+    one per step for ddim/euler/dpmpp-2m/consistency, 2N − 1 for heun."""
+    plan = explain.nfe_plan("consistency", 50)
+    assert plan["consistency"] == (1, 2, 4) and "consistency" not in explain.nfe_plan("eps", 50)
+    for name in ("ddim", "euler", "dpmpp-2m"):
+        assert plan[name][:3] == (1, 2, 4), name
+    assert explain.nfe_plan("eps", 3)["ddim"] == (1, 2)          # none above T
+    mix = _bimodal()
+    want = {"ddim": 1, "euler": 1, "dpmpp-2m": 1, "consistency": 1, "heun": 2}
+    for name, per_step in want.items():
+        den = Denoiser(mix.net(SCHEDULE, "x0"), SCHEDULE,
+                       "consistency" if name == "consistency" else "x0")
+        for steps in [s for s in plan[name] if s <= 4]:
+            outside = count_calls(den)
+            (row,) = quality_vs_nfe(outside, (1,), {name: (steps,)}, lambda x: 0.0, n=3)
+            assert row.nfe == outside.calls, (name, steps, row.nfe, outside.calls)
+            assert outside.calls == per_step * steps - (name == "heun"), (name, steps)
+    assert {s for s in plan["heun"] if 2 * s - 1 <= 4} == {1, 2}   # heun reaches 1 and 3
+
+
+def test_consistency_run_report_shows_the_consistency_sampler_at_one_and_two(tmp_path):
+    """The same trained net read as a plain ε run and as a consistency run (what `distill`
+    writes): only the latter's compute table has consistency rows, at NFE 1, 2 and 4, and both
+    have DDIM and DPM-Solver++(2M) at 1, 2 and 4."""
+    config, dataset = vector_config(steps=1)
+    train(tmp_path / "v", config, dataset)
+    from noisecraft.run import load_run
+
+    run = load_run(tmp_path / "v")
+    plain, _ = report(run, sections=["compute"], n_samples=8, held_out=16)
+    run.config.prediction = "consistency"
+    run.denoiser = Denoiser(run.net, run.schedule, "consistency")
+    distilled, _ = report(run, sections=["compute"], n_samples=8, held_out=16)
+    for page in (plain, distilled):
+        rows = _rows_of(page)
+        for name in ("ddim", "dpmpp-2m"):
+            assert {(n, e) for n, _, e in rows if n == name} >= {(name, "1"), (name, "2"),
+                                                                  (name, "4")}
+    assert not [r for r in _rows_of(plain) if r[0] == "consistency"]
+    assert [r for r in _rows_of(distilled) if r[0] == "consistency"] == [
+        ("consistency", "1", "1"), ("consistency", "2", "2"), ("consistency", "4", "4")]
+
+
+def test_paths_section_prints_the_runs_straightness(tmp_path):
+    """The paths section's S is reflow.straightness on the same starts (seed + 11, four of
+    them) and the same number of ODE steps, recomputed here; the page stays inline-PNG only."""
+    from noisecraft.reflow import straightness
+
+    config, dataset = vector_config(steps=1)
+    train(tmp_path / "v", config, dataset)
+    from noisecraft.run import load_run
+
+    run = load_run(tmp_path / "v")
+    page, timings = report(run, sections=["paths"], steps=7, held_out=16, seed=3)
+    x_T = torch.randn((4, *run.shape), generator=torch.Generator().manual_seed(3 + 11))
+    with torch.no_grad():
+        s = straightness(run.denoiser, x_T, steps=7)
+    assert f"Straightness S = {s.mean().item():.4g} (mean over the 4 paths" in page
+    assert "by 7 Euler ODE steps uniform in τ" in page
+    assert set(timings) == {"paths"} and 'id="paths"' in page
+    parser = _Page()
+    parser.feed(page)
+    assert len(parser.srcs) == 1 and parser.srcs[0].startswith("data:image/png;base64,")
+    # a straight run: data that is one point μ (a one-component mixture of width 1e-4, its exact
+    # x̂_0), where every ODE path is the line z = (1 − τ) μ + τ x_T, so S = O(width²) = 1e-8 at
+    # most (measured 5e-11);
+    # and a curved one (the two-mode mixture: paths bend towards one mode), S well above it
+    import re
+
+    for mix, straight in ((GaussianMixture([1.0], torch.tensor([[0.5, -0.3]]), [1e-4]), True),
+                          (GaussianMixture([0.5, 0.5], torch.tensor([[-1.0, 0.0], [1.0, 0.0]]),
+                                           [0.1, 0.1]), False)):
+        run.denoiser = Denoiser(mix.net(run.schedule, "x0"), run.schedule, "x0")
+        page, _ = report(run, sections=["paths"], steps=20, held_out=16)
+        got = float(re.search(r"Straightness S = ([^ ]+) ", page).group(1))
+        assert (got < 1e-6) if straight else (got > 0.1), (straight, got)

@@ -5,6 +5,7 @@ The page is assembled by :func:`report` from sections, one module per group:
 
 - :mod:`.noising` — 1. the schedule, 2. the forward process q(x_t | x_0);
 - :mod:`.sampling` — 3. reverse sampling, 7. compute against quality, 8. SDE and ODE paths;
+- :mod:`.paths` — 10. the ODE paths in straight-path coordinates and their straightness S;
 - :mod:`.objective` — 4. the loss by noise level, 9. the likelihood bound;
 - :mod:`.denoising` — 5. spectral bands, 6. means and modes on a closed-form mixture;
 - :mod:`.page` — the HTML itself; :mod:`.context` — what the sections share.
@@ -45,10 +46,12 @@ from .objective import (
     section_loss,
 )
 from .page import Figure, Section, render_html
+from .paths import ode_paths, section_paths
 from .sampling import (
     NfeRow,
     count_calls,
     default_yardstick,
+    nfe_plan,
     principal_plane,
     quality_vs_nfe,
     section_compute,
@@ -57,7 +60,7 @@ from .sampling import (
 )
 
 SECTIONS = ("schedule", "forward", "reverse", "loss", "spectral", "means", "compute", "sde-ode",
-            "likelihood")
+            "likelihood", "paths")
 _bimodal = bimodal          # the names this module had as one file
 _held_out = held_out
 
@@ -65,7 +68,8 @@ __all__ = [
     "LIKELIHOOD_STRATA", "SECTIONS", "STANDARD_SCHEDULES", "Context", "Figure", "NfeRow", "Section",
     "bimodal", "bound_estimate", "bound_share", "count_calls", "default_yardstick",
     "exact_reverse_conditional", "held_out", "high_noise_share", "high_noise_text",
-    "loss_by_noise_level", "principal_plane", "quality_vs_nfe", "render_html", "report",
+    "loss_by_noise_level", "nfe_plan", "ode_paths", "principal_plane", "quality_vs_nfe",
+    "render_html", "report",
     "sliced_wasserstein",
 ]
 
@@ -122,4 +126,5 @@ _BUILDERS: dict[str, Callable[[Context], Section]] = {
     "compute": section_compute,
     "sde-ode": section_sde_ode,
     "likelihood": section_likelihood,
+    "paths": section_paths,
 }
