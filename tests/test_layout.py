@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
               "progress", "checks"]),
     # maths: the diffusion equations over a Denoiser and a schedule
     ("maths", ["denoiser", "process", "grids", "samplers", "losses", "likelihood", "ode",
-               "analytic", "guidance", "editing", "spectral"]),
+               "analytic", "guidance", "editing", "spectral", "straightness"]),
     # the backbones: plain nn.Modules that know nothing of diffusion
     ("nets", ["nets"]),
     # reading data sets (the toy sets draw from the analytic mixtures, hence above maths)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import samplers, viz
-from ..reflow import straightness, straightness_grid
+from ..straightness import straightness, straightness_grid
 from .context import Context
 from .page import Section, fig
 from .sampling import principal_plane
