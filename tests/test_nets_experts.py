@@ -203,7 +203,8 @@ def test_train_experts_then_sample_from_the_command_line(tmp_path, capsys):
     (["--experts", "2", "--net", "linear"], "closed form"),
     (["--experts", "21"], "more than T"),
     (["--experts-shared-init"], "needs --experts"),
-    (["--experts", "2", "--learned-variance", "--loss", "hybrid"], "learned_variance"),
+    (["--experts", "2", "--learned-variance", "--loss", "hybrid"],
+     "not supported with a net with learned_variance"),
 ])
 def test_train_refuses_experts_it_cannot_build(tmp_path, capsys, argv, match):
     assert main(["train", "--data", "digits", "--timesteps", "20", "--steps", "1",
