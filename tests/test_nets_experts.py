@@ -16,8 +16,8 @@ import torch
 from noisecraft import Denoiser, Schedule, data, nets
 from noisecraft.cli import main
 from noisecraft.nets.experts import Experts
-from noisecraft.train import TrainConfig, new_run_config
-from train_helpers import SMALL_MLP, SMALL_UNET, train
+from noisecraft.train import TrainConfig, Trainer, new_run_config
+from train_helpers import SMALL_MLP, SMALL_UNET, train, vector_config
 
 T = 30
 
@@ -214,3 +214,30 @@ def test_train_refuses_experts_it_cannot_build(tmp_path, capsys, argv, match):
 
 def test_experts_is_a_registered_architecture():
     assert nets.ARCHITECTURES["experts"] is Experts
+
+
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    config, dataset = vector_config(steps=4, batch_size=8, log_every=2)
+    net = nets.from_config({"arch": "experts", "expert": config.net, "experts": 25})
+    Trainer(dataclasses.replace(config, net=net.config), run_dir, dataset, device="cpu",
+            progress=False).fit()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_experts_absent_from_their_batches(tmp_path):
+    """25 experts, 8 examples a rank: most experts are unused on a rank at every step, which
+    DistributedDataParallel refuses unless told to expect unused parameters."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "run")), nprocs=2, join=True)
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -34,6 +34,7 @@ class Experts(nn.Module):
     """
 
     arch = "experts"
+    routed = True  # an example uses one expert's parameters: DDP must expect unused ones
 
     def __init__(self, expert: Mapping[str, Any], experts: int = 2, shared_init: bool = False):
         super().__init__()
