@@ -327,6 +327,13 @@ class BuildConfig(Settings):
         False, "the net also outputs the reverse-step variance (Improved DDPM's interpolation "
         "between beta and beta_tilde); train it with --loss hybrid or vlb",
         stored=lambda c: bool(c.net.get("learned_variance", False)))
+    experts: int = setting(
+        1, "noise-level experts (eDiff-I): K copies of --net, expert k trained and used only on "
+        "t in (T k/K, T (k+1)/K]", range="[1, inf)", metavar="K",
+        stored=lambda c: c.net["experts"] if c.net.get("arch") == "experts" else 1)
+    experts_shared_init: bool = setting(
+        False, "with --experts: all experts start from the same weights",
+        stored=lambda c: c.net.get("arch") == "experts" and c.net["shared_init"])
     class_cond: bool = setting(False, "condition on the data's labels",
                                stored=lambda c: c.data.num_classes is not None)
     image_size: int | None = setting(None, "resize + centre-crop images to this size (default: "
@@ -737,6 +744,8 @@ def _preset_of(net_config: dict[str, Any]) -> str | None:
     """The preset that, sized like this net, gives exactly its config (None: a custom net)."""
     from .nets import PRESETS, build
 
+    if net_config.get("arch") == "experts":  # noise-level experts: K copies of one preset
+        net_config = net_config["expert"]
     sizing = {k: net_config.get(k) for k in ("in_channels", "image_size", "T", "num_classes",
                                               "learned_variance", "text_dim") if k in net_config}
     for name, preset in PRESETS.items():

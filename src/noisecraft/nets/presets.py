@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from .dit import DiT
+from .experts import Experts
 from .linear import LinearDenoiser, LinearDiffusion
 from .mlp import MLP
 from .unet import UNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {net.arch: net for net in (UNet, DiT, MLP, LinearDenoiser,
-                                                                      LinearDiffusion)}
+                                                                      LinearDiffusion, Experts)}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU demo on scikit-learn's 8×8 digits: ~0.43M parameters.

@@ -185,6 +185,9 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
                             prediction=build.prediction, class_conditional=build.class_cond,
                             train=TrainConfig(**sections.pop("train")),
                             condition=ConditionConfig(**sections.pop("condition")))
+    if build.experts > 1 or build.experts_shared_init:
+        config = dataclasses.replace(config, net=_experts(config.net, build.experts,
+                                                          build.experts_shared_init))
     if build.skip_bad:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, skip_bad=True))
     for attr, given in sections.items():
@@ -192,6 +195,22 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
             config = dataclasses.replace(
                 config, **{attr: dataclasses.replace(getattr(config, attr), **given)})
     return config, dataset
+
+
+def _experts(net: dict[str, Any], k: int, shared_init: bool) -> dict[str, Any]:
+    """The config of K noise-level experts of ``net`` (:class:`noisecraft.nets.experts.Experts`).
+    The run's readers of ``learned_variance`` and ``text_dim`` look at the top of config.net,
+    so such nets are refused rather than silently misread."""
+    from ..nets import from_config
+
+    if k == 1:
+        raise ValueError("--experts-shared-init needs --experts K with K > 1")
+    for key in ("learned_variance", "text_dim"):
+        if net.get(key):
+            raise ValueError(f"--experts {k} is not supported with a net with {key} "
+                             f"({net[key]!r}) yet")
+    return from_config({"arch": "experts", "expert": net, "experts": k,
+                        "shared_init": shared_init}).config
 
 
 def prepare(out: str | Path, *, resume: bool = False, device: str | torch.device | None = None,

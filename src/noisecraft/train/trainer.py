@@ -387,7 +387,9 @@ class Trainer:
 
         model: nn.Module = net
         if ctx.distributed:
-            model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+            # A routed net (nets.experts) leaves the experts absent from a rank's batch unused.
+            model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                            find_unused_parameters=getattr(net, "routed", False))
         if accel.use_compile(tc.compile, dev):
             model = accel.CompiledOrEager(model)
         # No clip: clamping x̂_0 is for sampling; the loss reads the raw output.
