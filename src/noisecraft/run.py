@@ -103,7 +103,10 @@ class LoadedRun(RepresentationMixin):
         the first bad value as ``what`` (the CLI passes "--class"). The run must be
         class-conditional (callers word that error for their own arguments)."""
         assert self.num_classes is not None, "check_classes needs a class-conditional run"
-        values = [int(k) for k in np.asarray(classes).reshape(-1)]
+        raw = np.asarray(classes).reshape(-1)
+        if raw.dtype.kind not in "iu" and not (raw.dtype.kind == "f" and np.all(raw == np.round(raw))):
+            raise ValueError(f"{what} values must be integers, got {raw.tolist()!r}")
+        values = [int(k) for k in raw]
         bad = [k for k in values if not 0 <= k < self.num_classes]
         if bad:
             raise ValueError(f"{what} {bad[0]} is out of range: {self.run_dir} has classes "

@@ -225,3 +225,25 @@ def test_audio_run_trains_from_the_cli_and_samples_wav_files(tmp_path):
         # the file holds the inverted spectrogram, to 16-bit rounding (half a step of 1/32767)
         np.testing.assert_allclose(pcm / 32767, np.clip(waveforms[i], -1, 1), atol=0.51 / 32767)
     assert Image.open(out.with_suffix(".png")).size[0] > config.frames  # a grid of spectrograms
+
+
+def test_sampler_options_reach_the_sampler(run_dir, tmp_path, capsys):
+    """--option NAME=VALUE goes to the sampler (ddim's eta: a stochastic draw differs from the
+    deterministic one and equals the library's with the same option); an unknown name is the
+    library's one-line error."""
+    from noisecraft.run import load_run
+
+    out = tmp_path / "eta"
+    assert main(["sample", str(run_dir), "--n", "4", "--steps", "5", "--sampler", "ddim",
+                 "--option", "eta=1", "--out", str(out), "--no-progress"]) == 0
+    got = np.load(f"{out}.npz")
+    key = [k for k in got.files if k != "labels"][0]
+    run = load_run(run_dir)
+    want = run.generate(4, sampler="ddim", steps=5, options={"eta": 1.0})
+    plain = run.generate(4, sampler="ddim", steps=5)
+    np.testing.assert_array_equal(got[key], want)
+    assert not np.array_equal(got[key], plain)
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--n", "2", "--steps", "5", "--sampler", "ddim",
+                 "--option", "churn=3", "--out", str(tmp_path / "x")]) == 2
+    assert "has no option 'churn'" in capsys.readouterr().err

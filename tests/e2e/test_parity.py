@@ -132,3 +132,11 @@ def _ClipKept(den):
         pass
 
     return ClipKept(den.net, den.schedule, den.prediction, clip=den.clip)
+
+
+def test_classes_must_be_integers(runs):
+    """A class 3.7 from Python is refused, not silently read as 3 (integral floats are classes)."""
+    run = load_run(runs["cond"])
+    with pytest.raises(ValueError, match=r"class values must be integers, got \[3.7\]"):
+        run.conditions(2, classes=[3.7])
+    assert run.conditions(1, classes=[3.0])[1].tolist() == [3]

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
       f"(default: the run's, {SamplingConfig.sampler} unless set otherwise)")
     a("--steps", type=positive_int,
       help=f"sampling steps (default: the run's, {SamplingConfig.steps} unless set otherwise)")
+    a("--option", action="append", type=_option, metavar="NAME=VALUE", default=[],
+      help="a sampler-specific option (repeat for several), e.g. eta=0.5 for ddim, S_churn=40 "
+      "for edm; the sampler's own names (noisecraft.samplers.options_of), checked by the library")
     a("--variance", choices=VARIANCES, help="ddpm: the reverse-step variance (default: learned "
       "if the run's net has it, else beta_tilde)")
     a("--seed", type=non_negative_int, default=0, help="noise seed (default 0)")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             guidance["negative_prompt"] = args.negative_prompt
         drawn = run_.sample(args.n, prompts=args.prompt, classes=args.classes, sampler=sampler,
                             steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                            options={"variance": args.variance} if args.variance else None,
+                            options=_options(args),
                             progress=not args.no_progress, ranks=ranks, **guidance)
     if drawn is None:   # not rank 0: rank 0 writes the files
         return 0
@@ -126,3 +129,24 @@ def _weights(run_: Any, raw: bool) -> str:
     if getattr(run_, "source", None):  # a diffusers folder: its one set of weights
         return f"the weights of {run_.run_dir}"
     return f"{'raw' if raw else 'EMA'} weights of step {run_.step}"
+
+
+def _option(text: str) -> tuple[str, float | str]:
+    """NAME=VALUE, the value a number where it reads as one."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. eta=0.5)")
+    try:
+        return name, float(value)
+    except ValueError:
+        return name, value
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--option pairs and --variance as the sampler's options (unknown names: the library says)."""
+    options = dict(args.option)
+    if len(options) != len(args.option):
+        raise ValueError(f"--option names repeat: {[n for n, _ in args.option]}")
+    if args.variance:
+        options["variance"] = args.variance
+    return options or None
