@@ -369,3 +369,15 @@ def test_train_out_an_existing_file_is_one_line(tmp_path, capsys):
     assert target.read_text() == "precious"
     assert main(["train-autoencoder", "--data", "digits", "--out", str(target), "--steps", "1"]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_a_foreign_sampler_option_is_refused_before_any_work(vector_run, tmp_path, capsys):
+    """`--variance` on ddim: the library's option check (run.generate_tensor) answers, one line,
+    before a progress bar; from Python the same call gives the same error."""
+    assert main(["sample", str(vector_run), "--sampler", "ddim", "--variance", "beta", "--steps", "3",
+                 "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("noisecraft: error: sampler 'ddim' has no option 'variance'; its options are "
+                   "['eta']\n")
+    with pytest.raises(ValueError, match="sampler 'ddim' has no option 'variance'"):
+        load_run(vector_run).generate(2, sampler="ddim", steps=3, options={"variance": "beta"})

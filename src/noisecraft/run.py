@@ -273,11 +273,12 @@ class LoadedRun(RepresentationMixin):
         ``progress`` draws a tqdm bar on stderr counting sampler steps over all batches, with an
         ETA.
         """
-        from .samplers import sample
+        from .samplers import check_options, sample
 
         positive_int("n", n)
         positive_int("batch_size", batch_size)
         sampler, steps = self.sampler_and_steps(sampler, steps)
+        options = check_options(sampler, options)  # before any bar or batch
         if labels is not None:
             labels = self.check_classes(labels) if self.num_classes is not None else labels
             if np.asarray(labels).shape != (n,):

@@ -472,6 +472,17 @@ def check_sampler(name: str, allowed: Sequence[str] | None = None) -> str:
     return name
 
 
+def check_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` (a copy) if each is an option of sampler ``name``, else the one ValueError
+    naming the first unknown one and the sampler's own."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(options_of(name)))
+    if unknown:
+        raise ValueError(f"sampler {name!r} has no option {unknown[0]!r}; its options are "
+                         f"{options_of(name) or 'none'}")
+    return options
+
+
 def options_of(name: str) -> list[str]:
     """The sampler-specific options of sampler ``name`` (e.g. ``["eta"]`` for DDIM)."""
     check_sampler(name)
@@ -559,11 +570,7 @@ def sample(model: Any, shape: Sequence[int], schedule: Schedule, sampler: str = 
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a noisecraft.Schedule, got {type(schedule).__name__}")
     denoiser = as_denoiser(model, schedule, prediction, clip)
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(options_of(sampler)))
-    if unknown:
-        raise ValueError(f"sampler {sampler!r} has no option {unknown[0]!r}; its options are "
-                         f"{options_of(sampler) or 'none'}")
+    options = check_options(sampler, options)
 
     if isinstance(grid, Tensor) or (grid is not None and not isinstance(grid, str)):
         t_grid = grids.check(grid, schedule)

@@ -193,8 +193,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
     base = output_base(args.out)
     run_ = _load(args)
-    if args.frames < 2:
-        raise ValueError(f"--frames {args.frames}: need at least 2 (the two ends)")
+    interpolation_weights(args.frames)  # the library's check, before any bar
     sampler, steps, n = _grid_steps(run_, args.sampler or "ddim", args.steps)
     bar = _bar(n * (2 if args.images else 0) + n, f"interpolate ({sampler})", not args.no_progress)
     ends = ([run_.read_picture(p) for p in args.images] if args.images else list(args.seeds))

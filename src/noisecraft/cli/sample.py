@@ -95,13 +95,10 @@ def run(args: argparse.Namespace) -> int:
         fmt = choose_format(args.format, kind)
         if args.griffin_lim_iters is not None and fmt != "wav":
             raise ValueError("--griffin-lim-iters applies to --format wav only")
-        sampler = args.sampler or run_.config.sampling.sampler
-        if args.variance is not None and sampler != "ddpm":
-            raise ValueError(f"--variance applies to --sampler ddpm, not {sampler}")
         guidance = guidance_kwargs(run_, args)
         if args.negative_prompt is not None:
             guidance["negative_prompt"] = args.negative_prompt
-        drawn = run_.sample(args.n, prompts=args.prompt, classes=args.classes, sampler=sampler,
+        drawn = run_.sample(args.n, prompts=args.prompt, classes=args.classes, sampler=args.sampler,
                             steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                             options=_options(args),
                             progress=not args.no_progress, ranks=ranks, **guidance)
