@@ -23,18 +23,12 @@ import os
 import platform
 
 import torch
+from _report import sliced_w1  # noqa: E402
 
 from noisecraft import Denoiser, GaussianMixture, Schedule, sample
 
 STD = 0.1
 CHURNS = (0.0, 10.0, 40.0, 80.0)
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int = 64) -> float:
-    d = torch.randn(a.shape[1], directions, generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
-    d /= d.norm(dim=0)
-    return ((a @ d).sort(0).values - (b @ d).sort(0).values).abs().mean().item()
 
 
 def main() -> None:
@@ -51,14 +45,14 @@ def main() -> None:
     n = 2000
     gen = torch.Generator().manual_seed(2)
     fresh = mixture.sample(n, gen)
-    floors = torch.tensor([sliced_wasserstein(mixture.sample(n, gen), mixture.sample(n, gen))
+    floors = torch.tensor([sliced_w1(mixture.sample(n, gen), mixture.sample(n, gen))
                            for _ in range(20)])
 
     def cell(sampler: str, grid: str, steps: int, options: dict[str, float] | None = None) -> str:
         x = sample(den, (n, 2), schedule, sampler, steps=steps, grid=grid, seed=1,
                    options=options, dtype=torch.float64)
         spread = (x - mixture.means[mixture.component_of(x)]).std().item() / STD
-        return f"{sliced_wasserstein(x, fresh):.3f} / {spread:.3f}"
+        return f"{sliced_w1(x, fresh):.3f} / {spread:.3f}"
 
     rows = [("heun", "log-snr", None), ("heun", "karras", None), ("dpmpp-2m", "log-snr", None)]
     rows += [("edm", "karras", {"S_churn": c, "S_tmin": 0.05, "S_tmax": 50.0}) for c in CHURNS]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import sliced_w1  # noqa: E402
 
 from noisecraft import data
 from noisecraft.cli import main as cli
@@ -36,12 +37,6 @@ RUNS = (("ε", ["--prediction", "eps", "--time-sampler", "uniform"]),
         ("EDM", ["--prediction", "edm", "--time-sampler", "log-normal"]))
 SAMPLING = (("heun", 12), ("dpmpp-2m", 12), ("edm", 12), ("heun", 32), ("edm", 32))
 EDM_CHURN = {"S_churn": 10.0, "S_tmin": 0.05, "S_tmax": 50.0}
-
-
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, directions: int = 64) -> float:
-    d = np.random.default_rng(0).standard_normal((a.shape[1], directions))
-    d /= np.linalg.norm(d, axis=0)
-    return float(np.abs(np.sort(a @ d, 0) - np.sort(b @ d, 0)).mean())
 
 
 def main() -> None:
@@ -55,7 +50,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     from noisecraft.data.toy import TOY_GENERATORS
 
-    floors = [sliced_wasserstein(TOY_GENERATORS["moons"](rng, n)[0], TOY_GENERATORS["moons"](rng, n)[0])
+    floors = [sliced_w1(TOY_GENERATORS["moons"](rng, n)[0], TOY_GENERATORS["moons"](rng, n)[0])
               for _ in range(20)]
     head = " | ".join(f"{s} {k}" + (" (churn 10)" if s == "edm" else "") for s, k in SAMPLING)
     lines = [f"moons, `--net mlp`, {args.steps} steps, batch 128, lr 2e-3, seed 0; swd to the 2000 "
@@ -75,7 +70,7 @@ def main() -> None:
             for sampler, steps in SAMPLING:
                 x = run.generate(n, sampler, steps, seed=0,
                                  options=EDM_CHURN if sampler == "edm" else None)
-                cells.append(f"{sliced_wasserstein(x.astype(np.float64), test):.4f}")
+                cells.append(f"{sliced_w1(x.astype(np.float64), test):.4f}")
             lines.append(f"| {name} | {seconds:.0f} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     table = "\n".join(lines)

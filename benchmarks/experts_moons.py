@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import sliced_w1  # noqa: E402
 
 from noisecraft import data, nets
 from noisecraft.run import load_run
@@ -39,12 +40,6 @@ from noisecraft.train import TrainConfig, Trainer, new_run_config
 RUNS = (("one net (width 128)", 128, 1, False), ("2 experts, width 128", 128, 2, False),
         ("2 experts, width 128, shared init", 128, 2, True), ("2 experts, width 90", 90, 2, False))
 SAMPLING = (("dpmpp-2m", 12), ("heun", 32), ("ddim", 50))
-
-
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, directions: int = 64) -> float:
-    d = np.random.default_rng(0).standard_normal((a.shape[1], directions))
-    d /= np.linalg.norm(d, axis=0)
-    return float(np.abs(np.sort(a @ d, 0) - np.sort(b @ d, 0)).mean())
 
 
 def main() -> None:
@@ -60,7 +55,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     from noisecraft.data.toy import TOY_GENERATORS
 
-    floors = [sliced_wasserstein(TOY_GENERATORS["moons"](rng, n)[0], TOY_GENERATORS["moons"](rng, n)[0])
+    floors = [sliced_w1(TOY_GENERATORS["moons"](rng, n)[0], TOY_GENERATORS["moons"](rng, n)[0])
               for _ in range(20)]
     head = " | ".join(f"{s} {k}" for s, k in SAMPLING)
     lines = [f"moons, ε-prediction, linear schedule T = 1000, {args.steps} steps, batch 128, "
@@ -85,7 +80,7 @@ def main() -> None:
                 Trainer(config, run_dir, dataset, device="cpu", progress=False).fit()
                 seconds.append(time.perf_counter() - start)
                 run = load_run(run_dir)
-                swd.append([sliced_wasserstein(run.generate(n, s, m, seed=0).astype(np.float64), test)
+                swd.append([sliced_w1(run.generate(n, s, m, seed=0).astype(np.float64), test)
                             for s, m in SAMPLING])
             mean, std = np.mean(swd, 0), np.std(swd, 0)
             cells = [f"{m:.4f} ± {s:.4f}" for m, s in zip(mean, std, strict=True)]

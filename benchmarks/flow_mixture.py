@@ -23,19 +23,13 @@ import os
 import platform
 
 import torch
+from _report import sliced_w1  # noqa: E402
 
 from noisecraft import Denoiser, GaussianMixture, Schedule, grids
 from noisecraft.samplers import SAMPLERS
 
 STD = 0.1
 RUNS = (("euler", "respaced"), ("euler", "log-snr"), ("dpmpp-2m", "log-snr"))
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int = 64) -> float:
-    d = torch.randn(a.shape[1], directions, generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
-    d /= d.norm(dim=0)
-    return ((a @ d).sort(0).values - (b @ d).sort(0).values).abs().mean().item()
 
 
 def main() -> None:
@@ -51,7 +45,7 @@ def main() -> None:
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     gen = torch.Generator().manual_seed(2)
     fresh = mixture.sample(n, gen)
-    floors = torch.tensor([sliced_wasserstein(mixture.sample(n, gen), mixture.sample(n, gen))
+    floors = torch.tensor([sliced_w1(mixture.sample(n, gen), mixture.sample(n, gen))
                            for _ in range(20)])
     lines = ["Exact denoisers on the 3-component 2-D mixture (T = 1000); "
              f"swd floor (two independent draws of {n}): {floors.mean():.4f} ± {floors.std():.4f}.",
@@ -66,7 +60,7 @@ def main() -> None:
             for steps in args.steps:
                 x = SAMPLERS[name](den, x_T, grids.make(grid_name, schedule, steps))
                 err = (x[:n_ode] - reference).norm(dim=1).mean().item()
-                cells.append(f"{err:.3f} / {sliced_wasserstein(x, fresh):.3f}")
+                cells.append(f"{err:.3f} / {sliced_w1(x, fresh):.3f}")
             lines.append(f"| {kind} | {name} | {grid_name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)

@@ -21,6 +21,7 @@ import argparse
 import math
 
 import torch
+from _report import sliced_w1  # noqa: E402
 
 from noisecraft import Denoiser, GaussianMixture, Schedule, grids
 from noisecraft.noise import ExampleNoise
@@ -28,13 +29,6 @@ from noisecraft.samplers import SAMPLERS
 
 DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp-2m")
 STD = 0.1
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int = 64) -> float:
-    d = torch.randn(a.shape[1], directions, generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
-    d /= d.norm(dim=0)
-    return ((a @ d).sort(0).values - (b @ d).sort(0).values).abs().mean().item()
 
 
 def main() -> None:
@@ -53,7 +47,7 @@ def main() -> None:
     reference = SAMPLERS["heun"](den, x_T[:n_ode], grids.log_snr_uniform(schedule, 1024))
     gen = torch.Generator().manual_seed(2)
     fresh = mixture.sample(n, gen)
-    floors = torch.tensor([sliced_wasserstein(mixture.sample(n, gen), mixture.sample(n, gen))
+    floors = torch.tensor([sliced_w1(mixture.sample(n, gen), mixture.sample(n, gen))
                            for _ in range(20)])
 
     print(f"# sampler accuracy — Schedule.{args.schedule}(T=1000), 3-component 2-D mixture, "
@@ -72,7 +66,7 @@ def main() -> None:
                        if name in DETERMINISTIC else math.nan)
                 default = " (default)" if grid_name == fn.default_grid else ""
                 print(f"| {name} | {grid_name}{default} | {steps} | {err:.2e} | "
-                      f"{sliced_wasserstein(x, fresh):.4f} | {spread:.3f} |")
+                      f"{sliced_w1(x, fresh):.4f} | {spread:.3f} |")
 
 
 if __name__ == "__main__":

@@ -178,20 +178,12 @@ def _load(name: str, folder: Path, digest: str, transformers: Any) -> TextEncode
 
 
 @dataclass
-class ClipTextEncoder:
+class ClipTextEncoder(TextEncoder):
     """A frozen CLIPTextModel with its CLIPTokenizer, read as diffusers' Stable-Diffusion pipelines
-    read them (module docstring). ``max_tokens`` is L, the tokenizer's ``model_max_length``;
-    ``sha256`` is of the weights file. Embeddings are kept in memory per prompt (no disk cache:
-    they are cheap next to the UNet and are never a training input here)."""
-
-    name: str
-    path: Path
-    sha256: str
-    dim: int
-    max_tokens: int
-    tokenizer: Any = field(repr=False)
-    model: Any = field(repr=False)
-    memory: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    read them (module docstring): a :class:`TextEncoder` whose ``run`` pads every prompt to
+    ``max_tokens`` (L, the tokenizer's ``model_max_length``); ``sha256`` is of the weights file.
+    Embeddings are kept in memory per prompt (no disk cache: they are cheap next to the UNet and
+    are never a training input here)."""
 
     @torch.no_grad()
     def run(self, prompts: list[str]) -> list[tuple[Tensor, Tensor]]:
