@@ -197,3 +197,18 @@ def test_ranks_under_torchrun_stop_together(tmp_path):
     assert proc.stdout.count("step 1, ") == 1 and "stopped on --max-time" in proc.stdout
     state = json.loads((run_dir / "state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 1
+
+
+def test_a_cosine_schedule_decays_over_the_time_budget_when_it_ends_before_steps(
+        tmp_path, fake_clock):
+    """With --max-time and --lr-schedule cosine the decay spans the budget: step k starts after
+    k × 1.5 CPU-s of a 15 s budget, so its lr is lr·½(1 + cos(π k/10)), reaching the last
+    (10th) step at ½(1 + cos(0.9π)) of the peak — not the ~lr a 1000-step cosine would give."""
+    config, dataset = image_config(steps=1000, max_time="15s", max_time_clock="cpu", log_every=1,
+                                   warmup=0, lr_schedule="cosine", lr=1e-3)
+    result = train(tmp_path / "run", config, dataset)
+    assert (result.step, result.stopped_on_time) == (10, True)
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    lrs = [json.loads(line)["lr"] for line in lines]
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
+    assert lrs == pytest.approx(expected, rel=1e-12)

@@ -230,3 +230,25 @@ def test_vector_data_needs_a_vector_net():
         new_run_config(small_vectors(), "small", net="tiny")
     with pytest.raises(ValueError, match="unknown network preset 'huge'"):
         new_run_config(small_vectors(), "small", net="huge")
+
+
+# ----------------------------------------------------------------------------- precision
+def test_precision_bf16_autocasts_on_a_cpu_and_auto_stays_fp32_there(tmp_path):
+    """``auto`` on a CPU is plain float32 (the same weights as ``fp32``); ``bf16`` rounds the
+    network's matmuls to bf16 (8 mantissa bits), so its weights differ from float32's after a
+    few steps, while staying float32 tensors near them (relative change ≪ 1)."""
+    runs = {}
+    for precision in ("auto", "fp32", "bf16"):
+        config, dataset = small_vector_config(4, precision=precision)
+        train(tmp_path / precision, config, dataset)
+        runs[precision] = weights(tmp_path / precision / "model.safetensors")
+    assert_same_tensors(runs["auto"], runs["fp32"])
+    assert any(not torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["fp32"])
+    for k, w in runs["bf16"].items():
+        assert w.dtype == torch.float32
+        assert (w - runs["fp32"][k]).norm() <= 0.1 * runs["fp32"][k].norm() + 1e-6
+
+
+def test_precision_must_be_one_of_the_choices():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")

@@ -11,7 +11,9 @@
 - :func:`memory_format`: channels_last on CUDA, where cuDNN's convolutions and GroupNorm run
   faster in NHWC; contiguous elsewhere.
 
-Mixed precision stays where it was decided (``Trainer._loss``): bf16 autocast on CUDA around
+- :func:`use_bf16`: whether ``TrainConfig.precision`` (``auto``: on CUDA only) autocasts to bf16.
+
+Mixed precision stays where it was decided (``Trainer._loss``): bf16 autocast (:func:`use_bf16`) around
 the loss, whose element-wise parts (the Denoiser's reading, the schedule maths in float64, the
 MSE) run in float32 because autocast leaves element-wise ops in their inputs' dtype and casts
 ``mse_loss`` to float32.
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import COMPILE_MODES
+from ..config import COMPILE_MODES, PRECISIONS
 
 
 def optimizer(params: Any, device: torch.device, **kwargs: Any) -> torch.optim.AdamW:
@@ -42,6 +44,14 @@ def use_compile(mode: str, device: torch.device) -> bool:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """``bf16``/``fp32`` as given; ``auto`` autocasts to bf16 on CUDA only (on a CPU it pays only
+    where the CPU has native bf16, which the user knows and asks for with ``bf16``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def memory_format(device: torch.device) -> torch.memory_format:

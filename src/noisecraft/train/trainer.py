@@ -91,18 +91,21 @@ def clock(kind: str) -> float:
     return CLOCKS[kind]()
 
 
-def lr_at(step: int, train: TrainConfig) -> float:
+def lr_at(step: int, train: TrainConfig, time_fraction: float = 0.0) -> float:
     """The learning rate for optimizer step ``step`` (0-based).
 
     Linear warm-up lr·(step + 1)/warmup over the first ``warmup`` steps, then constant, or a
-    cosine decay lr·½(1 + cos(π p)) with p the fraction of the remaining steps done.
+    cosine decay lr·½(1 + cos(π p)) with p the fraction of the remaining steps done or
+    ``time_fraction``, the fraction of a ``--max-time`` budget used, whichever is further on:
+    the decay ends where training ends, at --steps or when the budget runs out. (Annealing to
+    zero at the end is worth much in a short run; a budget's step count is not known ahead.)
     """
     if train.warmup and step < train.warmup:
         return train.lr * (step + 1) / train.warmup
     if train.lr_schedule == "constant":
         return train.lr
     span = max(1, train.steps - train.warmup)
-    progress = min(1.0, (step - train.warmup) / span)
+    progress = min(1.0, max((step - train.warmup) / span, time_fraction))
     return train.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -443,13 +446,14 @@ class Trainer:
         clip = tc.grad_clip if tc.grad_clip > 0 else math.inf
         budget = duration_seconds(tc.max_time) if tc.max_time is not None else math.inf
         time_used = dict(used)  # training time of the run so far, per clock
-        out_of_time = self._spent(time_used, ctx) >= budget  # a resumed run whose budget is used up
+        spent = self._spent(time_used, ctx)
+        out_of_time = spent >= budget  # a resumed run whose budget is used up
         if out_of_time:
             end = step
         try:
             while step < end:
                 before = {kind: clock(kind) for kind in CLOCKS}
-                lr = lr_at(step, tc)
+                lr = lr_at(step, tc, spent / budget)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 for micro in range(tc.accum):
@@ -472,7 +476,8 @@ class Trainer:
                 step += 1
                 bar.update(1)
                 time_used = {kind: time_used[kind] + clock(kind) - before[kind] for kind in CLOCKS}
-                if self._spent(time_used, ctx) >= budget:
+                spent = self._spent(time_used, ctx)
+                if spent >= budget:
                     out_of_time, end = True, step  # this step is the last: log, sample, save
 
                 if step % tc.log_every == 0 or step == end:
@@ -515,7 +520,7 @@ class Trainer:
 
     def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
               ctx: distributed.Context) -> Tensor:
-        """The batch mean of the per-example losses (bf16 autocast on CUDA only)."""
+        """The batch mean of the per-example losses (bf16 autocast as ``precision`` says)."""
         dev = ctx.device
         x0 = accel.to_memory_format(batch["x"].to(dev, non_blocking=True), accel.memory_format(dev))
         cond: dict[str, Tensor] = {}
@@ -533,7 +538,8 @@ class Trainer:
             cond["labels"] = labels
         tc = self.config.train
         t, weights = self.time_sampler.sample(x0.shape[0], generator=gen, device=dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16,
+                            enabled=accel.use_bf16(tc.precision, dev)):
             per_example = losses.objective(
                 tc.loss, denoiser, x0, t, generator=gen, discrete=_eight_bit(self.config),
                 min_snr_gamma=tc.min_snr_gamma, hybrid_lambda=tc.hybrid_lambda, **cond).float()
