@@ -86,9 +86,9 @@ def test_checkpoints_and_sample_grids_are_not_training_time(tmp_path, fake_clock
     for name in ("_save", "_samples"):
         original = getattr(trainer_module.Trainer, name)
 
-        def slow(self, *args, original=original):
+        def slow(self, *args, original=original, **kwargs):
             clock.advance(100.0)  # far beyond the budget, if it counted
-            return original(self, *args)
+            return original(self, *args, **kwargs)
 
         monkeypatch.setattr(trainer_module.Trainer, name, slow)
     config, dataset = image_config(steps=30, max_time="10s", checkpoint_every=2, sample_every=3)
@@ -212,3 +212,15 @@ def test_a_cosine_schedule_decays_over_the_time_budget_when_it_ends_before_steps
     lrs = [json.loads(line)["lr"] for line in lines]
     expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
     assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_budget_end_keeps_a_post_hoc_ema_snapshot_like_the_end_of_steps(tmp_path, fake_clock):
+    """Snapshots every 4 steps, and one where the 15 s budget ends the run (step 10): post-hoc
+    EMA then reconstructs the run's final weights, not those 2 steps before."""
+    config, dataset = image_config(steps=1000, max_time="15s", max_time_clock="cpu",
+                                   ema_profiles="0.1", snapshot_every=4)
+    result = train(tmp_path / "run", config, dataset)
+    assert result.step == 10
+    assert sorted(p.name for p in (tmp_path / "run").glob("phema-*.safetensors")) == [
+        "phema-000000004.safetensors", "phema-000000008.safetensors",
+        "phema-000000010.safetensors"]

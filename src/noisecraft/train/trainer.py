@@ -498,10 +498,12 @@ class Trainer:
                     count, t_log, step_at_log = 0, now, step
                 if ctx.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == end):
                     self._samples(ema.net, step)
+                snapshot = self._snapshot_due(step) or (out_of_time and step == end)
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == end \
-                        or self._snapshot_due(step):
+                        or snapshot:
                     wall_now = wall_at_start + time.perf_counter() - t_start
-                    self._save(ctx, step, net, ema, opt, gen, stream, wall_now, time_used)
+                    self._save(ctx, step, net, ema, opt, gen, stream, wall_now, time_used,
+                               snapshot=snapshot)
         finally:
             bar.close()
         return TrainResult(run_dir=self.run_dir, step=step, loss=last_loss,
@@ -604,7 +606,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, ctx: distributed.Context, step: int, net: nn.Module, ema: EMA,
               opt: torch.optim.Optimizer, gen: torch.Generator, stream: BatchStream,
-              wall: float, time_used: dict[str, float]) -> None:
+              wall: float, time_used: dict[str, float], snapshot: bool = False) -> None:
+        """Commit a checkpoint at ``step`` (with ``snapshot``: also a post-hoc EMA snapshot)."""
         # Every rank's RNG streams, so a resume with the same world size continues each exactly.
         rng = {"train": distributed.gather_bytes(_state_bytes(gen.get_state()), ctx),
                "torch": distributed.gather_bytes(_state_bytes(torch.get_rng_state()), ctx)}
@@ -614,7 +617,7 @@ class Trainer:
         data = distributed.gather_bytes(json.dumps(stream.state()).encode(), ctx)
         if ctx.is_main:
             state = {"version": STATE_VERSION, "step": step, "world_size": ctx.world_size,
-                     "lr_step": step, "lr": lr_at(max(step - 1, 0), self.config.train),
+                     "lr_step": step, "lr": opt.param_groups[0]["lr"],  # the last step's
                      "ema_updates": ema.num_updates, "wall_time_s": wall, "time_used_s": time_used,
                      "time_sampler": self.time_sampler.state_dict(),
                      "data": [json.loads(d) for d in data],
@@ -626,15 +629,16 @@ class Trainer:
             if self.phema is not None:  # the profiles; a snapshot is a copy, in the same commit
                 p = self.phema
                 files[PHEMA] = profiles_to_bytes(p.sigma_rels, p.state_dicts(), p.sums, step)
-                if self._snapshot_due(step):
+                if snapshot:
                     files[SNAPSHOT.format(step=step)] = files[PHEMA]
             files[STATE] = (json.dumps(state, indent=1) + "\n").encode()  # last: the commit
             atomic_write_many(self.run_dir, files)
         distributed.barrier(ctx)
 
     def _snapshot_due(self, step: int) -> bool:
-        """Snapshots at multiples of snapshot_every and at --steps (not at an interruption, so a
-        resumed run keeps exactly the snapshots of an uninterrupted one)."""
+        """Snapshots at multiples of snapshot_every and at --steps — and where a --max-time
+        budget ends the run, its planned end too — not at an interruption, so a resumed run
+        keeps exactly the snapshots of an uninterrupted one."""
         every = self.config.train.snapshot_every
         return self.phema is not None and every > 0 and (
             step % every == 0 or step == self.config.train.steps)
