@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -49,7 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 # The README's MNIST CPU recipe, flags after `noisecraft train --data <mnist> --out <run>`.
-RECIPE = ["--net", "mnist-cpu", "--batch-size", "32", "--lr", "1e-3", "--ema-decay", "0.999"]
+RECIPE = ["--net", "mnist-cpu", "--prediction", "edm", "--time-sampler", "log-normal",
+          "--batch-size", "32", "--lr", "1e-3", "--lr-schedule", "cosine", "--adam-betas", "0.9",
+          "0.99", "--precision", "bf16", "--steps", "100000", "--max-time", "10m"]
 SAMPLER, STEPS = "ddim", 25
 
 
@@ -112,20 +115,22 @@ def score(images: np.ndarray, pca: PCAFrechet) -> dict:
 
 
 # ---------------------------------------------------------------------------------- workers
-def recipe(minutes: float) -> list[str]:
-    """The README's flags with the budget set to ``minutes`` CPU-minutes."""
-    flags = list(RECIPE)
+def recipe(minutes: float, flags: list[str] = RECIPE) -> list[str]:
+    """``flags`` (the README's) with the budget set to ``minutes`` CPU-minutes."""
+    flags = list(flags)
+    if "--max-time" not in flags:
+        flags += ["--max-time", ""]
     flags[flags.index("--max-time") + 1] = f"{minutes:g}m"
     return flags
 
 
-def noisecraft_worker(minutes: float, n: int, work: Path) -> None:
+def noisecraft_worker(minutes: float, n: int, work: Path, flags: list[str]) -> None:
     from noisecraft.run import load_run
 
     pca = PCAFrechet()
     run_dir = work / f"noisecraft-{minutes:g}m"
     subprocess.run([sys.executable, "-m", "noisecraft", "train", "--no-progress", "--threads", "1",
-                    "--data", str(MNIST), "--out", str(run_dir), *recipe(minutes)],
+                    "--data", str(MNIST), "--out", str(run_dir), *recipe(minutes, flags)],
                    check=True, stdout=subprocess.DEVNULL)
     state = json.loads((run_dir / "state.json").read_text())
     run = load_run(run_dir)
@@ -135,7 +140,7 @@ def noisecraft_worker(minutes: float, n: int, work: Path) -> None:
           "params": sum(p.numel() for p in run.net.parameters()), **score(images, pca)})
 
 
-def diffusers_worker(minutes: float, n: int, work: Path) -> None:
+def diffusers_worker(minutes: float, n: int, work: Path, flags: list[str]) -> None:
     import torch
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
     from diffusers.optimization import get_scheduler
@@ -225,6 +230,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="samples scored per budget")
     p.add_argument("--who", default="noisecraft,diffusers")
     p.add_argument("--work", default="/tmp/nc-quality-per-compute")
+    p.add_argument("--recipe", help="other `noisecraft train` flags to measure instead of the "
+                   "README's (a trial; --max-time is set per budget)")
     p.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -235,8 +242,9 @@ def main() -> None:
 
         torch.set_num_threads(1)
         who, minutes = a.worker.split("@")
+        flags = shlex.split(a.recipe) if a.recipe else RECIPE
         {"noisecraft": noisecraft_worker, "diffusers": diffusers_worker}[who](float(minutes), a.n,
-                                                                             work)
+                                                                             work, flags)
         return
     work.mkdir(parents=True, exist_ok=True)
     runs = [work / f"noisecraft-{m:g}m" for m in budgets]
@@ -245,7 +253,8 @@ def main() -> None:
     # One worker per recipe and budget, all at once: each counts only its own CPU seconds.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", f"{who}@{m:g}", "--n", str(a.n),
-                               "--work", str(work)], env=env, stdout=subprocess.PIPE, text=True)
+                               "--work", str(work), *(["--recipe", a.recipe] if a.recipe else [])],
+                              env=env, stdout=subprocess.PIPE, text=True)
              for who in a.who.split(",") for m in budgets]
     rows = []
     for proc in procs:

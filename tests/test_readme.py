@@ -50,7 +50,9 @@ RUNS: dict[str, tuple[dict[str, str], str]] = {
         {"--n": "8", "--rtol": "1e-3", "--atol": "1e-3"}, "8 examples and a loose ODE: time"),
     "noisecraft nll runs/digits --image pictures/000007.png --data digits --n 200": (
         {"--n": "8", "--rtol": "1e-3", "--atol": "1e-3"}, "8 examples and a loose ODE: time"),
-    "noisecraft train --data ../shared/data/mnist --out runs/mnist --net mnist --steps 20000": (
+    "noisecraft train --data ../shared/data/mnist --out runs/mnist --net mnist-cpu --prediction edm "
+    "--time-sampler log-normal --batch-size 32 --lr 1e-3 --lr-schedule cosine --adam-betas 0.9 0.99 "
+    "--precision bf16 --steps 100000 --max-time 10m": (
         {"--steps": "2", "--batch-size": "8", "--sample-every": "0"},
         FEWER_STEPS + "; no sample grid (64 MNIST samples cost a minute)"),
     "noisecraft sample runs/mnist --n 1000 --out samples": (
@@ -139,6 +141,18 @@ def test_every_readme_command_is_run() -> None:
     stale = [c for c in RUNS if c not in commands]
     assert not stale, f"RUNS holds commands the README no longer shows: {stale}"
     assert len(commands) == len(set(commands))
+
+
+def test_the_mnist_cpu_recipe_is_the_one_the_benchmark_measures() -> None:
+    """BENCHMARKS.md's "Quality per CPU-minute" figures are the README's command, flag for flag."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "quality_per_compute", ROOT / "benchmarks" / "quality_per_compute.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    command = "noisecraft train --data ../shared/data/mnist --out runs/mnist " + " ".join(bench.RECIPE)
+    assert command in readme_commands()
 
 
 def test_substitute_only_changes_the_named_flags() -> None:
