@@ -1,7 +1,8 @@
 """How recognisable are a short CPU audio run's samples? A spoken-digit classifier reads them.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audio_quality.py [--data ../shared/data/fsdd]
-        [--steps 300] [--batch-size 32] [--n 100] [--write]
+        [--steps 300] [--batch-size 32] [--n 100] [--max-time 30m] [--prediction edm]
+        [--precision bf16] [--lr-schedule cosine] [--guidance 2] [--write]
 
 1. FSDD's train split (2,700 clips) and test split (300) become log-mel spectrograms with a
    small feature setting that a CPU can train on in minutes (32 mels × 32 frames, n_fft 512,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from datetime import date
@@ -57,6 +59,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n", type=int, default=100, help="samples to draw")
+    p.add_argument("--max-time", help="also stop after this much training CPU time (e.g. 30m)")
+    p.add_argument("--prediction", default="eps", help="eps (default), v or edm (log-normal σ)")
+    p.add_argument("--precision", default="auto", help="auto (fp32 on a CPU) or bf16")
+    p.add_argument("--lr-schedule", default="constant", help="constant or cosine (over the budget)")
+    p.add_argument("--guidance", type=lambda v: [float(x) for x in v.split(",")], default=[None],
+                   help="classifier-free guidance scales, comma-separated (default: none)")
     p.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -76,9 +84,15 @@ def main() -> None:
              read(classifier.predict_spectrograms(round_trip(test.x))[0], y_test))]
 
     config = new_run_config(train, args.data, net="audio", class_conditional=True,
+                            prediction=args.prediction,
                             train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                                               warmup=20, ema_decay=0.995, sample_every=0,
-                                              checkpoint_every=0, log_every=50))
+                                              checkpoint_every=0, log_every=50,
+                                              max_time=args.max_time, max_time_clock="cpu",
+                                              precision=args.precision,
+                                              lr_schedule=args.lr_schedule,
+                                              time_sampler="log-normal" if args.prediction == "edm"
+                                              else "uniform"))
     with tempfile.TemporaryDirectory() as tmp:
         cpu = time.process_time()
         wall = time.perf_counter()
@@ -87,12 +101,14 @@ def main() -> None:
         run = load_run(tmp)
         params = sum(p.numel() for p in run.net.parameters())
         asked = run.default_labels(args.n)
-        samples = torch.from_numpy(run.generate(args.n, sampler="ddim", steps=25, seed=0,
-                                                labels=asked))
-    rows += [(f"samples after {args.steps} steps (label asked)",
-              read(classifier.predict_spectrograms(samples)[0], asked)),
-             ("samples, through WAV and back", read(classifier.predict_spectrograms(
-                 round_trip(samples))[0], asked))]
+        for scale in args.guidance:
+            samples = torch.from_numpy(run.generate(args.n, sampler="ddim", steps=25, seed=0,
+                                                    labels=asked, guidance=scale))
+            guided = "" if scale is None else f", guidance {scale:g}"
+            rows += [(f"samples after {result.step} steps (label asked{guided})",
+                      read(classifier.predict_spectrograms(samples)[0], asked)),
+                     (f"samples{guided}, through WAV and back", read(
+                         classifier.predict_spectrograms(round_trip(samples))[0], asked))]
 
     table = ["| spectrograms read by the classifier | accuracy | classes predicted | mean confidence |",
              "| --- | ---: | ---: | ---: |"]
@@ -102,7 +118,9 @@ def main() -> None:
             f"Classifier: small CNN, {classifier.meta['epochs']} epochs on the {len(y_train)} train "
             f"clips ({clf_s:.0f} CPU-s); "
             f"{len(y_test)} test clips. Diffusion: `audio` preset ({params / 1e6:.2f}M parameters), "
-            f"class-conditional, {args.steps} steps at batch {args.batch_size}, lr 1e-3, final loss "
+            f"class-conditional, {args.prediction} prediction, {result.step} steps at batch "
+            f"{args.batch_size}, lr 1e-3 {args.lr_schedule}, {args.precision} arithmetic, "
+            f"final loss "
             f"{result.loss:.4f}, {train_wall:.0f} s wall / {train_cpu:.0f} CPU-s of training; "
             f"{args.n} samples by DDIM-25, labels 0..9 cycled; chance is 0.100. "
             f"Device: 2-core CPU, shared, 1 thread; torch {torch.__version__}, "
@@ -113,8 +131,9 @@ def main() -> None:
     if args.write:
         from _report import write_section
 
+        command = " ".join(["benchmarks/audio_quality.py", *sys.argv[1:]])
         write_section("audio-quality", "## Audio: a spoken-digit classifier reads the samples\n\n"
-                      "`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/audio_quality.py --write`\n\n"
+                      f"`OMP_NUM_THREADS=1 .venv/bin/python {command}`\n\n"
                       + text)
 
 

@@ -18,9 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}",
        "OMP_NUM_THREADS": "1"}
 
+# The writer pauses 50 ms after each commit, so the race window (29 commits) stays open for
+# well over a second even on a loaded machine, where one load_run can take longer than the
+# whole of an unpaused writer's steps (the test then saw only steps 1 and 30).
 WRITER = """
 import sys
+import time
+import noisecraft.train.trainer as trainer
 from train_helpers import train, vector_config
+save = trainer.Trainer._save
+def paused_save(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    time.sleep(0.05)
+trainer.Trainer._save = paused_save
 config, dataset = vector_config(steps=int(sys.argv[2]), checkpoint_every=1, log_every=1)
 train(sys.argv[1], config, dataset, stop_at=1)
 print("first", flush=True)

@@ -498,7 +498,8 @@ class Trainer:
                     count, t_log, step_at_log = 0, now, step
                 if ctx.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == end):
                     self._samples(ema.net, step)
-                snapshot = self._snapshot_due(step) or (out_of_time and step == end)
+                snapshot = self._snapshot_due(step) or (
+                    out_of_time and step == end and tc.snapshot_every > 0)
                 if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == end \
                         or snapshot:
                     wall_now = wall_at_start + time.perf_counter() - t_start
