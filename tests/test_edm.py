@@ -329,3 +329,40 @@ def test_the_closed_form_linear_net_reads_alike_in_every_prediction(prediction):
     # that read its input as x_t was off by 0.05 (edm) and 0.3 (flow).
     for a, b in zip(readings["eps"], readings[prediction], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- σ_data of a run
+def test_a_runs_sigma_data_reaches_its_training_and_sampling_denoisers(tmp_path):
+    """--sigma-data is recorded in config.json and read by both Denoisers: the loaded run's,
+    and the trainer's (same seed, σ_d 0.5 against 1.0: the preconditioning, hence the loss
+    and the weights, differ)."""
+    import dataclasses
+    import json
+
+    import safetensors.torch
+
+    from noisecraft.train import load_run
+    from train_helpers import train, vector_config
+
+    runs = {}
+    for sd in (SIGMA_DATA, 1.0):
+        config, dataset = vector_config(3)
+        config = dataclasses.replace(config, prediction="edm", sigma_data=sd)
+        train(tmp_path / str(sd), config, dataset)
+        assert json.loads((tmp_path / str(sd) / "config.json").read_text())["sigma_data"] == sd
+        assert load_run(tmp_path / str(sd)).denoiser.sigma_data == sd
+        runs[sd] = safetensors.torch.load_file(tmp_path / str(sd) / "model.safetensors")
+    assert any(not torch.equal(runs[SIGMA_DATA][k], runs[1.0][k]) for k in runs[1.0])
+
+
+@pytest.mark.parametrize("prediction, net, match", [
+    ("eps", "mlp", "applies to prediction 'edm' only"),
+    ("edm", "linear", "closed-form linear net"),
+])
+def test_a_sigma_data_the_run_would_ignore_is_refused(prediction, net, match):
+    from noisecraft import data
+    from noisecraft.train import new_run_config
+
+    dataset = data.load("moons" if net == "mlp" else "digits")
+    with pytest.raises(ValueError, match=match):
+        new_run_config(dataset, "x", net=net, prediction=prediction, sigma_data=1.0)

@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 
 from .checks import integer, number
 from .data.transforms import KINDS as DATA_KINDS  # one home: Preprocess's kinds
+from .denoiser import SIGMA_DATA
 from .errors import RunError
 from .samplers import DEFAULT_STEPS
 
@@ -320,10 +321,14 @@ class BuildConfig(Settings):
                              stored=lambda c: c.schedule.get("T"))
     prediction: str = setting("eps", "what the net predicts (flow: the velocity eps - x0 of "
                               "the straight path; flow matching is --schedule flow --prediction "
-                              "flow --time-sampler logit-normal; edm: EDM's preconditioned F, "
-                              "sigma_data 0.5, with --time-sampler log-normal)",
+                              "flow --time-sampler logit-normal; edm: EDM's preconditioned F "
+                              "(with --sigma-data), with --time-sampler log-normal)",
                               choices=registry("denoiser", "PREDICTIONS"),
                               stored=lambda c: c.prediction)
+    sigma_data: float = setting(
+        SIGMA_DATA, "with --prediction edm: sigma_data, the data's standard deviation that EDM's "
+        "preconditioning assumes (0.5 for pixels in [-1, 1]; about 1 for latents scaled to unit "
+        "variance)", range="(0, inf)", stored=lambda c: c.sigma_data)
     learned_variance: bool = setting(
         False, "the net also outputs the reverse-step variance (Improved DDPM's interpolation "
         "between beta and beta_tilde); train it with --loss hybrid or vlb",
@@ -622,6 +627,7 @@ class RunConfig:
     condition: ConditionConfig = field(default_factory=ConditionConfig)
     version: int = CONFIG_VERSION
     latent: LatentConfig | None = None
+    sigma_data: float = SIGMA_DATA  # EDM's σ_d (read by prediction "edm" only)
 
     def __post_init__(self) -> None:
         from .denoiser import PREDICTIONS
@@ -629,6 +635,14 @@ class RunConfig:
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of "
                              f"{', '.join(PREDICTIONS)}")
+        self.sigma_data = number("sigma_data", self.sigma_data, 0.0, low_open=True)
+        if self.sigma_data != SIGMA_DATA:
+            if self.prediction != "edm":
+                raise ValueError(f"sigma_data {self.sigma_data:g} applies to prediction 'edm' "
+                                 f"only (this run predicts {self.prediction!r})")
+            if isinstance(self.net, dict) and self.net.get("arch") == "linear-diffusion":
+                raise ValueError(f"the closed-form linear net reads EDM's F at sigma_data "
+                                 f"{SIGMA_DATA:g}; it cannot take sigma_data {self.sigma_data:g}")
         if isinstance(self.condition, ConditionConfig) and isinstance(self.data, DataConfig):
             labelled = self.data.num_classes is not None
             if self.condition.kind == "none" and labelled:

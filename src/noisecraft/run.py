@@ -532,7 +532,8 @@ def build_denoiser(net: nn.Module, config: RunConfig) -> tuple[Any, Any]:
     schedule = Schedule.from_dict(config.schedule)
     clip = tuple(config.sampling.clip) if config.sampling.clip is not None else None
     return Denoiser(net, schedule, config.prediction, clip=clip,
-                    learned_variance=bool(config.net.get("learned_variance", False))), schedule
+                    learned_variance=bool(config.net.get("learned_variance", False)),
+                    sigma_data=config.sigma_data), schedule
 
 
 def load_run(run_dir: str | os.PathLike[str], use_ema: bool = True,

@@ -183,6 +183,7 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
                             net_overrides={"learned_variance": True} if build.learned_variance
                             else None, schedule=build.schedule, T=build.timesteps,
                             prediction=build.prediction, class_conditional=build.class_cond,
+                            sigma_data=build.sigma_data,
                             train=TrainConfig(**sections.pop("train")),
                             condition=ConditionConfig(**sections.pop("condition")))
     if build.experts > 1 or build.experts_shared_init:

@@ -118,6 +118,7 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str | 
                    net_overrides: dict[str, Any] | None = None,
                    schedule: str = BuildConfig.schedule, T: int = BuildConfig.timesteps,
                    prediction: str = BuildConfig.prediction, class_conditional: bool = False,
+                   sigma_data: float = BuildConfig.sigma_data,
                    train: TrainConfig | None = None, sampling: SamplingConfig | None = None,
                    condition: ConditionConfig | None = None) -> RunConfig:
     """The config of a new run: preset ``net`` (default: ``nets.DEFAULT_PRESETS`` for the data's
@@ -177,7 +178,7 @@ def new_run_config(dataset: Dataset | IterableDataset, spec: str, *, net: str | 
         sampling = SamplingConfig(clip=clip, n={"image": 64, "audio": 8}.get(kind, 2000))
     return RunConfig(net=net_config, schedule=sched.to_dict(), prediction=prediction, data=data,
                      train=train or TrainConfig(), sampling=sampling, condition=condition,
-                     latent=latent)
+                     latent=latent, sigma_data=sigma_data)
 
 
 # A latent drawn from the posterior N(mean, exp(logvar)) lies within 4 standard deviations of
@@ -397,7 +398,8 @@ class Trainer:
             model = accel.CompiledOrEager(model)
         # No clip: clamping x̂_0 is for sampling; the loss reads the raw output.
         denoiser = Denoiser(model, Schedule.from_dict(cfg.schedule), cfg.prediction,
-                            learned_variance=bool(cfg.net.get("learned_variance", False)))
+                            learned_variance=bool(cfg.net.get("learned_variance", False)),
+                            sigma_data=cfg.sigma_data)
 
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
         writer = _tensorboard(self.run_dir) if ctx.is_main else None
@@ -420,7 +422,8 @@ class Trainer:
         net.fit_closed_form(self.dataset, schedule, cfg.prediction)  # type: ignore[operator]
         ema.net.load_state_dict(net.state_dict())
         with torch.no_grad():
-            loss = float(self._loss(Denoiser(net, schedule, cfg.prediction), next(stream), gen, ctx))
+            loss = float(self._loss(Denoiser(net, schedule, cfg.prediction, sigma_data=cfg.sigma_data),
+                                    next(stream), gen, ctx))
         used = {kind: clock(kind) - t0 for kind, t0 in start.items()}
         if ctx.is_main and cfg.train.sample_every:
             self._samples(ema.net, 1)
