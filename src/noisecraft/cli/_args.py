@@ -180,6 +180,14 @@ def flat_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:
             if f.name in given}
 
 
+def default_of(function: Any, name: str) -> Any:
+    """The default of ``function``'s keyword ``name``: a command's flag takes the library's
+    default from there, so it is written once."""
+    import inspect
+
+    return inspect.signature(function).parameters[name].default
+
+
 def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a command that trains a new run from a teacher run (reflow, distill)."""
     a = parser.add_argument

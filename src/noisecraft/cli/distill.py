@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_student_arguments, command_parser, positive_int, probability
+from ._args import add_student_arguments, command_parser, default_of, positive_int, probability
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..distill import SOLVERS
+    from ..distill import SOLVERS, distill
     from ..grids import GRIDS
 
     p = command_parser(sub, "distill", __doc__, "distill a run into a few-step consistency model",
@@ -22,11 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("run_dir", metavar="RUN_DIR", help="the teacher run")
     a("--out", required=True, metavar="OUT", help="the new run directory")
-    a("--intervals", type=positive_int, default=18, help="N, grid steps of the ODE (default 18)")
-    a("--grid", choices=list(GRIDS), default="respaced", help="the grid (default respaced)")
-    a("--solver", choices=SOLVERS, default="euler", help="the teacher's ODE step (default euler)")
-    a("--target-decay", type=probability, default=0.95, help="EMA decay of the target network "
-      "(default 0.95)")
+    for flag, kind, what in (("--intervals", dict(type=positive_int), "N, grid steps of the ODE"),
+                             ("--grid", dict(choices=list(GRIDS)), "the grid"),
+                             ("--solver", dict(choices=SOLVERS), "the teacher's ODE step"),
+                             ("--target-decay", dict(type=probability),
+                              "EMA decay of the target network")):
+        default = default_of(distill, flag[2:].replace("-", "_"))
+        a(flag, default=default, help=f"{what} (default {default})", **kind)
     add_student_arguments(p)
     p.set_defaults(func=run)
 

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_student_arguments, command_parser, non_negative_int, positive_int
+from ._args import add_student_arguments, command_parser, default_of, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..reflow import reflow
+
     p = command_parser(sub, "reflow", __doc__, "train a straighter flow run on a run's ODE pairs",
                        "noisecraft reflow runs/moons --pairs 4000 --out runs/moons-reflow")
     a = p.add_argument
     a("run_dir", metavar="RUN_DIR", help="the teacher run")
     a("--out", required=True, metavar="OUT", help="the new run directory")
-    a("--pairs", type=positive_int, default=4000, help="ODE pairs to draw (default 4000)")
+    pairs = default_of(reflow, "pairs")
+    a("--pairs", type=positive_int, default=pairs, help=f"ODE pairs to draw (default {pairs})")
     a("--sampler", help="deterministic sampler of the pairs: ddim, euler, heun, dpmpp-2m "
       "(default: the run's if deterministic, else heun)")
     a("--ode-steps", type=positive_int, help="its steps (default: the run's sampling steps)")
-    a("--seed", type=non_negative_int, default=0, help="seed of the pairs' noise (default 0)")
+    seed = default_of(reflow, "seed")
+    a("--seed", type=non_negative_int, default=seed, help=f"seed of the pairs' noise (default {seed})")
     add_student_arguments(p)
     p.set_defaults(func=run)
 
