@@ -194,17 +194,20 @@ def test_noisecraft_distill_end_to_end(tmp_path, monkeypatch):
 
 
 def test_the_commands_take_their_defaults_from_the_library(monkeypatch):
-    """`noisecraft distill` / `reflow` read their flags' defaults from distill() / reflow():
+    """`noisecraft distill` / `reflow` / `ema` read their flags' defaults from the library:
     change a library default and the parsed flag follows (a default written twice would not)."""
     from noisecraft import distill as distill_module
+    from noisecraft import posthoc
     from noisecraft import reflow as reflow_module
     from noisecraft.cli import build_parser
 
     monkeypatch.setitem(distill_module.distill.__kwdefaults__, "intervals", 7)
     monkeypatch.setitem(distill_module.distill.__kwdefaults__, "target_decay", 0.5)
     monkeypatch.setitem(reflow_module.reflow.__kwdefaults__, "pairs", 123)
+    monkeypatch.setitem(posthoc.sweep.__kwdefaults__, "n", 17)
     parser = build_parser()
     d = parser.parse_args(["distill", "run", "--out", "x"])
     r = parser.parse_args(["reflow", "run", "--out", "x"])
     assert (d.intervals, d.target_decay, d.grid, d.solver) == (7, 0.5, "respaced", "euler")
     assert (r.pairs, r.seed) == (123, 0)
+    assert parser.parse_args(["ema", "run", "--sweep", "0.1"]).n == 17

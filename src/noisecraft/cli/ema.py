@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_threads, command_parser, non_negative_int, positive_float, positive_int
+from ._args import (
+    add_threads,
+    command_parser,
+    default_of,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def _lengths(text: str) -> list[float]:
@@ -30,6 +37,8 @@ def _lengths(text: str) -> list[float]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..posthoc import sweep
+
     p = command_parser(sub, "ema", __doc__, "reconstruct an EMA length from a run's snapshots",
                        "noisecraft ema runs/digits --length 0.05 --out runs/digits-ema005")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run trained with --ema-profiles and "
@@ -41,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="score these lengths by the run's yardstick and name the best")
     p.add_argument("--out", metavar="OUT", help="with --length: the run directory to write "
                    "(must not exist)")
-    p.add_argument("--n", type=positive_int, default=256, help="with --sweep: samples per "
-                   "length (default 256)")
+    n = default_of(sweep, "n")
+    p.add_argument("--n", type=positive_int, default=n, help=f"with --sweep: samples per "
+                   f"length (default {n})")
     p.add_argument("--step", type=non_negative_int, metavar="STEP",
                    help="reconstruct the EMA at this step (default: the last snapshot's)")
     add_threads(p)
