@@ -15,7 +15,7 @@ from .. import samplers, viz
 from ..straightness import straightness, straightness_grid
 from .context import Context
 from .page import Section, fig
-from .sampling import principal_plane
+from .sampling import drawing_plane
 
 PATHS = 4        # starts x_T drawn; S is their mean
 
@@ -38,13 +38,8 @@ def section_paths(ctx: Context) -> Section:
     steps = ctx.steps
     s = straightness(ctx.run.denoiser, x_T, steps=steps, cond=ctx.cond(PATHS) or None)
     tau, z = ode_paths(ctx, x_T, steps)
-    if ctx.image:
-        mean, plane = principal_plane(ctx.held_out)
-        what = "its projection on the first two principal components of the held-out data"
-    else:
-        mean = torch.zeros(ctx.run.shape[0], dtype=torch.float64)
-        plane = torch.eye(ctx.run.shape[0], dtype=torch.float64)[:, :2]
-        what = "its first two coordinates"
+    mean, plane, what = drawing_plane(ctx)
+    what = ("its projection on " if ctx.image else "its ") + what
     # an affine projection keeps straight lines straight, so the picture shows what S measures
     proj = ((z.flatten(2) - mean) @ plane).numpy()                    # (steps + 1, B, 2)
     series = []

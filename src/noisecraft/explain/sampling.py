@@ -42,6 +42,16 @@ def principal_plane(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, vh[:2].T
 
 
+def drawing_plane(ctx: Context) -> tuple[Tensor, Tensor, str]:
+    """(mean, two directions, their description): where the path pictures are drawn — the
+    held-out pictures' principal plane, or a vector run's first two coordinates."""
+    if ctx.image:
+        mean, plane = principal_plane(ctx.held_out)
+        return mean, plane, "the first two principal components of the held-out data"
+    mean = torch.zeros(ctx.run.shape[0], dtype=torch.float64)
+    return mean, torch.eye(ctx.run.shape[0], dtype=torch.float64)[:, :2], "the first two coordinates"
+
+
 @dataclass
 class NfeRow:
     sampler: str
@@ -177,13 +187,7 @@ def section_sde_ode(ctx: Context) -> Section:
     n = 4
     g = torch.Generator().manual_seed(ctx.seed + 7)
     x_T = torch.randn((n, *ctx.run.shape), generator=g)
-    if ctx.image:
-        mean, plane = principal_plane(ctx.held_out)
-        what = "the first two principal components of the held-out data"
-    else:
-        mean = torch.zeros(ctx.run.shape[0], dtype=torch.float64)
-        plane = torch.eye(ctx.run.shape[0], dtype=torch.float64)[:, :2]
-        what = "the first two coordinates"
+    mean, plane, what = drawing_plane(ctx)
 
     def project(x: Tensor) -> np.ndarray:
         return ((x.reshape(x.shape[0], -1).double() - mean) @ plane).numpy()
