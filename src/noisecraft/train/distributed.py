@@ -50,8 +50,14 @@ def setup(device: str | torch.device | None = None) -> Context:
                    device=dev, owns_group=owns)
 
 
-def teardown(ctx: Context) -> None:
+def teardown(ctx: Context, wait: bool = False) -> None:
+    """Destroy the process group this process created. ``wait`` (after a run that ended well):
+    first a barrier, so no rank destroys the group while another still talks to it — a gloo
+    rank can abort then ("terminate called without an active exception", seen once in CI's
+    torchrun test). Not after an error: the other ranks may never reach the barrier."""
     if ctx.owns_group and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -328,9 +328,12 @@ class Trainer:
         ctx = distributed.setup(self.device)
         try:
             with self._writer_lock(ctx):
-                return self._fit(ctx, stop_at)
-        finally:
+                result = self._fit(ctx, stop_at)
+        except BaseException:
             distributed.teardown(ctx)
+            raise
+        distributed.teardown(ctx, wait=True)
+        return result
 
     @contextlib.contextmanager
     def _writer_lock(self, ctx: distributed.Context) -> Any:
