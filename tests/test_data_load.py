@@ -114,3 +114,43 @@ def test_the_builtin_spelling_is_recorded_and_loads_again(tmp_path, monkeypatch)
     config = new_run_config(load("builtin:moons"), "builtin:moons", net="mlp")
     assert config.data.spec == "builtin:moons"
     assert load(config.data.spec).info["dim"] == 2
+
+
+def _tones(folder):
+    t = np.arange(4000) / 8000
+    for i, f in enumerate((440.0, 880.0, 1320.0)):
+        with wave.open(str(folder / f"{i}_tone.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes((0.3 * 32767 * np.sin(2 * np.pi * f * t)).astype("<i2").tobytes())
+
+
+def test_train_flags_set_the_audio_features_and_a_resume_keeps_them(tmp_path, capsys):
+    import json
+
+    from noisecraft.cli import main
+
+    (tmp_path / "tones").mkdir()
+    _tones(tmp_path / "tones")
+    run = tmp_path / "run"
+    flags = ["--n-mels", "16", "--frames", "24", "--n-fft", "128", "--hop-length", "32"]
+    assert main(["train", "--data", str(tmp_path / "tones"), "--out", str(run), "--steps", "1",
+                 "--batch-size", "2", "--no-progress", *flags]) == 0
+    audio = json.loads((run / "config.json").read_text())["data"]["preprocess"]["audio"]
+    # the four flags, and the window follows the FFT size (a shorter one only zero-pads it)
+    assert {k: audio[k] for k in ("n_mels", "frames", "n_fft", "hop_length", "win_length")} == {
+        "n_mels": 16, "frames": 24, "n_fft": 128, "hop_length": 32, "win_length": 128}
+    from noisecraft import load_run
+
+    assert load_run(run).generate(1, steps=1).shape[-2:] == (16, 24)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "2", "--no-progress",
+                 *flags]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--steps", "3", "--n-mels", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--n-mels 32 conflicts with the run being resumed (--n-mels 16)" in err
+    assert err.count("\n") == 1
+    # on pictures the audio flags are an error, not ignored
+    assert main(["train", "--data", "digits", "--out", str(tmp_path / "d"), "--frames", "8"]) == 2
+    assert "frames apply only to audio data" in capsys.readouterr().err

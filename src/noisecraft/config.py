@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .checks import integer, number
+from .data.mel import AudioConfig
 from .data.transforms import KINDS as DATA_KINDS  # one home: Preprocess's kinds
 from .denoiser import SIGMA_DATA
 from .errors import RunError
@@ -302,6 +303,11 @@ class DataConfig:
                 _positive_int(name, getattr(self, name))
 
 
+def _audio_stored(config: RunConfig, name: str) -> int | None:
+    """An audio feature setting as config.json records it (None for a run that is not audio)."""
+    return ((config.data.preprocess or {}).get("audio") or {}).get(name)
+
+
 @dataclass
 class BuildConfig(Settings):
     """What ``noisecraft train`` builds a new run from: data, network, schedule, objective's
@@ -353,6 +359,18 @@ class BuildConfig(Settings):
     skip_bad: bool = setting(False, "skip files that cannot be read (truncated or corrupt "
                              "pictures, bad WAV files), counting and naming them in one warning, "
                              "instead of stopping", stored=lambda c: c.data.skip_bad)
+    n_mels: int | None = setting(
+        None, f"audio: mel bands, the spectrogram's height (default {AudioConfig.n_mels})",
+        range="[1, inf)", stored=lambda c: _audio_stored(c, "n_mels"))
+    frames: int | None = setting(
+        None, f"audio: spectrogram frames, its width; a clip is (frames - 1) * hop-length samples "
+        f"(default {AudioConfig.frames})", range="[2, inf)", stored=lambda c: _audio_stored(c, "frames"))
+    n_fft: int | None = setting(
+        None, f"audio: FFT size, which is also the window's length (default {AudioConfig.n_fft})",
+        range="[1, inf)", stored=lambda c: _audio_stored(c, "n_fft"))
+    hop_length: int | None = setting(
+        None, f"audio: samples between frames, at most n-fft / 2 (default {AudioConfig.hop_length})",
+        range="[1, inf)", stored=lambda c: _audio_stored(c, "hop_length"))
     autoencoder: str | None = setting(
         None, "latent diffusion: train in the latent space of this autoencoder (a `noisecraft "
         "train-autoencoder` run or a diffusers AutoencoderKL folder); the latents are encoded once "

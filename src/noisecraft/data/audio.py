@@ -87,6 +87,18 @@ class _Clip:
     split: str | None = None  # from a shard's .json, None when it has none
 
 
+def feature_options(*, n_mels: int | None = None, frames: int | None = None,
+                    n_fft: int | None = None, hop_length: int | None = None) -> dict[str, int]:
+    """The :class:`AudioConfig` fields that ``noisecraft train``'s audio flags set (None: the
+    default). A given ``n_fft`` also sets the window's length: a Hann window shorter than the FFT
+    would only zero-pad it, and hop ≤ window / 2 must hold for the inverse."""
+    given = {"n_mels": n_mels, "frames": frames, "n_fft": n_fft, "hop_length": hop_length}
+    out = {k: v for k, v in given.items() if v is not None}
+    if n_fft is not None:
+        out["win_length"] = n_fft
+    return out
+
+
 def load_audio(spec: str | os.PathLike, *, split: str = "train", skip_bad: bool = False,
                config: AudioConfig | None = None, **audio_options: Any) -> AudioDataset:
     """Read WAV audio into an :class:`AudioDataset` of log-mel spectrograms.

@@ -175,10 +175,14 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
                               autoencoder=str(Path(build.autoencoder).resolve()), device=device,
                               progress=progress)
     else:
-        image_opts = {k: v for k, v in (("image_size", build.image_size),
-                                        ("channels", build.channels), ("flip", build.flip),
-                                        ("skip_bad", build.skip_bad)) if v}
-        dataset = nc_data.load(build.data, **image_opts)
+        from ..data.audio import feature_options
+
+        options = {k: v for k, v in (("image_size", build.image_size),
+                                     ("channels", build.channels), ("flip", build.flip),
+                                     ("skip_bad", build.skip_bad)) if v}
+        options.update(feature_options(n_mels=build.n_mels, frames=build.frames,
+                                       n_fft=build.n_fft, hop_length=build.hop_length))
+        dataset = nc_data.load(build.data, **options)
     config = new_run_config(dataset, build.data, net=build.net,
                             net_overrides={"learned_variance": True} if build.learned_variance
                             else None, schedule=build.schedule, T=build.timesteps,
