@@ -39,11 +39,12 @@ def test_the_boundary_condition_holds_exactly(schedule):
 
 def test_the_reading_is_c_skip_and_c_out_of_sigma_tilde_from_the_beta_table():
     """At t = 250 on the linear schedule, σ̃² = 1/ᾱ − 1 with ᾱ the product of the β table:
-    x̂_0 = σ_d²/(σ̃² + σ_d²) · x_t/√ᾱ + σ_d σ̃/√(σ̃² + σ_d²) · F."""
+    x̂_0 = σ_d²/(σ̃² + σ_d²) · x_t/√ᾱ + σ_d σ̃/√(σ̃² + σ_d²) · F(c_in x_t/√ᾱ),
+    c_in = 1/√(σ̃² + σ_d²) (Song et al.'s, EDM's)."""
     abar = float(np.prod(1 - LINEAR.betas.numpy()[:250]))
     st, sd = math.sqrt(1 / abar - 1), CONSISTENCY_SIGMA_DATA
     x = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
-    F = garbage(x, torch.tensor([250.0]))
+    F = garbage(x / math.sqrt(abar) / math.sqrt(st**2 + sd**2), torch.tensor([250.0]))
     want = sd**2 / (st**2 + sd**2) * x / math.sqrt(abar) + sd * st / math.sqrt(st**2 + sd**2) * F
     d = Denoiser(garbage, LINEAR, "consistency")(x, 250.0)
     assert torch.allclose(d.x0, want, rtol=1e-12)
@@ -66,7 +67,11 @@ def test_the_regression_target_is_the_output_that_reads_back_as_x0():
 def test_the_consistency_sampler_jumps_and_renoises():
     """steps = 2 on the respaced grid (1000, 500, 0): x̂_0 = f(x_T, 1000), then
     x_500 = α_500 x̂_0 + σ_500 z with z the example's next noise draw, and the result f(x_500, 500).
-    One network call per step."""
+    One network call per step, fed c_in x_t/α = x_t/√(σ² + α² σ_d²)."""
+    def c_in(t):
+        a, s = LINEAR.marginal(torch.tensor(t, dtype=torch.float64))
+        return 1 / torch.sqrt(s**2 + (a * CONSISTENCY_SIGMA_DATA) ** 2)
+
     calls = []
 
     def net(x, t):
@@ -78,10 +83,10 @@ def test_the_consistency_sampler_jumps_and_renoises():
                           dtype=torch.float64)
     noise = ExampleNoise(7, 4)
     x_T, z = noise.randn((2,), dtype=torch.float64), noise.randn((2,), dtype=torch.float64)
-    assert len(calls) == 2 and torch.equal(calls[0][0], x_T)
+    assert len(calls) == 2 and torch.allclose(calls[0][0], x_T * c_in(1000.0), atol=1e-12)
     a, s = LINEAR.marginal(torch.tensor(500.0, dtype=torch.float64))
     x_500 = a * d(x_T, 1000.0).x0 + s * z
-    assert torch.allclose(calls[1][0], x_500, atol=1e-12)
+    assert torch.allclose(calls[1][0], x_500 * c_in(500.0), atol=1e-12)
     assert torch.allclose(out, d(x_500, 500.0).x0, atol=1e-12)
     calls.clear()
     one = samplers.sample(d, (4, 2), LINEAR, "consistency", steps=1, seed=7, dtype=torch.float64)
@@ -211,3 +216,46 @@ def test_the_commands_take_their_defaults_from_the_library(monkeypatch):
     assert (d.intervals, d.target_decay, d.grid, d.solver) == (7, 0.5, "respaced", "euler")
     assert (r.pairs, r.seed) == (123, 0)
     assert parser.parse_args(["ema", "run", "--sweep", "0.1"]).n == 17
+
+
+def test_an_edm_network_read_as_a_consistency_model_gives_the_edm_x0():
+    """Why `distill --init teacher` starts from a one-step model: EDM's D = c_skip x/α +
+    c_out F(c_in x/α) (σ_d = 0.5) and the consistency f (σ_d = CONSISTENCY_SIGMA_DATA) are one
+    formula in σ̃ = σ/α,
+    so the same F read either way gives the same x̂_0 — checked here against the EDM
+    coefficients written out from Karras et al. (2022), Table 1, in σ̃."""
+    assert CONSISTENCY_SIGMA_DATA == 0.5
+    x = torch.randn(64, 2, dtype=torch.float64)
+    t = torch.arange(1, 961, 15, dtype=torch.float64)   # whole t: the net sees them in float32
+    as_consistency = Denoiser(garbage, LINEAR, "consistency")(x, t).x0
+    as_edm = Denoiser(garbage, LINEAR, "edm", sigma_data=0.5)(x, t).x0
+    a, s = (v[:, None] for v in LINEAR.marginal(t))
+    st = s / a
+    c_in = 1 / (st**2 + 0.25).sqrt()
+    by_hand = (0.25 / (st**2 + 0.25) * x / a
+               + 0.5 * st / (st**2 + 0.25).sqrt() * garbage(c_in * x / a, t))
+    torch.testing.assert_close(as_consistency, by_hand, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(as_edm, by_hand, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("init", ["teacher", "fresh"])
+def test_distill_starts_from_the_teachers_weights_or_fresh_ones(tmp_path, init):
+    """An edm teacher on moons, distilled with a learning rate too small to move the weights:
+    with --init teacher the student's x̂_0 is the teacher's (previous test), with fresh weights
+    it is not; --max-time is the student's budget."""
+    from noisecraft.cli import main
+    from noisecraft.run import load_run
+
+    teacher = tmp_path / "teacher"
+    assert main(["train", "--data", "moons", "--net", "mlp", "--steps", "200", "--out",
+                 str(teacher), "--prediction", "edm", "--sample-every", "0", "--no-progress"]) == 0
+    out = tmp_path / f"student-{init}"
+    assert main(["distill", str(teacher), "--out", str(out), "--steps", "3", "--lr", "1e-20",
+                 "--init", init, "--max-time", "1h"]) == 0
+    student, parent = load_run(out), load_run(teacher)
+    assert student.config.train.max_time == "1h"
+    assert json.loads((out / "distill.json").read_text())["init"] == init
+    x = torch.randn(256, 2)
+    t = torch.full((256,), 400.0)
+    gap = (student.denoiser(x, t).x0 - parent.denoiser(x, t).x0).abs().max().item()
+    assert (gap < 1e-5) if init == "teacher" else (gap > 0.1), gap

@@ -56,7 +56,10 @@ A consistency model f(x_t, t) maps every point of a probability-flow ODE path to
     x̂_0 = c_skip(t) x_t/α + c_out(t) F,   c_skip = σ_d²/(σ̃² + σ_d²),   c_out = σ_d σ̃/√(σ̃² + σ_d²),
 
 so at t = 0 (σ̃ = 0, α = 1: the boundary, the library's ε_min) c_skip = 1 and c_out = 0 and
-f(x, 0) = x exactly, whatever the network says. σ_d = ``CONSISTENCY_SIGMA_DATA``.
+f(x, 0) = x exactly, whatever the network says. σ_d = ``CONSISTENCY_SIGMA_DATA``. The network is
+fed c_in x = x_t/r as EDM's is (Song et al.'s code does the same), so with σ_d = 0.5 a network
+trained with ``"edm"`` reads identically as a consistency model: distillation starts from the
+teacher's own x̂_0 (``noisecraft.distill``'s ``init="teacher"``).
 
 Samplers, losses and likelihoods take a ``Denoiser``; none of them looks at a prediction string.
 """
@@ -213,13 +216,13 @@ class Denoiser:
 
     def net_input(self, x_t: Tensor, t: Tensor,
                   marginal: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """What the network is fed at (x_t, t): x_t itself, x^flow = x_t/(α + σ) for ``"flow"``
-        or EDM's c_in x_t/α = x_t/√(σ² + α² σ_d²) for ``"edm"`` (in x_t's dtype, so the network
-        runs in the dtype the caller chose). ``marginal``: (α, σ) at t when the caller has them."""
-        if self.prediction not in ("flow", "edm"):
+        """What the network is fed at (x_t, t): x_t / :func:`input_scale` (in x_t's dtype, so
+        the network runs in the dtype the caller chose). ``marginal``: (α, σ) at t when the
+        caller has them."""
+        if self.prediction not in ("flow", "edm", "consistency"):
             return x_t
         alpha, sigma = marginal if marginal is not None else self.schedule.marginal(t)
-        scale = alpha + sigma if self.prediction == "flow" else _edm_r(alpha, sigma, self.sigma_data)
+        scale = input_scale(self.prediction, alpha, sigma, self.sigma_data)
         return x_t * broadcast_to(1 / scale, x_t)
 
     def read(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Denoised:
@@ -273,6 +276,20 @@ class Denoiser:
         if self.prediction == "edm":
             return _edm_target(x0.to(dtype), eps.to(dtype), a, s, self.sigma_data)
         return a * eps - s * x0
+
+
+def input_scale(prediction: str, alpha: Tensor, sigma: Tensor, sigma_data: float = SIGMA_DATA
+                ) -> Tensor | float:
+    """x_t over what the network is fed: α + σ for ``"flow"`` (x^flow = x_t/(α + σ)), r for
+    ``"edm"`` (EDM's c_in x_t/α = x_t/r) and for ``"consistency"`` (with its own σ_d, as Song et
+    al. feed c_in x), 1 otherwise."""
+    if prediction == "flow":
+        return alpha + sigma
+    if prediction == "edm":
+        return _edm_r(alpha, sigma, sigma_data)
+    if prediction == "consistency":
+        return _edm_r(alpha, sigma, CONSISTENCY_SIGMA_DATA)
+    return 1.0
 
 
 def _edm_r(alpha: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:

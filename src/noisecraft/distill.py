@@ -40,6 +40,9 @@ from .process import q_sample
 
 MADE_BY_FILE = "distill.json"  # the run's record of its teacher and grid (see train.setup)
 
+INITS = ("teacher", "fresh")
+"""Where a distilled student's weights start (:func:`distill`'s ``init``)."""
+
 SOLVERS = ("ddim", "euler", "heun")
 """The one-step ODE solvers a teacher step may use (no history between steps)."""
 
@@ -84,6 +87,11 @@ def _trainer_class() -> type:
         teacher: Denoiser
         grid: Tensor
         solver: str
+        init_state: dict[str, Tensor] | None = None
+
+        def _initial_weights(self, net: Any) -> None:
+            if self.init_state is not None:
+                net.load_state_dict(self.init_state)
 
         def _loss(self, denoiser: Any, batch: dict[str, Any], gen: torch.Generator,
                   ctx: Any) -> Tensor:
@@ -97,13 +105,18 @@ def _trainer_class() -> type:
 
 
 def distill(run: str | Path, out: str | Path, *, intervals: int = 18, grid: str = "respaced",
-            solver: str = "euler", target_decay: float = 0.95, steps: int | None = None,
-            batch_size: int | None = None, lr: float | None = None,
-            device: str | torch.device | None = None, progress: bool = True) -> Any:
+            solver: str = "euler", target_decay: float = 0.95, init: str = "teacher",
+            steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
+            max_time: str | None = None, device: str | torch.device | None = None,
+            progress: bool = True) -> Any:
     """``noisecraft distill RUN --out OUT``: train OUT, a consistency model of RUN's
-    probability-flow ODE (RUN's network architecture, schedule, data units; fresh weights) on
-    RUN's own data, with ``intervals`` = N steps of the ``grid`` grid, ``solver`` steps of the
-    teacher and the target EMA decay μ = ``target_decay``. OUT samples with the ``consistency``
+    probability-flow ODE (RUN's network architecture, schedule, data units) on RUN's own data,
+    with ``intervals`` = N steps of the ``grid`` grid, ``solver`` steps of the teacher and the
+    target EMA decay μ = ``target_decay``. ``init``: "teacher" starts from the teacher's (EMA)
+    weights, as Song et al. do — for an ``edm`` teacher with σ_d = 0.5 the consistency reading
+    of those weights is exactly the teacher's x̂_0, a one-step model from the first step;
+    "fresh" from the seeded initialisation. RUN's train settings apply unless ``steps``,
+    ``batch_size``, ``lr`` or ``max_time`` are given. OUT samples with the ``consistency``
     sampler, 2 steps by default. Writes OUT/distill.json. Returns the TrainResult."""
     import dataclasses
 
@@ -114,6 +127,8 @@ def distill(run: str | Path, out: str | Path, *, intervals: int = 18, grid: str 
     number("intervals", intervals, 1, None)
     number("target_decay", target_decay, 0, 1, high_open=True)
     samplers.check_sampler(solver, SOLVERS)
+    if init not in INITS:
+        raise ValueError(f"init {init!r} is not one of {', '.join(INITS)}")
     teacher = load_run(run, device=device or "cpu")
     cfg = teacher.config
     if cfg.data.num_classes is not None or cfg.condition.kind != "none" or cfg.latent is not None:
@@ -123,17 +138,19 @@ def distill(run: str | Path, out: str | Path, *, intervals: int = 18, grid: str 
     d = cfg.data
     options = ({"image_size": d.image_size, "channels": d.channels} if d.kind == "image" else {})
     dataset = nc_data.load(d.spec, **options)
-    given = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr))
-             if v is not None}
+    given = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr),
+                               ("max_time", max_time)) if v is not None}
     config = dataclasses.replace(
         cfg, prediction="consistency",
         train=dataclasses.replace(cfg.train, ema_decay=target_decay, ema_warmup=False, **given),
         sampling=dataclasses.replace(cfg.sampling, sampler="consistency", steps=2))
     trainer = _trainer_class()(config, out, dataset, device=device, progress=progress)
     trainer.teacher, trainer.grid, trainer.solver = teacher.denoiser, t_grid, solver
+    if init == "teacher":
+        trainer.init_state = teacher.net.state_dict()
     record = {"teacher": str(Path(run).resolve()), "teacher_step": teacher.step,
               "intervals": intervals, "grid": t_grid.tolist(), "solver": solver,
-              "target_decay": target_decay}
+              "target_decay": target_decay, "init": init}
     # Written first: it marks the run as distill's, which `train --resume` then refuses.
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out) / MADE_BY_FILE, json.dumps(record, indent=1) + "\n")

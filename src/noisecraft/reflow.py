@@ -116,13 +116,14 @@ def _trainer_class() -> type:
 def reflow(run: str | Path, out: str | Path, *, pairs: int = 4000, sampler: str | None = None,
            ode_steps: int | None = None, seed: int = 0, steps: int | None = None,
            batch_size: int | None = None, lr: float | None = None,
-           time_sampler: str | None = None, device: str | torch.device | None = None,
-           progress: bool = True) -> Any:
+           time_sampler: str | None = None, max_time: str | None = None,
+           device: str | torch.device | None = None, progress: bool = True) -> Any:
     """``noisecraft reflow RUN --out OUT``: draw ``pairs`` ODE pairs from RUN (its deterministic
     sampler, ``sampler``/``ode_steps`` or the run's own, ``seed``), then train OUT, a flow run
     (``Schedule.flow`` with RUN's T, ``prediction="flow"``, RUN's network architecture and data
     units, fresh weights) on them. RUN's train settings apply unless ``steps``, ``batch_size``,
-    ``lr`` or ``time_sampler`` are given. Writes OUT/reflow.json (teacher and pairs). Returns the
+    ``lr``, ``time_sampler`` or ``max_time`` (the training budget; the pairs are drawn before it
+    starts) are given. Writes OUT/reflow.json (teacher and pairs). Returns the
     :class:`~noisecraft.train.TrainResult`."""
     import dataclasses
 
@@ -143,7 +144,8 @@ def reflow(run: str | Path, out: str | Path, *, pairs: int = 4000, sampler: str 
     pre = Preprocess.from_dict(cfg.data.preprocess)
     dataset = PairedDataset(p, info={"kind": cfg.data.kind}, preprocess=pre, source="reflow")
     given = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr),
-                               ("time_sampler", time_sampler)) if v is not None}
+                               ("time_sampler", time_sampler), ("max_time", max_time))
+             if v is not None}
     config = dataclasses.replace(
         cfg, schedule=Schedule.flow(Schedule.from_dict(cfg.schedule).T).to_dict(),
         prediction="flow", train=dataclasses.replace(cfg.train, **given),

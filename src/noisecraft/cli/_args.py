@@ -194,5 +194,7 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     a("--steps", type=positive_int, help="training steps (default: the teacher's)")
     a("--batch-size", type=positive_int, help="batch size (default: the teacher's)")
     a("--lr", type=positive_float, help="learning rate (default: the teacher's)")
+    a("--max-time", metavar="DURATION", help="training budget such as 10m or 1.5h, on the "
+      "teacher's --max-time-clock (default: the teacher's budget)")
     a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_threads(parser)

@@ -14,7 +14,7 @@ from ._args import add_student_arguments, command_parser, default_of, positive_i
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..distill import SOLVERS, distill
+    from ..distill import INITS, SOLVERS, distill
     from ..grids import GRIDS
 
     p = command_parser(sub, "distill", __doc__, "distill a run into a few-step consistency model",
@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                              ("--grid", dict(choices=list(GRIDS)), "the grid"),
                              ("--solver", dict(choices=SOLVERS), "the teacher's ODE step"),
                              ("--target-decay", dict(type=probability),
-                              "EMA decay of the target network")):
+                              "EMA decay of the target network"),
+                             ("--init", dict(choices=INITS), "the student's first weights: the "
+                              "teacher's (EMA) weights, or fresh ones")):
         default = default_of(distill, flag[2:].replace("-", "_"))
         a(flag, default=default, help=f"{what} (default {default})", **kind)
     add_student_arguments(p)
@@ -37,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from ..distill import distill
 
     result = distill(args.run_dir, args.out, intervals=args.intervals, grid=args.grid,
-                     solver=args.solver, target_decay=args.target_decay, steps=args.steps,
-                     batch_size=args.batch_size, lr=args.lr, device=args.device)
+                     solver=args.solver, target_decay=args.target_decay, init=args.init,
+                     steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                     max_time=args.max_time, device=args.device)
     print(f"noisecraft: {result.run_dir}: distilled from {args.run_dir}, step {result.step}, "
           f"loss {result.loss:.4f}")
     return 0

@@ -74,7 +74,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..denoiser import PREDICTIONS, SIGMA_DATA, _edm_r, from_eps
+from ..denoiser import PREDICTIONS, from_eps, input_scale
 from ..schedule import Schedule, broadcast_to
 from .config import (
     boolean,
@@ -331,7 +331,7 @@ class LinearDiffusion(nn.Module):
             expand_time(t, x).detach().cpu().to(torch.float64)))
         a, s = alpha[:, None], sigma[:, None]  # (batch, 1)
         # A flow or EDM Denoiser feeds x_t/(α + σ) or x_t/r (noisecraft.denoiser): undo it.
-        flat = flat * _input_scale(PREDICTIONS[int(self.prediction)], a, s)
+        flat = flat * input_scale(PREDICTIONS[int(self.prediction)], a, s)
         eps, log_r = self._component_noise(flat, a, s)
         if labels is not None:  # a label keeps its class's components; −1 keeps them all
             labels = _check_labels(labels, flat.shape[0], self.num_classes, flat.device)
@@ -361,13 +361,6 @@ class LinearDiffusion(nn.Module):
             maha = maha + outside.square().sum(-1) / rest
             log_det = log_det + (dim - r) * torch.log(rest)
         return eps, self.log_weights[None] - 0.5 * (maha + log_det + dim * math.log(2 * math.pi))
-
-
-def _input_scale(prediction: str, a: Tensor, s: Tensor) -> Tensor | float:
-    """x_t over what the Denoiser feeds the net for ``prediction`` (``Denoiser.net_input``)."""
-    if prediction == "flow":
-        return a + s
-    return _edm_r(a, s, SIGMA_DATA) if prediction == "edm" else 1.0
 
 
 def _examples(dataset: Any, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:

@@ -358,6 +358,10 @@ class Trainer:
             lock.release()
 
     # ------------------------------------------------------------------ set-up
+    def _initial_weights(self, net: nn.Module) -> None:
+        """A new run's starting weights, in place: the seeded initialisation as built. A trainer
+        that starts from another run's weights (a distilled student) overrides this."""
+
     def _fit(self, ctx: distributed.Context, stop_at: int | None) -> TrainResult:
         cfg, tc = self.config, self.config.train
         dev = ctx.device
@@ -370,6 +374,8 @@ class Trainer:
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         net = nets.from_config(cfg.net).to(dev, memory_format=accel.memory_format(dev))
+        if not self.resume:
+            self._initial_weights(net)
         ema = EMA(net, tc.ema_decay, tc.ema_warmup)
         opt = accel.optimizer(net.parameters(), dev, lr=tc.lr, betas=tc.adam_betas,
                               weight_decay=tc.weight_decay)
