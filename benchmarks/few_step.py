@@ -5,7 +5,7 @@ library in a temporary folder (CPU, ~2 minutes):
 
     noisecraft train --data moons --net mlp --schedule flow --prediction flow --steps 3000 --out T
     noisecraft reflow T --pairs 10000 --sampler heun --ode-steps 50 --steps 3000 --out R
-    noisecraft distill T --steps 3000 --out D
+    noisecraft distill T --steps 3000 --out D      # and again with --init fresh
 
 Columns: sliced Wasserstein distance (``metrics.distances.sliced_wasserstein``, 128 directions,
 W2) of 4,000 samples to the 10,000 moons points, at 1, 2 and 4 network evaluations (NFE) and the
@@ -44,17 +44,19 @@ def main() -> None:
 
     floor = swd(data[torch.randperm(len(data), generator=g)[:4000]])
     with tempfile.TemporaryDirectory() as tmp:
-        t, r, d = (str(Path(tmp) / n) for n in ("teacher", "reflow", "distill"))
+        t, r, d, f = (str(Path(tmp) / n) for n in ("teacher", "reflow", "distill", "fresh"))
         nc.train.train(t, data="moons", net="mlp", schedule="flow", prediction="flow",
                        steps=args.steps, progress=False)
         reflow(t, r, pairs=10000, sampler="heun", ode_steps=50, steps=args.steps, progress=False)
-        distill(t, d, steps=args.steps, progress=False)
+        distill(t, d, steps=args.steps, progress=False)              # from the teacher's weights
+        distill(t, f, steps=args.steps, init="fresh", progress=False)
         runs = {name: nc.load_run(path) for name, path in
-                (("teacher", t), ("reflow", r), ("distill", d))}
+                (("teacher", t), ("reflow", r), ("distill", d), ("distill, fresh weights", f))}
         rows = [("teacher", "ddim (Euler in τ, respaced)", "ddim", 1),
                 ("teacher", "dpmpp-2m (log-SNR grid)", "dpmpp-2m", 1),
                 ("reflow", "ddim (Euler in τ, respaced)", "ddim", 1),
-                ("distill", "consistency (respaced)", "consistency", 1)]
+                ("distill", "consistency (respaced)", "consistency", 1),
+                ("distill, fresh weights", "consistency (respaced)", "consistency", 1)]
         print(f"swd floor {floor:.4f}; teacher heun 50 steps (99 NFE): "
               f"{swd(runs['teacher'].generate_tensor(4000, 'heun', 50, seed=1)):.4f}")
         print("| run | sampler | 1 NFE | 2 NFE | 4 NFE |\n|---|---|---:|---:|---:|")

@@ -37,6 +37,7 @@ from diffusers import (  # noqa: E402
 
 import noisecraft  # noqa: E402
 from noisecraft.cli import main  # noqa: E402
+from noisecraft.diffusers_export import EXPORTABLE_PRESETS  # noqa: E402
 from noisecraft.diffusers_io import diffusion_timesteps  # noqa: E402
 from noisecraft.errors import RunError  # noqa: E402
 
@@ -329,6 +330,39 @@ def test_export_samples_equal_noisecraft_and_round_trip(tmp_path, build):
     for sampler in ("ddpm", "ddim"):
         np.testing.assert_allclose(to_unit(ours(back, sampler)), to_unit(ours(run, sampler)),
                                    atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("preset", EXPORTABLE_PRESETS)
+def test_every_preset_said_to_export_is_a_unet2dmodel(preset):
+    """The presets the refusal names: each converts to a UNet2DModel that computes the same
+    function (random weights, so no zero-initialised layer hides a wrong mapping; diffusers'
+    index t − 1 is noisecraft's t), to float32 rounding."""
+    from noisecraft import nets
+    from noisecraft.diffusers_export import check_exportable, to_unet2d
+
+    net = nets.build(preset).eval()   # dropout off: the same function both ways
+    check_exportable(net.config, 1000)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.05)
+    unet = to_unet2d(net).eval()
+    c, size = net.config["in_channels"], net.config["image_size"]
+    x, t = torch.randn(2, c, size, size), torch.tensor([10.0, 700.0])
+    with torch.no_grad():
+        ours, theirs = net(x, t), unet(x, t - 1).sample
+    assert (ours - theirs).abs().max() <= 1e-5 * ours.abs().max()
+
+
+def test_a_net_whose_group_norms_vary_is_refused_naming_the_width():
+    """The `mnist` preset (widths 48, 96, 96 with norm_groups 32) normalises 48 channels in 24
+    groups, which UNet2DModel's single norm_num_groups cannot say: refused, not exported wrongly."""
+    from noisecraft import nets
+    from noisecraft.diffusers_export import check_exportable
+
+    assert "mnist" not in EXPORTABLE_PRESETS
+    with pytest.raises(ValueError, match="norm_groups 32 does not divide the channel width 48"):
+        check_exportable(nets.build("mnist").config, 1000)
 
 
 def test_ddpm_cifar10_preset_is_unet2dmodel_sized():

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-EXPORTABLE_PRESETS = ("tiny", "mnist", "ddpm-cifar10", "audio")
+EXPORTABLE_PRESETS = ("tiny", "mnist-cpu", "ddpm-cifar10", "audio")
 # noisecraft's predictions that a DDPMScheduler's prediction_type names; flow and edm read the
 # network at a rescaled input, which no diffusers scheduler does.
 DIFFUSERS_PREDICTIONS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -74,6 +74,12 @@ def check_exportable(net_config: dict[str, Any], T: int) -> None:
     if T != REFERENCE_T or net_config.get("T", REFERENCE_T) != REFERENCE_T:
         raise ValueError(f"T = {T}: the net embeds t·1000/T, which a UNet2DModel's time code "
                          "matches only for T = 1000")
+    groups = net_config["norm_groups"]
+    odd = [w for w in _levels(net_config)[0] if w % groups]
+    if odd:   # every normalised width is a sum of level widths, so these are the ones to check
+        raise ValueError(f"norm_groups {groups} does not divide the channel width {odd[0]}: "
+                         "noisecraft's GroupNorm takes fewer groups there, and UNet2DModel has one "
+                         f"norm_num_groups for every layer; the U-Net presets that export: {presets}")
     if net_config["base_channels"] % 2:
         raise ValueError(f"base_channels {net_config['base_channels']} is odd: its time code is "
                          "padded, which UNet2DModel's is not")
