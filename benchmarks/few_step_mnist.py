@@ -60,7 +60,7 @@ def main() -> None:
     student = work / "distilled"
     if not (student / "state.json").is_file():
         subprocess.run([sys.executable, "-m", "noisecraft", "distill", str(teacher), "--out",
-                        str(student), "--max-time", f"{a.distill_budget:g}m"],
+                        str(student), "--max-time", f"{a.distill_budget:g}m", "--no-progress"],
                        check=True, env=env, stdout=subprocess.DEVNULL)
     pca = PCAFrechet()
     runs = {"teacher": load_run(teacher), "distilled": load_run(student)}

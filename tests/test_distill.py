@@ -164,7 +164,7 @@ def test_a_model_distilled_from_the_exact_ode_maps_x_t_to_its_endpoint():
             assert (TEACHER(x_t, t).x0 - end).norm(dim=1).mean().item() > 1.0
 
 
-def test_noisecraft_distill_end_to_end(tmp_path, monkeypatch):
+def test_noisecraft_distill_end_to_end(tmp_path, monkeypatch, capsys):
     """A 100-step moons run distilled for 100 steps; `sample --steps 1` and `--steps 2` read the
     distilled run (its default sampler is ``consistency``), load_run reads its prediction and
     explain writes its report."""
@@ -174,7 +174,10 @@ def test_noisecraft_distill_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", "moons", "--net", "mlp", "--steps", "100", "--out",
                  "teacher", "--sample-every", "0"]) == 0
-    assert main(["distill", "teacher", "--steps", "100", "--intervals", "8", "--out", "cd"]) == 0
+    capsys.readouterr()
+    assert main(["distill", "teacher", "--steps", "100", "--intervals", "8", "--out", "cd",
+                 "--no-progress"]) == 0
+    assert "step/s" not in capsys.readouterr().err   # --no-progress: no bar
     run = load_run(tmp_path / "cd")
     assert run.config.prediction == "consistency" and run.config.sampling.sampler == "consistency"
     assert json.loads((tmp_path / "cd" / "distill.json").read_text())["intervals"] == 8

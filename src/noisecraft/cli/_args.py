@@ -197,4 +197,5 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-time", metavar="DURATION", help="training budget such as 10m or 1.5h, on the "
       "teacher's --max-time-clock (default: the teacher's budget)")
     a("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    a("--no-progress", action="store_true", help="no progress bar")
     add_threads(parser)

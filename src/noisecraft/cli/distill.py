@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     result = distill(args.run_dir, args.out, intervals=args.intervals, grid=args.grid,
                      solver=args.solver, target_decay=args.target_decay, init=args.init,
                      steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                     max_time=args.max_time, device=args.device)
+                     max_time=args.max_time, device=args.device,
+                     progress=not args.no_progress)
     print(f"noisecraft: {result.run_dir}: distilled from {args.run_dir}, step {result.step}, "
           f"loss {result.loss:.4f}")
     return 0

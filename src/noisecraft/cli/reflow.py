@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     result = reflow(args.run_dir, args.out, pairs=args.pairs, sampler=args.sampler,
                     ode_steps=args.ode_steps, seed=args.seed, steps=args.steps,
                     batch_size=args.batch_size, lr=args.lr, max_time=args.max_time,
-                    device=args.device)
+                    device=args.device,
+                    progress=not args.no_progress)
     print(f"noisecraft: {result.run_dir}: reflowed from {args.run_dir} on {args.pairs} pairs, "
           f"step {result.step}, loss {result.loss:.4f}")
     return 0
