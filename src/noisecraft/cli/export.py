@@ -6,7 +6,8 @@ writes OUT as a diffusers ``DDPMPipeline`` folder (``model_index.json``, ``unet/
 ``config.json`` + ``diffusion_pytorch_model.safetensors``, ``scheduler/scheduler_config.json``)
 that ``DiffusionPipeline.from_pretrained(OUT)`` loads and samples, and that ``noisecraft`` reads
 back as a run. Unconditional U-Net runs with T = 1000 export (presets tiny, mnist-cpu,
-ddpm-cifar10, audio; ε, v or x_0 prediction); the layout mapping and the conventions are in :mod:`noisecraft.diffusers_export`.
+ddpm-cifar10, audio; ε, v or x_0 prediction); the layout mapping and the conventions are in
+:mod:`noisecraft.diffusers_export`.
 Needs the ``[latent]`` extra (diffusers).
 """
 
