@@ -154,3 +154,7 @@ def test_train_flags_set_the_audio_features_and_a_resume_keeps_them(tmp_path, ca
     # on pictures the audio flags are an error, not ignored
     assert main(["train", "--data", "digits", "--out", str(tmp_path / "d"), "--frames", "8"]) == 2
     assert "frames apply only to audio data" in capsys.readouterr().err
+    # nor with an autoencoder, whose latent runs encode pictures (checked before any loading)
+    assert main(["train", "--data", "digits", "--out", str(tmp_path / "l"), "--n-fft", "256",
+                 "--autoencoder", str(tmp_path / "no-such-ae")]) == 2
+    assert "--n-fft set spectrogram features, but a latent run" in capsys.readouterr().err

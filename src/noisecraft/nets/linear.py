@@ -330,7 +330,7 @@ class LinearDiffusion(nn.Module):
         alpha, sigma = (v.to(flat.device) for v in schedule.marginal(
             expand_time(t, x).detach().cpu().to(torch.float64)))
         a, s = alpha[:, None], sigma[:, None]  # (batch, 1)
-        # A flow or EDM Denoiser feeds x_t/(α + σ) or x_t/r (noisecraft.denoiser): undo it.
+        # A flow, EDM or consistency Denoiser feeds x_t/(α + σ) or x_t/r (denoiser.input_scale): undo it.
         flat = flat * input_scale(PREDICTIONS[int(self.prediction)], a, s)
         eps, log_r = self._component_noise(flat, a, s)
         if labels is not None:  # a label keeps its class's components; −1 keeps them all

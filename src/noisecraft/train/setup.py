@@ -169,20 +169,25 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
     if "latent_posterior" in settings and settings["latent_posterior"] is not None \
             and build.autoencoder is None:
         raise ValueError("latent_posterior (--latent-posterior) needs an autoencoder (--autoencoder)")
+    from ..data.audio import feature_options
+
+    audio = feature_options(n_mels=build.n_mels, frames=build.frames, n_fft=build.n_fft,
+                            hop_length=build.hop_length)
+    if audio and build.autoencoder is not None:
+        given = [f"--{k.replace('_', '-')}" for k in ("n_mels", "frames", "n_fft", "hop_length")
+                 if getattr(build, k) is not None]
+        raise ValueError(f"{', '.join(given)} set spectrogram features, but a latent run "
+                         "(--autoencoder) encodes pictures")
     if build.autoencoder is not None:
         dataset = latent_data(build.data, image_size=build.image_size, channels=build.channels,
                               flip=build.flip, posterior=build.latent_posterior,
                               autoencoder=str(Path(build.autoencoder).resolve()), device=device,
                               progress=progress)
     else:
-        from ..data.audio import feature_options
-
         options = {k: v for k, v in (("image_size", build.image_size),
                                      ("channels", build.channels), ("flip", build.flip),
                                      ("skip_bad", build.skip_bad)) if v}
-        options.update(feature_options(n_mels=build.n_mels, frames=build.frames,
-                                       n_fft=build.n_fft, hop_length=build.hop_length))
-        dataset = nc_data.load(build.data, **options)
+        dataset = nc_data.load(build.data, **options, **audio)
     config = new_run_config(dataset, build.data, net=build.net,
                             net_overrides={"learned_variance": True} if build.learned_variance
                             else None, schedule=build.schedule, T=build.timesteps,
