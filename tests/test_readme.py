@@ -145,28 +145,23 @@ def test_every_readme_command_is_run() -> None:
     assert len(commands) == len(set(commands))
 
 
-def test_the_mnist_cpu_recipe_is_the_one_the_benchmark_measures() -> None:
-    """BENCHMARKS.md's "Quality per CPU-minute" figures are the README's command, flag for flag."""
+def benchmark_recipe(script: str) -> list[str]:
+    """``RECIPE`` of ``benchmarks/<script>.py``: the flags whose figures BENCHMARKS.md records."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "quality_per_compute", ROOT / "benchmarks" / "quality_per_compute.py")
+    spec = importlib.util.spec_from_file_location(script, ROOT / "benchmarks" / f"{script}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    command = "noisecraft train --data ../shared/data/mnist --out runs/mnist " + " ".join(bench.RECIPE)
-    assert command in readme_commands()
+    return bench.RECIPE
 
 
-def test_the_spoken_digit_recipe_is_the_one_the_benchmark_measures() -> None:
-    """BENCHMARKS.md's "Audio" figures are the README's command, flag for flag."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "audio_quality", ROOT / "benchmarks" / "audio_quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    command = "noisecraft train --data ../shared/data/fsdd --out runs/fsdd " + " ".join(bench.RECIPE)
-    assert command in readme_commands()
+@pytest.mark.parametrize("script, command", [
+    ("quality_per_compute", "noisecraft train --data ../shared/data/mnist --out runs/mnist"),
+    ("audio_quality", "noisecraft train --data ../shared/data/fsdd --out runs/fsdd")])
+def test_the_recipes_are_the_ones_the_benchmarks_measure(script, command) -> None:
+    """BENCHMARKS.md's "Quality per CPU-minute" (MNIST) and "Audio" (spoken digits) figures are
+    the README's commands, flag for flag."""
+    assert " ".join([command, *benchmark_recipe(script)]) in readme_commands()
 
 
 def test_substitute_only_changes_the_named_flags() -> None:
