@@ -213,7 +213,11 @@ def test_the_commands_take_their_defaults_from_the_library(monkeypatch):
     monkeypatch.setitem(distill_module.distill.__kwdefaults__, "target_decay", 0.5)
     monkeypatch.setitem(reflow_module.reflow.__kwdefaults__, "pairs", 123)
     monkeypatch.setitem(posthoc.sweep.__kwdefaults__, "n", 17)
+    monkeypatch.setattr(reflow_module, "DETERMINISTIC", ("ddim", "a-new-ode-sampler"))
     parser = build_parser()
+    reflow_cmd = next(a for a in parser._subparsers._group_actions[0].choices["reflow"]._actions
+                      if "--sampler" in a.option_strings)
+    assert "ddim, a-new-ode-sampler" in reflow_cmd.help   # the choices named where they live
     d = parser.parse_args(["distill", "run", "--out", "x"])
     r = parser.parse_args(["reflow", "run", "--out", "x"])
     assert (d.intervals, d.target_decay, d.grid, d.solver) == (7, 0.5, "respaced", "euler")

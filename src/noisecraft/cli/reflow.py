@@ -14,7 +14,7 @@ from ._args import add_student_arguments, command_parser, default_of, non_negati
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..reflow import reflow
+    from ..reflow import DETERMINISTIC, reflow
 
     p = command_parser(sub, "reflow", __doc__, "train a straighter flow run on a run's ODE pairs",
                        "noisecraft reflow runs/moons --pairs 4000 --out runs/moons-reflow")
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--out", required=True, metavar="OUT", help="the new run directory")
     pairs = default_of(reflow, "pairs")
     a("--pairs", type=positive_int, default=pairs, help=f"ODE pairs to draw (default {pairs})")
-    a("--sampler", help="deterministic sampler of the pairs: ddim, euler, heun, dpmpp-2m "
+    a("--sampler", help=f"deterministic sampler of the pairs: {', '.join(DETERMINISTIC)} "
       "(default: the run's if deterministic, else heun)")
     a("--ode-steps", type=positive_int, help="its steps (default: the run's sampling steps)")
     seed = default_of(reflow, "seed")

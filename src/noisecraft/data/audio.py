@@ -87,6 +87,10 @@ class _Clip:
     split: str | None = None  # from a shard's .json, None when it has none
 
 
+FEATURE_SETTINGS = ("n_mels", "frames", "n_fft", "hop_length")
+"""The :class:`AudioConfig` fields that are ``noisecraft train`` settings (:func:`feature_options`)."""
+
+
 def feature_options(*, n_mels: int | None = None, frames: int | None = None,
                     n_fft: int | None = None, hop_length: int | None = None) -> dict[str, int]:
     """The :class:`AudioConfig` fields that ``noisecraft train``'s audio flags set (None: the

@@ -169,13 +169,12 @@ def _new(settings: dict[str, Any], device: Any, progress: bool) -> tuple[RunConf
     if "latent_posterior" in settings and settings["latent_posterior"] is not None \
             and build.autoencoder is None:
         raise ValueError("latent_posterior (--latent-posterior) needs an autoencoder (--autoencoder)")
-    from ..data.audio import feature_options
+    from ..data.audio import FEATURE_SETTINGS, feature_options
 
-    audio = feature_options(n_mels=build.n_mels, frames=build.frames, n_fft=build.n_fft,
-                            hop_length=build.hop_length)
+    audio = feature_options(**{name: getattr(build, name) for name in FEATURE_SETTINGS})
     if audio and build.autoencoder is not None:
-        given = [f"--{k.replace('_', '-')}" for k in ("n_mels", "frames", "n_fft", "hop_length")
-                 if getattr(build, k) is not None]
+        given = ["--" + flag_name(BuildConfig, f) for f in dataclasses.fields(BuildConfig)
+                 if f.name in FEATURE_SETTINGS and getattr(build, f.name) is not None]
         raise ValueError(f"{', '.join(given)} set spectrogram features, but a latent run "
                          "(--autoencoder) encodes pictures")
     if build.autoencoder is not None:
