@@ -36,6 +36,7 @@ for both, against the 10,000 MNIST test images:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -98,6 +99,14 @@ class PCAFrechet:
         return frechet_distance(*feature_statistics(self.project(self.train[pick])), *self.test_stats)
 
 
+@functools.lru_cache(maxsize=1)
+def test_features() -> np.ndarray:
+    """The MNIST classifier's features of the 10,000 test images (computed once per process)."""
+    from noisecraft.metrics.classifier import classifier_features
+
+    return classifier_features(mnist("test").reshape(-1, 28, 28, 1), "mnist")
+
+
 def score(images: np.ndarray, pca: PCAFrechet) -> dict:
     """The yardsticks of one sample set (uint8 (N, 28, 28[, 1]))."""
     from noisecraft.metrics.classifier import class_report, classifier_features
@@ -105,10 +114,8 @@ def score(images: np.ndarray, pca: PCAFrechet) -> dict:
 
     images = images.reshape(len(images), 28, 28, 1)
     report = class_report(images, "mnist")
-    test = mnist("test").reshape(-1, 28, 28, 1)
     return {"pca50_fd": pca(images.reshape(len(images), -1)),
-            "clf_fd": fid_from_features(classifier_features(images, "mnist"),
-                                        classifier_features(test, "mnist")),
+            "clf_fd": fid_from_features(classifier_features(images, "mnist"), test_features()),
             "mean_confidence": report["mean_confidence"],
             "fraction_confident": report["fraction_confident"],
             "classes": report["num_classes_covered"]}
